@@ -1,0 +1,65 @@
+//! Subcommands of the `smolbot` binary; each module is the glue for one of them.
+
+mod generate;
+mod inspect;
+mod perplexity;
+mod synth;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "smolbot", version, about = "A self-hosted chat server for SmolLM3-3B")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a GGUF model's architecture, RoPE/NoPE plan and quantization, and validate it.
+    Inspect(inspect::InspectArgs),
+    /// Generate a completion, streamed to stdout, with timings on stderr.
+    Generate(generate::GenerateArgs),
+    /// Perplexity of a text or token list (the fidelity yardstick against llama.cpp).
+    Perplexity(perplexity::PerplexityArgs),
+    /// Write a synthetic SmolLM3 GGUF file (random weights) for tests and benchmarks.
+    Synth(synth::SynthArgs),
+}
+
+/// Options every model-running command shares.
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// Path to the GGUF model file.
+    #[arg(long, short = 'm', env = "SMOLBOT_MODEL")]
+    pub model: PathBuf,
+    /// CPU threads for the matrix kernels (default: all cores).
+    #[arg(long, env = "SMOLBOT_THREADS")]
+    pub threads: Option<usize>,
+    /// Run on the CPU even when built with CUDA.
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+impl EngineArgs {
+    /// Applies `--threads` before any kernel runs: candle sizes its pools from
+    /// `RAYON_NUM_THREADS` at first use.
+    pub fn device(&self) -> candle_core::Device {
+        if let Some(n) = self.threads {
+            // Safe: called on the main thread before any other thread exists.
+            unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
+        }
+        smolbot::inference::device::select(self.cpu)
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
+        Command::Synth(a) => synth::run(a),
+    }
+}

@@ -1,0 +1,285 @@
+//! The forward pass of a Llama-family decoder on quantized weights, with a per-sequence KV
+//! cache so each new token costs one step.
+//!
+//! Written on candle ops rather than taken from candle-transformers: its
+//! `quantized_smollm3` fixes the NoPE interval and caps the context at 4,096 tokens, and
+//! `quantized_llama` knows no NoPE layers. Q/K weights in GGUF files are laid out for
+//! interleaved ("normal") RoPE, so `rope_i` is used directly, with no re-permutation.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::kv_cache::KvCache;
+
+use super::config::TransformerConfig;
+use super::error::{InferenceError, Result};
+use super::gguf::GgufFile;
+use super::rope::RopeFrequencies;
+
+/// Longest run of tokens pushed through attention at once: bounds the score matrix of a long
+/// prompt to `heads × 512 × context` floats instead of `heads × context²`.
+pub const PREFILL_CHUNK: usize = 512;
+
+/// KV cache entries are allocated in steps of this many positions, so a short chat does not
+/// reserve the whole 64k context and a long one grows with few copies.
+const KV_GROW_STEP: usize = 512;
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(file: &GgufFile, name: &str, eps: f64, device: &Device) -> Result<Self> {
+        let weight = file.tensor(name, device)?.dequantize(device)?;
+        Ok(Self { weight, eps })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32)?)
+    }
+}
+
+struct Layer {
+    attn_norm: RmsNorm,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    ffn_norm: RmsNorm,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+    use_rope: bool,
+}
+
+/// A loaded model: quantized weights plus the configuration they were validated against.
+pub struct Transformer {
+    cfg: TransformerConfig,
+    embed: Arc<QTensor>,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: QMatMul,
+    rope: RopeFrequencies,
+    device: Device,
+}
+
+/// One sequence's attention state: keys and values of every position seen so far.
+pub struct SequenceCache {
+    layers: Vec<KvCache>,
+    len: usize,
+}
+
+impl SequenceCache {
+    /// Number of positions already in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(KvCache::reset);
+        self.len = 0;
+    }
+}
+
+impl Transformer {
+    /// Loads every tensor of `file` that `cfg` names, after validating them all.
+    pub fn load(file: &GgufFile, cfg: TransformerConfig, device: &Device) -> Result<Self> {
+        if let Some(problem) = cfg.validate(file).into_iter().next() {
+            return Err(InferenceError::Malformed {
+                path: file.path().to_path_buf(),
+                reason: problem,
+            });
+        }
+        let qmm = |name: &str| -> Result<QMatMul> {
+            Ok(QMatMul::from_qtensor(file.tensor(name, device)?)?)
+        };
+        let embed = Arc::new(file.tensor("token_embd.weight", device)?);
+        let lm_head = if file.tensor_info("output.weight").is_some() {
+            qmm("output.weight")?
+        } else {
+            QMatMul::from_arc(embed.clone())?
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for (i, &use_rope) in cfg.rope_layers.iter().enumerate() {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: RmsNorm::load(file, &n("attn_norm"), cfg.rms_eps, device)?,
+                wq: qmm(&n("attn_q"))?,
+                wk: qmm(&n("attn_k"))?,
+                wv: qmm(&n("attn_v"))?,
+                wo: qmm(&n("attn_output"))?,
+                ffn_norm: RmsNorm::load(file, &n("ffn_norm"), cfg.rms_eps, device)?,
+                gate: qmm(&n("ffn_gate"))?,
+                up: qmm(&n("ffn_up"))?,
+                down: qmm(&n("ffn_down"))?,
+                use_rope,
+            });
+        }
+        Ok(Self {
+            norm: RmsNorm::load(file, "output_norm.weight", cfg.rms_eps, device)?,
+            rope: RopeFrequencies::new(&cfg),
+            cfg,
+            embed,
+            layers,
+            lm_head,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn new_cache(&self) -> SequenceCache {
+        SequenceCache {
+            layers: (0..self.cfg.n_layer)
+                .map(|_| KvCache::new(2, KV_GROW_STEP))
+                .collect(),
+            len: 0,
+        }
+    }
+
+    /// Runs `tokens` after what `cache` holds and appends them to it. Returns logits as a
+    /// `(rows, vocab)` f32 tensor: one row per token when `all_logits`, else the last only.
+    pub fn forward(&self, tokens: &[u32], cache: &mut SequenceCache, all_logits: bool) -> Result<Tensor> {
+        let needed = cache.len + tokens.len();
+        if needed > self.cfg.context_length {
+            return Err(InferenceError::ContextFull {
+                needed,
+                limit: self.cfg.context_length,
+            });
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(InferenceError::TokenOutOfRange {
+                id,
+                vocab: self.cfg.vocab_size,
+            });
+        }
+        let mut rows = Vec::new();
+        let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            if let Some(logits) = self.forward_chunk(chunk, cache, all_logits || last, all_logits)? {
+                rows.push(logits);
+            }
+        }
+        Ok(Tensor::cat(&rows, 0)?)
+    }
+
+    fn forward_chunk(
+        &self,
+        tokens: &[u32],
+        cache: &mut SequenceCache,
+        want_logits: bool,
+        all_rows: bool,
+    ) -> Result<Option<Tensor>> {
+        let t = tokens.len();
+        let offset = cache.len;
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embed.embedding(&ids)?.unsqueeze(0)?;
+        let (cos, sin) = self.rope.tables(offset, t, &self.device)?;
+        let mask = causal_mask(t, offset, &self.device)?;
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let h = layer.attn_norm.forward(&x)?;
+            let attn = self.attention(layer, &h, kv, &cos, &sin, mask.as_ref())?;
+            x = (x + attn)?;
+            let h = layer.ffn_norm.forward(&x)?;
+            let ffn = layer
+                .down
+                .forward(&(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?)?;
+            x = (x + ffn)?;
+        }
+        cache.len += t;
+        if !want_logits {
+            return Ok(None);
+        }
+        let x = if all_rows { x } else { x.narrow(1, t - 1, 1)? };
+        let x = self.norm.forward(&x)?;
+        let logits = self.lm_head.forward(&x)?.squeeze(0)?.to_dtype(DType::F32)?;
+        Ok(Some(logits))
+    }
+
+    fn attention(
+        &self,
+        layer: &Layer,
+        h: &Tensor,
+        kv: &mut KvCache,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (_, t, _) = h.dims3()?;
+        let heads = |w: &QMatMul, n: usize| -> Result<Tensor> {
+            Ok(w.forward(h)?
+                .reshape((1, t, n, cfg.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let mut q = heads(&layer.wq, cfg.n_head)?;
+        let mut k = heads(&layer.wk, cfg.n_head_kv)?;
+        let v = heads(&layer.wv, cfg.n_head_kv)?;
+        if layer.use_rope {
+            q = self.apply_rope(&q, cos, sin)?;
+            k = self.apply_rope(&k, cos, sin)?;
+        }
+        let (k, v) = kv.append(&k, &v)?;
+        let n_rep = cfg.n_head / cfg.n_head_kv;
+        // Query heads sharing a KV head are stacked as extra rows, so K and V are never copied.
+        let q = q.reshape((1, cfg.n_head_kv, n_rep * t, cfg.head_dim))?;
+        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(mask) = mask {
+            let total = k.dim(2)?;
+            let mask = mask
+                .unsqueeze(0)?
+                .broadcast_as((n_rep, t, total))?
+                .reshape((n_rep * t, total))?;
+            scores = scores.broadcast_add(&mask)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs
+            .matmul(&v)?
+            .reshape((1, cfg.n_head, t, cfg.head_dim))?
+            .transpose(1, 2)?
+            .reshape((1, t, cfg.q_dim()))?;
+        Ok(layer.wo.forward(&out)?)
+    }
+
+    fn apply_rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let rope_dim = self.cfg.rope_dim;
+        if rope_dim == self.cfg.head_dim {
+            return Ok(candle_nn::rotary_emb::rope_i(x, cos, sin)?);
+        }
+        let rotated = candle_nn::rotary_emb::rope_i(&x.narrow(3, 0, rope_dim)?.contiguous()?, cos, sin)?;
+        let rest = x.narrow(3, rope_dim, self.cfg.head_dim - rope_dim)?;
+        Ok(Tensor::cat(&[&rotated, &rest], 3)?.contiguous()?)
+    }
+}
+
+/// `(t, offset + t)` additive mask: query `i` sees keys `0..=offset + i`. `None` for one token.
+fn causal_mask(t: usize, offset: usize, device: &Device) -> candle_core::Result<Option<Tensor>> {
+    if t == 1 {
+        return Ok(None);
+    }
+    let total = offset + t;
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Some(Tensor::from_vec(data, (t, total), device)?))
+}
+
+/// Natural-log softmax of each row, for scoring (perplexity).
+pub fn log_softmax_rows(logits: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::log_softmax(logits, D::Minus1)?)
+}

@@ -1,0 +1,143 @@
+//! SmolLM3's configuration as its GGUF file states it, and the SmolLM2 (`llama`) variant
+//! that the real small test model uses.
+//!
+//! Every dimension comes from `{arch}.*` metadata. The one fact no GGUF key carries is the
+//! NoPE plan: llama.cpp's `smollm3` graph skips RoPE on every 4th layer (`(il + 1) % 4 == 0`)
+//! with the step hard-coded, so we apply the same rule and say so in `inspect`.
+
+use crate::inference::{GgufFile, InferenceError, RopeScaling, TransformerConfig};
+
+/// SmolLM3 layers `3, 7, 11, …` use no positional encoding (llama.cpp: `n_no_rope_layer_step`).
+pub const SMOLLM3_NOPE_STEP: usize = 4;
+
+/// Decoder families this build can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    SmolLm3,
+    /// Plain Llama: SmolLM2 and friends.
+    Llama,
+}
+
+impl Architecture {
+    pub const SUPPORTED: &'static str = "smollm3, llama";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SmolLm3 => "smollm3",
+            Self::Llama => "llama",
+        }
+    }
+}
+
+/// The model's configuration plus where it came from.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub arch: Architecture,
+    pub name: Option<String>,
+    pub transformer: TransformerConfig,
+}
+
+impl ModelConfig {
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, InferenceError> {
+        let arch_name = file.get_str("general.architecture")?;
+        let arch = match arch_name {
+            "smollm3" => Architecture::SmolLm3,
+            "llama" => Architecture::Llama,
+            other => {
+                return Err(InferenceError::UnsupportedArchitecture {
+                    path: file.path().to_path_buf(),
+                    arch: other.to_string(),
+                    supported: Architecture::SUPPORTED.to_string(),
+                })
+            }
+        };
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let n_layer = file.get_usize(&key("block_count"))?;
+        let n_embd = file.get_usize(&key("embedding_length"))?;
+        let n_head = file.get_usize(&key("attention.head_count"))?;
+        let n_head_kv = file
+            .opt_usize(&key("attention.head_count_kv"))?
+            .unwrap_or(n_head);
+        let head_dim = match file.opt_usize(&key("attention.key_length"))? {
+            Some(d) => d,
+            None if n_head > 0 => n_embd / n_head,
+            None => 0,
+        };
+        let vocab_size = match file.opt_usize(&key("vocab_size"))? {
+            Some(v) => v,
+            None if file.has("tokenizer.ggml.tokens") => file.get_array("tokenizer.ggml.tokens")?.len(),
+            None => file
+                .tensor_info("token_embd.weight")
+                .map(|t| t.shape.dims()[0])
+                .ok_or_else(|| InferenceError::MissingKey {
+                    path: file.path().to_path_buf(),
+                    key: key("vocab_size"),
+                })?,
+        };
+        let rope_layers = (0..n_layer)
+            .map(|i| match arch {
+                Architecture::SmolLm3 => (i + 1) % SMOLLM3_NOPE_STEP != 0,
+                Architecture::Llama => true,
+            })
+            .collect();
+        let transformer = TransformerConfig {
+            n_layer,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_ff: file.get_usize(&key("feed_forward_length"))?,
+            vocab_size,
+            context_length: file.get_usize(&key("context_length"))?,
+            rms_eps: file.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_theta: file.opt_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+            rope_dim: file.opt_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim),
+            rope_scaling: rope_scaling(file, arch_name)?,
+            rope_layers,
+        };
+        Ok(Self {
+            arch,
+            name: file.opt_str("general.name")?.map(str::to_string),
+            transformer,
+        })
+    }
+}
+
+fn rope_scaling(file: &GgufFile, arch: &str) -> Result<RopeScaling, InferenceError> {
+    let key = |k: &str| format!("{arch}.rope.scaling.{k}");
+    let factor = match file.opt_f64(&key("factor"))? {
+        Some(f) => Some(f),
+        // Older converters wrote only the linear scale.
+        None => file.opt_f64(&format!("{arch}.rope.scale_linear"))?,
+    };
+    let kind = file.opt_str(&key("type"))?.unwrap_or(if factor.is_some() { "linear" } else { "none" });
+    let factor = factor.unwrap_or(1.0);
+    let bad = |problem: String| InferenceError::BadKey {
+        path: file.path().to_path_buf(),
+        key: key("factor"),
+        problem,
+    };
+    match kind {
+        "none" => Ok(RopeScaling::None),
+        _ if factor <= 0.0 => Err(bad(format!("must be > 0, found {factor}"))),
+        "linear" if factor == 1.0 => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear { factor }),
+        "yarn" => {
+            let ext = file.opt_f64(&key("yarn_ext_factor"))?.unwrap_or(-1.0);
+            Ok(RopeScaling::Yarn {
+                factor,
+                original_context: file.get_usize(&key("original_context_length"))?,
+                beta_fast: file.opt_f64(&key("yarn_beta_fast"))?.unwrap_or(32.0),
+                beta_slow: file.opt_f64(&key("yarn_beta_slow"))?.unwrap_or(1.0),
+                // llama.cpp: a negative (unset) extrapolation factor means 1.0 under YaRN.
+                ext_factor: if ext < 0.0 { 1.0 } else { ext },
+                attn_factor: file.opt_f64(&key("yarn_attn_factor"))?.unwrap_or(1.0),
+            })
+        }
+        other => Err(InferenceError::BadKey {
+            path: file.path().to_path_buf(),
+            key: key("type"),
+            problem: format!("names unsupported scaling `{other}` (supported: none, linear, yarn)"),
+        }),
+    }
+}

@@ -1,0 +1,32 @@
+//! Loading a SmolLM-family GGUF file into everything generation needs: configuration,
+//! tokenizer and weights, each validated with the file named in any error.
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use super::config::ModelConfig;
+use super::error::Smollm3Error;
+use super::tokenizer::GgufTokenizer;
+use crate::inference::{GgufFile, Transformer};
+
+/// A model ready to generate.
+pub struct LoadedModel {
+    pub config: ModelConfig,
+    pub tokenizer: GgufTokenizer,
+    pub transformer: Transformer,
+}
+
+impl LoadedModel {
+    pub fn load(path: &Path, device: &Device) -> Result<Self, Smollm3Error> {
+        let file = GgufFile::open(path)?;
+        let config = ModelConfig::from_gguf(&file)?;
+        let tokenizer = GgufTokenizer::from_gguf(&file)?;
+        let transformer = Transformer::load(&file, config.transformer.clone(), device)?;
+        Ok(Self {
+            config,
+            tokenizer,
+            transformer,
+        })
+    }
+}

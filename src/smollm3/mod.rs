@@ -1,0 +1,13 @@
+//! Layer 3: what is SmolLM3's own — its configuration as GGUF metadata states it (including
+//! which layers skip RoPE), its tokenizer, and synthetic test models with its true layout.
+
+pub mod config;
+pub mod error;
+pub mod loader;
+pub mod synthetic;
+pub mod tokenizer;
+
+pub use config::{Architecture, ModelConfig};
+pub use error::Smollm3Error;
+pub use loader::LoadedModel;
+pub use tokenizer::{GgufTokenizer, StreamDecoder};
