@@ -72,8 +72,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let mut failure = None;
     let mut cache = model.transformer.new_cache();
-    let stats = generate(&model.transformer, &mut cache, &prompt, &request, |id| {
-        match decoder.push(id) {
+    let stats = generate(
+        &model.transformer,
+        &mut cache,
+        &prompt,
+        &request,
+        |id| match decoder.push(id) {
             Ok(Some(text)) => {
                 let _ = out.write_all(text.as_bytes());
                 let _ = out.flush();
@@ -84,8 +88,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
                 failure = Some(e);
                 ControlFlow::Break(())
             }
-        }
-    })?;
+        },
+    )?;
     if let Some(e) = failure {
         return Err(e.into());
     }

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "smolbot", version, about = "A self-hosted chat server for SmolLM3-3B")]
+#[command(
+    name = "smolbot",
+    version,
+    about = "A self-hosted chat server for SmolLM3-3B"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

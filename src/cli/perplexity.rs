@@ -31,22 +31,33 @@ pub struct PerplexityArgs {
 }
 
 pub fn run(args: PerplexityArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(args.ctx >= 2, "--ctx must be at least 2 tokens, got {}", args.ctx);
+    anyhow::ensure!(
+        args.ctx >= 2,
+        "--ctx must be at least 2 tokens, got {}",
+        args.ctx
+    );
     let device = args.engine.device();
     let model = LoadedModel::load(&args.engine.model, &device)?;
     let tokens: Vec<u32> = match (&args.file, &args.tokens_file) {
         (Some(path), _) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             model.tokenizer.encode(&text, false)?
         }
         (_, Some(path)) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("{}: expected a JSON array of token ids", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| {
+                format!("{}: expected a JSON array of token ids", path.display())
+            })?
         }
         _ => unreachable!("clap requires one input"),
     };
-    anyhow::ensure!(tokens.len() >= 2, "need at least 2 tokens to score, got {}", tokens.len());
+    anyhow::ensure!(
+        tokens.len() >= 2,
+        "need at least 2 tokens to score, got {}",
+        tokens.len()
+    );
     let started = Instant::now();
     let nll = token_nll(&model.transformer, &tokens, args.ctx)?;
     let secs = started.elapsed().as_secs_f64();

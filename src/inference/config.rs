@@ -126,13 +126,13 @@ impl TransformerConfig {
     /// returns all problems found, each naming the tensor and what was expected.
     pub fn validate(&self, file: &GgufFile) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.n_head == 0 || self.n_head_kv == 0 || self.n_head % self.n_head_kv != 0 {
+        if self.n_head == 0 || self.n_head_kv == 0 || !self.n_head.is_multiple_of(self.n_head_kv) {
             problems.push(format!(
                 "head counts: {} query heads must be a non-zero multiple of {} KV heads",
                 self.n_head, self.n_head_kv
             ));
         }
-        if self.rope_dim > self.head_dim || self.rope_dim % 2 != 0 {
+        if self.rope_dim > self.head_dim || !self.rope_dim.is_multiple_of(2) {
             problems.push(format!(
                 "rope dimension {} must be even and at most the head dimension {}",
                 self.rope_dim, self.head_dim

@@ -40,9 +40,8 @@ impl GgufFile {
         let mut reader = BufReader::new(file);
         // candle's reader divides by `general.alignment` unchecked; a file stating 0 would
         // panic inside it, so reject that (and any other panic) as a malformed file.
-        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Content::read(&mut reader)
-        }));
+        let parsed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)));
         let content = match parsed {
             Ok(Ok(content)) => content,
             Ok(Err(e)) => return Err(malformed(&path, e.to_string())),
@@ -59,11 +58,16 @@ impl GgufFile {
 
     fn check_tensor_bounds(&self, file_len: u64) -> Result<()> {
         for (name, info) in &self.content.tensor_infos {
-            let bytes = tensor_bytes(info).ok_or_else(|| self.bad_tensor(name, format!(
-                "shape {:?} of type {:?} is not a whole number of blocks or overflows",
-                info.shape.dims(),
-                info.ggml_dtype
-            )))?;
+            let bytes = tensor_bytes(info).ok_or_else(|| {
+                self.bad_tensor(
+                    name,
+                    format!(
+                        "shape {:?} of type {:?} is not a whole number of blocks or overflows",
+                        info.shape.dims(),
+                        info.ggml_dtype
+                    ),
+                )
+            })?;
             let end = self
                 .content
                 .tensor_data_offset
@@ -149,7 +153,12 @@ impl GgufFile {
         let value = self.value(key)?;
         value_as_u64(value)
             .and_then(|v| usize::try_from(v).ok())
-            .ok_or_else(|| self.bad_key(key, format!("should be a non-negative integer, found {value:?}")))
+            .ok_or_else(|| {
+                self.bad_key(
+                    key,
+                    format!("should be a non-negative integer, found {value:?}"),
+                )
+            })
     }
 
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
@@ -198,7 +207,9 @@ impl GgufFile {
         match self.content.metadata.get(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(self.bad_key(key, format!("should be a bool, found {}", kind(other)))),
+            Some(other) => {
+                Err(self.bad_key(key, format!("should be a bool, found {}", kind(other))))
+            }
         }
     }
 
@@ -215,7 +226,10 @@ impl GgufFile {
             .enumerate()
             .map(|(i, v)| match v {
                 Value::String(s) => Ok(s.as_str()),
-                other => Err(self.bad_key(key, format!("element {i} should be a string, found {}", kind(other)))),
+                other => Err(self.bad_key(
+                    key,
+                    format!("element {i} should be a string, found {}", kind(other)),
+                )),
             })
             .collect()
     }
@@ -226,7 +240,10 @@ impl GgufFile {
             .enumerate()
             .map(|(i, v)| {
                 value_as_i64(v).ok_or_else(|| {
-                    self.bad_key(key, format!("element {i} should be an integer, found {}", kind(v)))
+                    self.bad_key(
+                        key,
+                        format!("element {i} should be an integer, found {}", kind(v)),
+                    )
                 })
             })
             .collect()

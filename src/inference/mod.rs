@@ -17,4 +17,4 @@ pub mod sampling;
 pub use config::{RopeScaling, TransformerConfig};
 pub use error::InferenceError;
 pub use gguf::GgufFile;
-pub use model::{SequenceCache, Transformer};
+pub use model::{SequenceCache, Transformer, WeightFormat};

@@ -87,23 +87,46 @@ impl SequenceCache {
     }
 }
 
+/// How weight matrices are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// As stored in the file; matmuls quantize activations like llama.cpp (the normal mode).
+    #[default]
+    Quantized,
+    /// Expanded to f32 (about 4× the memory of Q4): exact arithmetic, for fidelity checks.
+    Dequantized,
+}
+
 impl Transformer {
     /// Loads every tensor of `file` that `cfg` names, after validating them all.
     pub fn load(file: &GgufFile, cfg: TransformerConfig, device: &Device) -> Result<Self> {
+        Self::load_with(file, cfg, device, WeightFormat::Quantized)
+    }
+
+    pub fn load_with(
+        file: &GgufFile,
+        cfg: TransformerConfig,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<Self> {
         if let Some(problem) = cfg.validate(file).into_iter().next() {
             return Err(InferenceError::Malformed {
                 path: file.path().to_path_buf(),
                 reason: problem,
             });
         }
-        let qmm = |name: &str| -> Result<QMatMul> {
-            Ok(QMatMul::from_qtensor(file.tensor(name, device)?)?)
+        let to_matmul = |t: Arc<QTensor>| -> Result<QMatMul> {
+            Ok(match format {
+                WeightFormat::Quantized => QMatMul::from_arc(t)?,
+                WeightFormat::Dequantized => QMatMul::Tensor(t.dequantize(device)?),
+            })
         };
+        let qmm = |name: &str| to_matmul(Arc::new(file.tensor(name, device)?));
         let embed = Arc::new(file.tensor("token_embd.weight", device)?);
         let lm_head = if file.tensor_info("output.weight").is_some() {
             qmm("output.weight")?
         } else {
-            QMatMul::from_arc(embed.clone())?
+            to_matmul(embed.clone())?
         };
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for (i, &use_rope) in cfg.rope_layers.iter().enumerate() {
@@ -151,7 +174,12 @@ impl Transformer {
 
     /// Runs `tokens` after what `cache` holds and appends them to it. Returns logits as a
     /// `(rows, vocab)` f32 tensor: one row per token when `all_logits`, else the last only.
-    pub fn forward(&self, tokens: &[u32], cache: &mut SequenceCache, all_logits: bool) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut SequenceCache,
+        all_logits: bool,
+    ) -> Result<Tensor> {
         let needed = cache.len + tokens.len();
         if needed > self.cfg.context_length {
             return Err(InferenceError::ContextFull {
@@ -169,7 +197,9 @@ impl Transformer {
         let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
-            if let Some(logits) = self.forward_chunk(chunk, cache, all_logits || last, all_logits)? {
+            if let Some(logits) =
+                self.forward_chunk(chunk, cache, all_logits || last, all_logits)?
+            {
                 rows.push(logits);
             }
         }
@@ -194,9 +224,9 @@ impl Transformer {
             let attn = self.attention(layer, &h, kv, &cos, &sin, mask.as_ref())?;
             x = (x + attn)?;
             let h = layer.ffn_norm.forward(&x)?;
-            let ffn = layer
-                .down
-                .forward(&(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?)?;
+            let ffn = layer.down.forward(
+                &(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?,
+            )?;
             x = (x + ffn)?;
         }
         cache.len += t;
@@ -261,7 +291,8 @@ impl Transformer {
         if rope_dim == self.cfg.head_dim {
             return Ok(candle_nn::rotary_emb::rope_i(x, cos, sin)?);
         }
-        let rotated = candle_nn::rotary_emb::rope_i(&x.narrow(3, 0, rope_dim)?.contiguous()?, cos, sin)?;
+        let rotated =
+            candle_nn::rotary_emb::rope_i(&x.narrow(3, 0, rope_dim)?.contiguous()?, cos, sin)?;
         let rest = x.narrow(3, rope_dim, self.cfg.head_dim - rope_dim)?;
         Ok(Tensor::cat(&[&rotated, &rest], 3)?.contiguous()?)
     }
@@ -274,7 +305,15 @@ fn causal_mask(t: usize, offset: usize, device: &Device) -> candle_core::Result<
     }
     let total = offset + t;
     let data: Vec<f32> = (0..t)
-        .flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Ok(Some(Tensor::from_vec(data, (t, total), device)?))
 }

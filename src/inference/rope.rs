@@ -63,7 +63,12 @@ impl RopeFrequencies {
     }
 
     /// `(cos, sin)`, each `(len, rope_dim / 2)` f32, for positions `start..start + len`.
-    pub fn tables(&self, start: usize, len: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    pub fn tables(
+        &self,
+        start: usize,
+        len: usize,
+        device: &Device,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(len * half);
         let mut sin = Vec::with_capacity(len * half);
@@ -84,7 +89,13 @@ fn yarn_corr_dim(n_dims: usize, n_ctx_orig: usize, n_rot: f64, base: f64) -> f64
     n_dims as f64 * (n_ctx_orig as f64 / (n_rot * 2.0 * PI)).ln() / (2.0 * base.ln())
 }
 
-fn yarn_corr_dims(n_dims: usize, n_ctx_orig: usize, base: f64, beta_fast: f64, beta_slow: f64) -> (f64, f64) {
+fn yarn_corr_dims(
+    n_dims: usize,
+    n_ctx_orig: usize,
+    base: f64,
+    beta_fast: f64,
+    beta_slow: f64,
+) -> (f64, f64) {
     let start = yarn_corr_dim(n_dims, n_ctx_orig, beta_fast, base).floor();
     let end = yarn_corr_dim(n_dims, n_ctx_orig, beta_slow, base).ceil();
     (start.max(0.0), end.min(n_dims as f64 - 1.0))

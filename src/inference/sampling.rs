@@ -58,7 +58,10 @@ impl SamplingParams {
             return bad(format!("min-p must be in [0, 1], got {}", self.min_p));
         }
         if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
-            return bad(format!("repeat penalty must be > 0, got {}", self.repeat_penalty));
+            return bad(format!(
+                "repeat penalty must be > 0, got {}",
+                self.repeat_penalty
+            ));
         }
         Ok(())
     }
@@ -88,7 +91,10 @@ impl Sampler {
         let weights: Vec<f64> = {
             let t = self.params.temperature as f64;
             let max = candidates[0].1 as f64;
-            candidates.iter().map(|(_, l)| ((*l as f64 - max) / t).exp()).collect()
+            candidates
+                .iter()
+                .map(|(_, l)| ((*l as f64 - max) / t).exp())
+                .collect()
         };
         let total: f64 = weights.iter().sum();
         let mut r = self.rng.random::<f64>() * total;
@@ -155,7 +161,10 @@ impl Sampler {
 
 fn softmax(sorted: &[(u32, f32)]) -> Vec<f64> {
     let max = sorted.first().map(|c| c.1 as f64).unwrap_or(0.0);
-    let e: Vec<f64> = sorted.iter().map(|(_, l)| (*l as f64 - max).exp()).collect();
+    let e: Vec<f64> = sorted
+        .iter()
+        .map(|(_, l)| (*l as f64 - max).exp())
+        .collect();
     let sum: f64 = e.iter().sum();
     e.into_iter().map(|x| x / sum).collect()
 }

@@ -65,7 +65,9 @@ impl ModelConfig {
         };
         let vocab_size = match file.opt_usize(&key("vocab_size"))? {
             Some(v) => v,
-            None if file.has("tokenizer.ggml.tokens") => file.get_array("tokenizer.ggml.tokens")?.len(),
+            None if file.has("tokenizer.ggml.tokens") => {
+                file.get_array("tokenizer.ggml.tokens")?.len()
+            }
             None => file
                 .tensor_info("token_embd.weight")
                 .map(|t| t.shape.dims()[0])
@@ -91,7 +93,9 @@ impl ModelConfig {
             context_length: file.get_usize(&key("context_length"))?,
             rms_eps: file.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
             rope_theta: file.opt_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0),
-            rope_dim: file.opt_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim),
+            rope_dim: file
+                .opt_usize(&key("rope.dimension_count"))?
+                .unwrap_or(head_dim),
             rope_scaling: rope_scaling(file, arch_name)?,
             rope_layers,
         };
@@ -110,7 +114,9 @@ fn rope_scaling(file: &GgufFile, arch: &str) -> Result<RopeScaling, InferenceErr
         // Older converters wrote only the linear scale.
         None => file.opt_f64(&format!("{arch}.rope.scale_linear"))?,
     };
-    let kind = file.opt_str(&key("type"))?.unwrap_or(if factor.is_some() { "linear" } else { "none" });
+    let kind =
+        file.opt_str(&key("type"))?
+            .unwrap_or(if factor.is_some() { "linear" } else { "none" });
     let factor = factor.unwrap_or(1.0);
     let bad = |problem: String| InferenceError::BadKey {
         path: file.path().to_path_buf(),

@@ -10,4 +10,12 @@ pub enum Smollm3Error {
     Tokenizer { path: String, problem: String },
     #[error("tokenizing failed: {0}")]
     Encode(String),
+    #[error("chat template does not compile: {0}")]
+    TemplateCompile(String),
+    #[error("chat template failed to render: {0}")]
+    TemplateRender(String),
+    #[error("chat template input: {0}")]
+    TemplateInput(String),
+    #[error("malformed tool call ({problem}): {text}")]
+    ToolCall { problem: String, text: String },
 }

@@ -35,7 +35,8 @@ const SPECIAL_TOKENS: &[&str] = &[
 ];
 
 /// Text the synthetic BPE merges are learnt from: SmolLM3's six languages, code, digits.
-const TRAINING_TEXT: &str = "The quick brown fox jumps over the lazy dog. What is the capital of France? \
+const TRAINING_TEXT: &str =
+    "The quick brown fox jumps over the lazy dog. What is the capital of France? \
 The capital of France is Paris, and the river that runs through it is the Seine. \
 Le renard brun rapide saute par-dessus le chien paresseux. Quelle est la capitale de la France ? \
 El rápido zorro marrón salta sobre el perro perezoso. ¿Cuál es la capital de España? \
@@ -78,7 +79,7 @@ impl SyntheticSpec {
             max_merges: 512,
             context_length: 4096,
             rope_theta: 5_000_000.0,
-            qk_std: 0.25,
+            qk_std: 0.15,
             seed: 20261126,
         }
     }
@@ -139,7 +140,8 @@ impl Rng {
 
 /// GPT-2's byte → printable-character table used by byte-level BPE vocabularies.
 fn byte_chars() -> Vec<char> {
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut extra = 0;
     (0u32..256)
         .map(|b| {
@@ -168,8 +170,14 @@ fn train_merges(max_merges: usize) -> Result<Vec<(String, String)>, Smollm3Error
         .pre_tokenize(&mut pre)
         .map_err(|e| Smollm3Error::Encode(e.to_string()))?;
     let mut words: BTreeMap<Vec<String>, usize> = BTreeMap::new();
-    for (piece, _, _) in pre.get_splits(tokenizers::OffsetReferential::Original, tokenizers::OffsetType::Byte) {
-        let symbols = piece.bytes().map(|b| chars[b as usize].to_string()).collect();
+    for (piece, _, _) in pre.get_splits(
+        tokenizers::OffsetReferential::Original,
+        tokenizers::OffsetType::Byte,
+    ) {
+        let symbols = piece
+            .bytes()
+            .map(|b| chars[b as usize].to_string())
+            .collect();
         *words.entry(symbols).or_default() += 1;
     }
     let mut merges = Vec::new();
@@ -180,30 +188,31 @@ fn train_merges(max_merges: usize) -> Result<Vec<(String, String)>, Smollm3Error
                 *pairs.entry((p[0].clone(), p[1].clone())).or_default() += n;
             }
         }
-        let Some((best, count)) = pairs.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))) else {
+        let Some((best, count)) = pairs
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        else {
             break;
         };
         if count < 2 {
             break;
         }
         let joined = format!("{}{}", best.0, best.1);
-        words = words
-            .into_iter()
-            .fold(BTreeMap::new(), |mut acc, (w, n)| {
-                let mut out = Vec::with_capacity(w.len());
-                let mut i = 0;
-                while i < w.len() {
-                    if i + 1 < w.len() && w[i] == best.0 && w[i + 1] == best.1 {
-                        out.push(joined.clone());
-                        i += 2;
-                    } else {
-                        out.push(w[i].clone());
-                        i += 1;
-                    }
+        words = words.into_iter().fold(BTreeMap::new(), |mut acc, (w, n)| {
+            let mut out = Vec::with_capacity(w.len());
+            let mut i = 0;
+            while i < w.len() {
+                if i + 1 < w.len() && w[i] == best.0 && w[i + 1] == best.1 {
+                    out.push(joined.clone());
+                    i += 2;
+                } else {
+                    out.push(w[i].clone());
+                    i += 1;
                 }
-                *acc.entry(out).or_default() += n;
-                acc
-            });
+            }
+            *acc.entry(out).or_default() += n;
+            acc
+        });
         merges.push(best);
     }
     Ok(merges)
@@ -212,12 +221,13 @@ fn train_merges(max_merges: usize) -> Result<Vec<(String, String)>, Smollm3Error
 /// llama.cpp's Q4_K_M rule for `attn_v` and `ffn_down`: Q6_K in the first and last eighth of
 /// the layers and every third one between, Q4_K elsewhere.
 fn use_more_bits(i: usize, n: usize) -> bool {
-    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 /// Writes the model described by `spec` to `path`.
 pub fn write_gguf(spec: &SyntheticSpec, path: &Path) -> Result<(), Smollm3Error> {
-    let err = |e: candle_core::Error| Smollm3Error::Encode(format!("writing {}: {e}", path.display()));
+    let err =
+        |e: candle_core::Error| Smollm3Error::Encode(format!("writing {}: {e}", path.display()));
     let merges = train_merges(spec.max_merges)?;
     let chars = byte_chars();
     let mut tokens: Vec<String> = chars.iter().map(|c| c.to_string()).collect();
@@ -239,7 +249,9 @@ pub fn write_gguf(spec: &SyntheticSpec, path: &Path) -> Result<(), Smollm3Error>
         tokens.push(s.to_string());
         types.push(3);
     }
-    let special = |name: &str| special_base + SPECIAL_TOKENS.iter().position(|s| *s == name).unwrap_or(0) as u32;
+    let special = |name: &str| {
+        special_base + SPECIAL_TOKENS.iter().position(|s| *s == name).unwrap_or(0) as u32
+    };
 
     let arch = "smollm3";
     let k = |s: &str| format!("{arch}.{s}");
@@ -254,41 +266,96 @@ pub fn write_gguf(spec: &SyntheticSpec, path: &Path) -> Result<(), Smollm3Error>
         (k("embedding_length"), Value::U32(spec.n_embd as u32)),
         (k("feed_forward_length"), Value::U32(spec.n_ff as u32)),
         (k("attention.head_count"), Value::U32(spec.n_head as u32)),
-        (k("attention.head_count_kv"), Value::U32(spec.n_head_kv as u32)),
+        (
+            k("attention.head_count_kv"),
+            Value::U32(spec.n_head_kv as u32),
+        ),
         (k("rope.freq_base"), Value::F32(spec.rope_theta)),
         (k("attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
         (k("vocab_size"), Value::U32(spec.vocab_size as u32)),
         (k("rope.dimension_count"), Value::U32(head_dim as u32)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre".into(), Value::String("smaug-bpe".into())),
-        ("tokenizer.ggml.tokens".into(), Value::Array(tokens.into_iter().map(Value::String).collect())),
-        ("tokenizer.ggml.token_type".into(), Value::Array(types.into_iter().map(Value::I32).collect())),
+        (
+            "tokenizer.ggml.pre".into(),
+            Value::String("smaug-bpe".into()),
+        ),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
         (
             "tokenizer.ggml.merges".into(),
-            Value::Array(merges.iter().map(|(a, b)| Value::String(format!("{a} {b}"))).collect()),
+            Value::Array(
+                merges
+                    .iter()
+                    .map(|(a, b)| Value::String(format!("{a} {b}")))
+                    .collect(),
+            ),
         ),
-        ("tokenizer.ggml.bos_token_id".into(), Value::U32(special("<|begin_of_text|>"))),
-        ("tokenizer.ggml.eos_token_id".into(), Value::U32(special("<|im_end|>"))),
-        ("tokenizer.ggml.padding_token_id".into(), Value::U32(special("<|end_of_text|>"))),
+        (
+            "tokenizer.ggml.bos_token_id".into(),
+            Value::U32(special("<|begin_of_text|>")),
+        ),
+        (
+            "tokenizer.ggml.eos_token_id".into(),
+            Value::U32(special("<|im_end|>")),
+        ),
+        (
+            "tokenizer.ggml.padding_token_id".into(),
+            Value::U32(special("<|end_of_text|>")),
+        ),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
-        ("tokenizer.chat_template".into(), Value::String(CHAT_TEMPLATE.into())),
+        (
+            "tokenizer.chat_template".into(),
+            Value::String(CHAT_TEMPLATE.into()),
+        ),
     ];
 
     let mut rng = Rng(spec.seed);
     let device = Device::Cpu;
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    let mut add = |name: String, shape: &[usize], std: f32, offset: f32, dtype: GgmlDType| -> Result<(), Smollm3Error> {
+    let mut add = |name: String,
+                   shape: &[usize],
+                   std: f32,
+                   offset: f32,
+                   dtype: GgmlDType|
+     -> Result<(), Smollm3Error> {
         let n = shape.iter().product();
-        let data: Vec<f32> = rng.normals(n, std).into_iter().map(|x| x + offset).collect();
+        let data: Vec<f32> = rng
+            .normals(n, std)
+            .into_iter()
+            .map(|x| x + offset)
+            .collect();
         let t = Tensor::from_vec(data, shape, &device).map_err(err)?;
         tensors.push((name, QTensor::quantize(&t, dtype).map_err(err)?));
         Ok(())
     };
-    let (d, q, kv, ff) = (spec.n_embd, spec.n_head * head_dim, spec.n_head_kv * head_dim, spec.n_ff);
+    let (d, q, kv, ff) = (
+        spec.n_embd,
+        spec.n_head * head_dim,
+        spec.n_head_kv * head_dim,
+        spec.n_ff,
+    );
     // Tied embeddings: llama.cpp's Q4_K_M stores them as Q6_K since they are also the output.
-    add("token_embd.weight".into(), &[spec.vocab_size, d], 0.1, 0.0, GgmlDType::Q6K)?;
+    add(
+        "token_embd.weight".into(),
+        &[spec.vocab_size, d],
+        0.02,
+        0.0,
+        GgmlDType::Q6K,
+    )?;
     add("output_norm.weight".into(), &[d], 0.1, 1.0, GgmlDType::F32)?;
-    let mix = |i: usize| if use_more_bits(i, spec.n_layer) { GgmlDType::Q6K } else { GgmlDType::Q4K };
+    let mix = |i: usize| {
+        if use_more_bits(i, spec.n_layer) {
+            GgmlDType::Q6K
+        } else {
+            GgmlDType::Q4K
+        }
+    };
     for i in 0..spec.n_layer {
         let b = |s: &str| format!("blk.{i}.{s}.weight");
         add(b("attn_norm"), &[d], 0.1, 1.0, GgmlDType::F32)?;
@@ -301,12 +368,14 @@ pub fn write_gguf(spec: &SyntheticSpec, path: &Path) -> Result<(), Smollm3Error>
         add(b("ffn_up"), &[ff, d], 0.05, 0.0, GgmlDType::Q4K)?;
         add(b("ffn_down"), &[d, ff], 0.05, 0.0, mix(i))?;
     }
-    let file = std::fs::File::create(path).map_err(|e| Smollm3Error::Encode(format!("creating {}: {e}", path.display())))?;
+    let file = std::fs::File::create(path)
+        .map_err(|e| Smollm3Error::Encode(format!("creating {}: {e}", path.display())))?;
     let mut w = std::io::BufWriter::new(file);
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(&mut w, &meta_refs, &tensor_refs).map_err(err)?;
-    std::io::Write::flush(&mut w).map_err(|e| Smollm3Error::Encode(format!("writing {}: {e}", path.display())))?;
+    std::io::Write::flush(&mut w)
+        .map_err(|e| Smollm3Error::Encode(format!("writing {}: {e}", path.display())))?;
     Ok(())
 }
 
@@ -317,7 +386,10 @@ mod tests {
     #[test]
     fn q4_k_m_mix_matches_llama_cpp_for_36_layers() {
         let six: Vec<usize> = (0..36).filter(|&i| use_more_bits(i, 36)).collect();
-        assert_eq!(six, vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 31, 32, 33, 34, 35]);
+        assert_eq!(
+            six,
+            vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 31, 32, 33, 34, 35]
+        );
     }
 
     #[test]
@@ -325,7 +397,10 @@ mod tests {
         let a = train_merges(50).unwrap();
         assert_eq!(a, train_merges(50).unwrap());
         assert_eq!(a.len(), 50);
-        assert!(a.iter().take(10).any(|(x, y)| x == "Ġ" || y == "e"), "{a:?}");
+        assert!(
+            a.iter().take(10).any(|(x, y)| x == "Ġ" || y == "e"),
+            "{a:?}"
+        );
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! `tokenizers` crate: byte-level BPE with the pre-tokenizer llama.cpp picks for the file's
 //! `tokenizer.ggml.pre` (SmolLM3's Llama-3 style split, SmolLM2's digit-splitting GPT-2 one).
 
-
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -79,7 +78,11 @@ impl GgufTokenizer {
             .map(|(i, m)| {
                 m.split_once(' ')
                     .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| problem(format!("merge {i} `{m}` is not two tokens separated by a space")))
+                    .ok_or_else(|| {
+                        problem(format!(
+                            "merge {i} `{m}` is not two tokens separated by a space"
+                        ))
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let vocab: tokenizers::models::bpe::Vocab = tokens
@@ -106,7 +109,9 @@ impl GgufTokenizer {
             .filter(|(_, &ty)| ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED)
             .map(|(t, &ty)| AddedToken::from(t.to_string(), ty == TOKEN_TYPE_CONTROL))
             .collect();
-        tokenizer.add_special_tokens(added).map_err(|e| problem(format!("special tokens: {e}")))?;
+        tokenizer
+            .add_special_tokens(added)
+            .map_err(|e| problem(format!("special tokens: {e}")))?;
 
         let id = |key: &str| -> Result<Option<u32>, Smollm3Error> {
             Ok(file
@@ -123,7 +128,10 @@ impl GgufTokenizer {
         .flatten()
         .collect();
         for (i, (t, &ty)) in tokens.iter().zip(&types).enumerate() {
-            if ty == TOKEN_TYPE_CONTROL && END_OF_GENERATION_TEXTS.contains(t) && !end_of_generation.contains(&(i as u32)) {
+            if ty == TOKEN_TYPE_CONTROL
+                && END_OF_GENERATION_TEXTS.contains(t)
+                && !end_of_generation.contains(&(i as u32))
+            {
                 end_of_generation.push(i as u32);
             }
         }
@@ -134,7 +142,9 @@ impl GgufTokenizer {
             plain,
             special: tokenizer,
             bos: id("tokenizer.ggml.bos_token_id")?,
-            add_bos: file.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false),
+            add_bos: file
+                .opt_bool("tokenizer.ggml.add_bos_token")?
+                .unwrap_or(false),
             end_of_generation,
         })
     }
@@ -142,7 +152,11 @@ impl GgufTokenizer {
     /// Token ids of `text`; with `parse_special`, special-token texts become control tokens.
     /// Never adds BOS: callers that want it use [`Self::bos`].
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, Smollm3Error> {
-        let tk = if parse_special { &self.special } else { &self.plain };
+        let tk = if parse_special {
+            &self.special
+        } else {
+            &self.plain
+        };
         tk.encode(text, false)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| Smollm3Error::Encode(e.to_string()))
@@ -215,7 +229,10 @@ impl<'a> StreamDecoder<'a> {
         self.ids.push(id);
         let before = self.tokenizer.decode(&self.ids[self.prefix..self.read])?;
         let now = self.tokenizer.decode(&self.ids[self.prefix..])?;
-        if now.len() <= before.len() || now.ends_with('\u{FFFD}') || !now.is_char_boundary(before.len()) {
+        if now.len() <= before.len()
+            || now.ends_with('\u{FFFD}')
+            || !now.is_char_boundary(before.len())
+        {
             return Ok(None);
         }
         self.prefix = self.read;
@@ -227,7 +244,9 @@ impl<'a> StreamDecoder<'a> {
     pub fn finish(self) -> Result<Option<String>, Smollm3Error> {
         let before = self.tokenizer.decode(&self.ids[self.prefix..self.read])?;
         let now = self.tokenizer.decode(&self.ids[self.prefix..])?;
-        Ok((now.len() > before.len() && now.is_char_boundary(before.len()))
-            .then(|| now[before.len()..].to_string()))
+        Ok(
+            (now.len() > before.len() && now.is_char_boundary(before.len()))
+                .then(|| now[before.len()..].to_string()),
+        )
     }
 }

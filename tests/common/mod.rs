@@ -1,0 +1,84 @@
+//! Fixtures shared by the end-to-end tests: the synthetic tiny SmolLM3 file (generated once
+//! per test binary), the real SmolLM2 model fetched by `scripts/fetch_models.sh`, goldens.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+use smolbot::smollm3::synthetic::{write_gguf, SyntheticSpec};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The tiny synthetic model, written once into the target dir.
+pub fn tiny_model() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = root().join("target").join("test-models");
+        std::fs::create_dir_all(&dir).expect("create target/test-models");
+        let path = dir.join(format!("tiny-{}.gguf", std::process::id()));
+        write_gguf(&SyntheticSpec::tiny(), &path).expect("write tiny model");
+        path
+    })
+}
+
+/// SmolLM2-135M-Instruct (Q4_1), from `SMOLBOT_SMOLLM2` or `models/` where the fetch script
+/// puts it. Missing model is a test failure, not a skip: CI always fetches it.
+pub fn smollm2_model() -> PathBuf {
+    let path = std::env::var_os("SMOLBOT_SMOLLM2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            root()
+                .join("models")
+                .join("SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch_models.sh (or set SMOLBOT_SMOLLM2)",
+        path.display()
+    );
+    path
+}
+
+pub fn golden(name: &str) -> serde_json::Value {
+    let path = root().join("tests").join("golden").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn sha256(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn u32s(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+pub fn f32s(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
+}
+
+/// Mean absolute difference of two NLL lists of equal length.
+pub fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "NLL lists differ in length");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .sum::<f64>()
+        / a.len() as f64
+}

@@ -1,0 +1,130 @@
+//! The engine against llama.cpp: per-token NLL on the synthetic SmolLM3 file and on the real
+//! SmolLM2-135M, compared with golden files made by `scripts/make_golden.py`.
+
+mod common;
+
+use candle_core::Device;
+use common::*;
+use smolbot::inference::perplexity::{perplexity, token_nll};
+use smolbot::inference::{GgufFile, Transformer, WeightFormat};
+use smolbot::smollm3::ModelConfig;
+
+/// Bounds from the engine issue: mean |ΔNLL| and relative perplexity difference.
+const MAX_MEAN_ABS_NLL: f64 = 0.01;
+const MAX_PPL_REL: f64 = 0.005;
+
+/// SmolLM2-135M in Q4_1 amplifies the rounding of quantized activations: llama.cpp's own
+/// batch-1 and batch-128 kernels differ by 0.022 nats mean on this text, and candle's
+/// quantized vs f32 paths by 0.045. With F32 weights both engines agree to 5e-6 (see
+/// `smollm2_dequantized_matches_llama_cpp_exactly`), so this looser bound only covers kernels.
+const MAX_MEAN_ABS_NLL_Q4_1: f64 = 0.08;
+
+/// With no quantized arithmetic on either side the forward passes must agree to float noise.
+const MAX_MEAN_ABS_NLL_F32: f64 = 1e-4;
+
+fn score(
+    path: &std::path::Path,
+    golden: &serde_json::Value,
+    edit: impl FnOnce(&mut ModelConfig),
+) -> Vec<f32> {
+    score_as(path, golden, WeightFormat::Quantized, edit)
+}
+
+fn score_as(
+    path: &std::path::Path,
+    golden: &serde_json::Value,
+    format: WeightFormat,
+    edit: impl FnOnce(&mut ModelConfig),
+) -> Vec<f32> {
+    let file = GgufFile::open(path).unwrap();
+    let mut config = ModelConfig::from_gguf(&file).unwrap();
+    edit(&mut config);
+    let model = Transformer::load_with(&file, config.transformer, &Device::Cpu, format).unwrap();
+    let tokens = u32s(&golden["tokens"]);
+    token_nll(&model, &tokens, golden["window"].as_u64().unwrap() as usize).unwrap()
+}
+
+fn assert_matches(name: &str, ours: &[f32], golden: &serde_json::Value, max_mean_abs: f64) {
+    let theirs = f32s(&golden["nll"]);
+    let diff = mean_abs_diff(ours, &theirs);
+    let (p_ours, p_theirs) = (perplexity(ours), golden["ppl"].as_f64().unwrap());
+    let rel = (p_ours - p_theirs).abs() / p_theirs;
+    eprintln!(
+        "{name}: mean |ΔNLL| {diff:.5}, ppl {p_ours:.4} vs llama.cpp {p_theirs:.4} ({:.3}%)",
+        rel * 100.0
+    );
+    assert!(
+        diff < max_mean_abs,
+        "{name}: mean |ΔNLL| {diff} ≥ {max_mean_abs}"
+    );
+    assert!(
+        rel < MAX_PPL_REL,
+        "{name}: perplexity {p_ours} vs {p_theirs}: {:.3}% apart",
+        rel * 100.0
+    );
+}
+
+#[test]
+fn tiny_smollm3_matches_llama_cpp() {
+    let golden = golden("tiny_smollm3_nll.json");
+    assert_eq!(
+        sha256(tiny_model()),
+        golden["model_sha256"].as_str().unwrap(),
+        "the synthetic generator changed: regenerate tests/golden with scripts/make_golden.py"
+    );
+    let ours = score(tiny_model(), &golden, |_| {});
+    assert_matches("tiny smollm3", &ours, &golden, MAX_MEAN_ABS_NLL);
+}
+
+#[test]
+fn a_wrong_nope_plan_fails_the_golden_bound() {
+    let golden = golden("tiny_smollm3_nll.json");
+    let theirs = f32s(&golden["nll"]);
+    // RoPE on every layer, as a plain Llama would do it.
+    let all_rope = score(tiny_model(), &golden, |c| {
+        c.transformer.rope_layers.iter_mut().for_each(|r| *r = true)
+    });
+    let diff = mean_abs_diff(&all_rope, &theirs);
+    eprintln!("RoPE on every layer: mean |ΔNLL| {diff:.4}");
+    assert!(
+        diff > 10.0 * MAX_MEAN_ABS_NLL,
+        "a wrong NoPE plan moved NLL by only {diff}"
+    );
+    // NoPE shifted by one layer (2, 6 instead of 3, 7).
+    let shifted = score(tiny_model(), &golden, |c| {
+        let n = c.transformer.n_layer;
+        c.transformer.rope_layers = (0..n).map(|i| (i + 2) % 4 != 0).collect();
+    });
+    let diff = mean_abs_diff(&shifted, &theirs);
+    eprintln!("NoPE one layer early: mean |ΔNLL| {diff:.4}");
+    assert!(
+        diff > 10.0 * MAX_MEAN_ABS_NLL,
+        "a shifted NoPE plan moved NLL by only {diff}"
+    );
+}
+
+#[test]
+fn smollm2_matches_llama_cpp() {
+    let golden = golden("smollm2_nll.json");
+    let path = smollm2_model();
+    assert_eq!(
+        sha256(&path),
+        golden["model_sha256"].as_str().unwrap(),
+        "a different SmolLM2 file"
+    );
+    let ours = score(&path, &golden, |_| {});
+    assert_matches("smollm2-135m", &ours, &golden, MAX_MEAN_ABS_NLL_Q4_1);
+}
+
+#[test]
+fn smollm2_dequantized_matches_llama_cpp_exactly() {
+    let golden = golden("smollm2_f32_nll.json");
+    let path = smollm2_model();
+    assert_eq!(
+        sha256(&path),
+        golden["model_sha256"].as_str().unwrap(),
+        "a different SmolLM2 file"
+    );
+    let ours = score_as(&path, &golden, WeightFormat::Dequantized, |_| {});
+    assert_matches("smollm2-135m f32", &ours, &golden, MAX_MEAN_ABS_NLL_F32);
+}
