@@ -71,6 +71,25 @@ TOKENIZER_TEXTS = [
     "Digits 1234567890 and 3.14159, 1,000,000 and 2026-11-26.",
     "Special text that must stay text: <|im_start|>user <think> </think> <|im_end|>",
     "it's we're they've I'm you'll he'd DON'T",
+    # Edge cases of the pre-tokenizer regexes: line endings, Unicode spaces and digits,
+    # combining marks, contractions, more scripts, ZWJ emoji, punctuation runs, empty input.
+    "Line one\r\nLine two\r\n\r\nEnd\r",
+    "Non-breaking\u00a0space, thin\u2009space, ideographic\u3000space, zero\u200bwidth, NEL\u0085end",
+    "Combining: e\u0301 n\u0303 a\u0308 — Arabic-Indic ١٢٣٤٥ digits, superscript x² ½ ⅷ ⑤",
+    "It’s curly; 'S 'LL 'Re 'VE and 'd at the start, rock'n'roll, o'clock",
+    "Trailing spaces   \n   leading and \t mixed \n\n  \n",
+    "SELECT * FROM users WHERE id = 42; -- comment\n<div class=\"x\">&amp;</div>\n\t\treturn {'a': [1, 2]}",
+    "Ελληνικά Русский текст עברית العربية हिन्दी ไทย tiếng Việt",
+    "3141592653589793238462643383279 12 123 1234 12345 0.5 -7 +8 1e10 0x1F",
+    "👨‍👩‍👧‍👦 family, ❤️ heart, 🏳️‍🌈 flag, 1️⃣ keycap, 🤖🦀",
+    "",
+    " ",
+    "\n",
+    "   ",
+    "a\n\n\nb  \n  c\t\n\td",
+    "Ça, où, déjà, naïve, cœur, Æsop, ß, ẞ, İstanbul, ǅ",
+    "Hello<|im_start|>world<|im_end|>\n<think>\nok\n</think>",
+    "!!! ??? ... --- *** ### @@@ $$$ %%% ^^^ &&& ((( ))) ___ +++ === {{{ }}} [[[ ]]] ||| \\\\\\ ;;; ::: ''' \"\"\" <<< >>> ,,, /// ~~~ ```",
 ]
 
 

@@ -4,3 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch_models.sh
 cargo test --all-targets 2>&1
+# The OpenAI-compatible API through the official `openai` client against `smolbot serve`
+# (stub and tiny synthetic model); needs the binary built.
+cargo build 2>&1
+PYTHONDONTWRITEBYTECODE=1 python3 -m pytest -q -p no:cacheprovider tests/api 2>&1

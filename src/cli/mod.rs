@@ -1,9 +1,13 @@
 //! Subcommands of the `smolbot` binary; each module is the glue for one of them.
 
+mod bench;
 mod generate;
 mod inspect;
 mod perplexity;
+mod render;
+mod serve;
 mod synth;
+mod tokenize;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,8 +33,16 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Perplexity of a text or token list (the fidelity yardstick against llama.cpp).
     Perplexity(perplexity::PerplexityArgs),
+    /// Measure prompt and generation speed and peak memory on a model file.
+    Bench(bench::BenchArgs),
     /// Write a synthetic SmolLM3 GGUF file (random weights) for tests and benchmarks.
     Synth(synth::SynthArgs),
+    /// Print the token ids and pieces of a text, from a GGUF file's tokenizer alone.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Print the prompt a chat template makes of a conversation, exactly.
+    Render(render::RenderArgs),
+    /// Serve the OpenAI-compatible chat API over a GGUF model or the stub.
+    Serve(serve::ServeArgs),
 }
 
 /// Options every model-running command shares.
@@ -65,5 +77,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(a) => generate::run(a),
         Command::Perplexity(a) => perplexity::run(a),
         Command::Synth(a) => synth::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
+        Command::Render(a) => render::run(a),
     }
 }

@@ -1,5 +1,9 @@
 //! The token loop: prefill the prompt, then sample one token per forward step until an
 //! end token, the token limit, the context limit, or the caller says stop.
+//!
+//! The caller may also inject tokens after any sampled one (a thinking budget closing the
+//! reasoning, say): they are fed to the model and join the history like sampled ones, but
+//! nothing samples them, so the engine stays ignorant of why they were chosen.
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -56,6 +60,18 @@ pub struct GenerationRequest {
     pub stop_tokens: Vec<u32>,
 }
 
+/// What the caller wants after seeing a sampled token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenAction {
+    /// Go on sampling.
+    Continue,
+    /// End the generation ([`StopReason::Cancelled`]).
+    Stop,
+    /// Feed these tokens to the model after the sampled one, then go on sampling. They are
+    /// not passed back to the callback and do not count toward `max_tokens`.
+    Inject(Vec<u32>),
+}
+
 /// Generates after `prompt`, calling `on_token` with each new token id.
 pub fn generate(
     model: &Transformer,
@@ -63,6 +79,20 @@ pub fn generate(
     prompt: &[u32],
     request: &GenerationRequest,
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<GenerationStats> {
+    generate_with(model, cache, prompt, request, |id| match on_token(id) {
+        ControlFlow::Continue(()) => TokenAction::Continue,
+        ControlFlow::Break(()) => TokenAction::Stop,
+    })
+}
+
+/// [`generate`] whose callback may also inject tokens (see [`TokenAction::Inject`]).
+pub fn generate_with(
+    model: &Transformer,
+    cache: &mut SequenceCache,
+    prompt: &[u32],
+    request: &GenerationRequest,
+    mut on_token: impl FnMut(u32) -> TokenAction,
 ) -> Result<GenerationStats> {
     let mut sampler = Sampler::new(request.sampling.clone())?;
     let limit = model.config().context_length;
@@ -89,13 +119,17 @@ pub fn generate(
         }
         generated += 1;
         history.push(next);
-        if on_token(next).is_break() {
-            break StopReason::Cancelled;
+        let mut feed = vec![next];
+        match on_token(next) {
+            TokenAction::Continue => {}
+            TokenAction::Stop => break StopReason::Cancelled,
+            TokenAction::Inject(tokens) => feed.extend(tokens),
         }
-        if cache.len() >= limit {
+        if cache.len() + feed.len() > limit {
             break StopReason::ContextFull;
         }
-        logits = model.forward(&[next], cache, false)?;
+        history.extend_from_slice(&feed[1..]);
+        logits = model.forward(&feed, cache, false)?;
     };
     Ok(GenerationStats {
         prompt_tokens: prompt.len(),

@@ -40,8 +40,11 @@ impl GgufFile {
         let mut reader = BufReader::new(file);
         // candle's reader divides by `general.alignment` unchecked; a file stating 0 would
         // panic inside it, so reject that (and any other panic) as a malformed file.
+        let loud = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
         let parsed =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)));
+        std::panic::set_hook(loud);
         let content = match parsed {
             Ok(Ok(content)) => content,
             Ok(Err(e)) => return Err(malformed(&path, e.to_string())),

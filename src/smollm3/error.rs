@@ -18,4 +18,6 @@ pub enum Smollm3Error {
     TemplateInput(String),
     #[error("malformed tool call ({problem}): {text}")]
     ToolCall { problem: String, text: String },
+    #[error("thinking budget: {0}")]
+    ThinkingBudget(String),
 }

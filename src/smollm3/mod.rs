@@ -5,9 +5,11 @@ pub mod chat_template;
 pub mod config;
 pub mod error;
 pub mod loader;
+pub mod prompt;
 pub mod pyformat;
 pub mod synthetic;
 pub mod thinking;
+pub mod thinking_budget;
 pub mod tokenizer;
 pub mod tool_calls;
 

@@ -182,6 +182,21 @@ impl GgufTokenizer {
     pub fn end_of_generation(&self) -> &[u32] {
         &self.end_of_generation
     }
+
+    /// The control tokens (texts that become one token only with `parse_special`) and their
+    /// ids, longest text first: what must be kept out of user text (see
+    /// [`super::prompt`]).
+    pub fn control_tokens(&self) -> Vec<(String, u32)> {
+        let mut tokens: Vec<(String, u32)> = self
+            .special
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, token)| token.special)
+            .map(|(id, token)| (token.content, id))
+            .collect();
+        tokens.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        tokens
+    }
 }
 
 fn pre_tokenizer(name: &str) -> Option<PreTokenizerWrapper> {

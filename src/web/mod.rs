@@ -1,3 +1,12 @@
 //! Layer 1: HTTP (Axum routes, SSE streaming, MiniJinja pages).
 //!
 //! Empty until the web issue lands; the folder exists so the architecture stays visible.
+
+pub mod api;
+pub mod app;
+pub mod error;
+pub mod json;
+pub mod openai;
+pub mod sse;
+
+pub use app::{app, AppState};

@@ -1,0 +1,150 @@
+//! The token sources the engine thread can drive: the real GGUF model, or the stub.
+//!
+//! Both stand behind [`TokenModel`], the token loop's interface — prompt ids in, one id at a
+//! time out through a callback that may stop it — so everything above it (template,
+//! tokenizer, limits, reply parsing, queueing, cancellation, HTTP) is shared and the stub
+//! exercises the same path as the real model.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::chat::ChatCodec;
+use super::error::ServiceError;
+use super::stub::{StubConfig, StubModel};
+use crate::inference::generate::{generate, GenerationRequest, GenerationStats};
+use crate::inference::GgufFile;
+use crate::smollm3::chat_template::ChatTemplate;
+use crate::smollm3::prompt::{model_template, special_token_kwargs};
+use crate::smollm3::{LoadedModel, Smollm3Error};
+use serde_json::Map;
+
+/// A model as the engine thread sees it: runs the token loop for one request.
+pub trait TokenModel {
+    /// Generates after `prompt`, handing each new id to `on_token`, which may stop it.
+    fn generate(
+        &mut self,
+        prompt: &[u32],
+        request: &GenerationRequest,
+        on_token: &mut dyn FnMut(u32) -> ControlFlow<()>,
+    ) -> Result<GenerationStats, ServiceError>;
+}
+
+/// Which backend to start, and how.
+#[derive(Debug, Clone)]
+pub enum BackendSpec {
+    /// A SmolLM-family GGUF file.
+    Gguf {
+        path: PathBuf,
+        /// Stay on the CPU even when built with CUDA.
+        force_cpu: bool,
+        /// Name to answer `/v1/models` with; the file's name without `.gguf` when `None`.
+        alias: Option<String>,
+    },
+    /// The deterministic stand-in without weights.
+    Stub(StubConfig),
+}
+
+/// What the API tells clients about the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// The name clients pass as `model`.
+    pub id: String,
+    pub context_length: usize,
+    /// Seconds since the Unix epoch when the model was loaded.
+    pub created: u64,
+    pub is_stub: bool,
+}
+
+/// A backend, loaded: the token source (kept on the engine thread) and the text side
+/// (shared with request handlers).
+pub struct LoadedBackend {
+    pub model: Box<dyn TokenModel>,
+    pub codec: ChatCodec,
+    pub info: ModelInfo,
+}
+
+impl BackendSpec {
+    /// Loads the backend; runs on the engine thread, which then owns the weights.
+    pub fn load(&self) -> Result<LoadedBackend, Smollm3Error> {
+        match self {
+            Self::Gguf {
+                path,
+                force_cpu,
+                alias,
+            } => {
+                let device = crate::inference::device::select(*force_cpu);
+                let model = LoadedModel::load(path, &device)?;
+                let file = GgufFile::open(path)?;
+                let template = model_template(&file)?;
+                let template_defaults = special_token_kwargs(&file)?;
+                let context_length = model.config.transformer.context_length;
+                let id = alias.clone().unwrap_or_else(|| {
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
+                        .unwrap_or_else(|| "model".into())
+                });
+                let codec = ChatCodec::new(
+                    model.tokenizer.clone(),
+                    template,
+                    template_defaults,
+                    context_length,
+                );
+                Ok(LoadedBackend {
+                    model: Box::new(GgufModel { model }),
+                    codec,
+                    info: ModelInfo {
+                        id,
+                        context_length,
+                        created: now(),
+                        is_stub: false,
+                    },
+                })
+            }
+            Self::Stub(config) => {
+                let stub = StubModel::new(config.clone())?;
+                let codec = ChatCodec::new(
+                    stub.tokenizer().clone(),
+                    ChatTemplate::builtin()?,
+                    Map::new(),
+                    config.context_length,
+                );
+                Ok(LoadedBackend {
+                    info: ModelInfo {
+                        id: super::stub::STUB_MODEL_ID.into(),
+                        context_length: config.context_length,
+                        created: now(),
+                        is_stub: true,
+                    },
+                    model: Box::new(stub),
+                    codec,
+                })
+            }
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The real model: a fresh KV cache per request, the shared token loop.
+struct GgufModel {
+    model: LoadedModel,
+}
+
+impl TokenModel for GgufModel {
+    fn generate(
+        &mut self,
+        prompt: &[u32],
+        request: &GenerationRequest,
+        on_token: &mut dyn FnMut(u32) -> ControlFlow<()>,
+    ) -> Result<GenerationStats, ServiceError> {
+        let transformer = &self.model.transformer;
+        let mut cache = transformer.new_cache();
+        generate(transformer, &mut cache, prompt, request, on_token)
+            .map_err(|err| ServiceError::Generation(err.to_string()))
+    }
+}

@@ -1,0 +1,108 @@
+//! Errors of the services layer: what can go wrong between a parsed request and the engine's
+//! last token. Each message names the field or the limit at fault, so the web layer can pass
+//! it to the client as is; the web layer alone decides which HTTP status each one gets.
+
+use crate::smollm3::Smollm3Error;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("`messages` must hold at least one message")]
+    EmptyMessages,
+    #[error("`{field}` must be between 1 and {limit} (the context size), got {value}")]
+    MaxTokensOutOfRange {
+        field: &'static str,
+        value: i64,
+        limit: usize,
+    },
+    #[error(
+        "the prompt has {} tokens; the context holds {} (leave at least one token for the answer)",
+        thousands(*prompt_tokens),
+        thousands(*limit)
+    )]
+    PromptTooLong { prompt_tokens: usize, limit: usize },
+    #[error("`{field}` {problem}")]
+    InvalidParameter {
+        field: &'static str,
+        problem: String,
+    },
+    #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
+    TokenOutOfRange { id: i64, vocab: usize },
+    #[error("the chat template cannot render these messages: {0}")]
+    Template(Smollm3Error),
+    #[error("tokenizing the prompt failed: {0}")]
+    Tokenize(Smollm3Error),
+    #[error(
+        "the server is busy: {capacity} requests are already waiting for the model; try again shortly"
+    )]
+    QueueFull { capacity: usize },
+    #[error("the model is not running any more; restart the server")]
+    EngineStopped,
+    #[error("loading the model failed: {0}")]
+    Load(Smollm3Error),
+    #[error("generation failed: {0}")]
+    Generation(String),
+}
+
+/// `70112` as `70,112`: token counts in messages are read by people.
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits_by_three() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(65_536), "65,536");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn messages_name_the_field_and_the_limit() {
+        let cases = [
+            (ServiceError::EmptyMessages, "`messages`"),
+            (
+                ServiceError::MaxTokensOutOfRange {
+                    field: "max_tokens",
+                    value: 0,
+                    limit: 4096,
+                },
+                "`max_tokens` must be between 1 and 4096 (the context size), got 0",
+            ),
+            (
+                ServiceError::PromptTooLong {
+                    prompt_tokens: 70_112,
+                    limit: 65_536,
+                },
+                "the prompt has 70,112 tokens; the context holds 65,536",
+            ),
+            (
+                ServiceError::TokenOutOfRange {
+                    id: 9999,
+                    vocab: 512,
+                },
+                "token id 9999 is outside the vocabulary of 512 tokens",
+            ),
+            (
+                ServiceError::QueueFull { capacity: 16 },
+                "16 requests are already waiting",
+            ),
+        ];
+        for (error, expected) in cases {
+            let text = error.to_string();
+            assert!(text.contains(expected), "{text:?} lacks {expected:?}");
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! What a generation sends back, and the parser that makes it from raw token ids.
+//!
+//! The engine thread turns each new token into events at once — text decoded without
+//! splitting characters, stop strings cut, `<think>` reasoning apart from the answer, and
+//! `<tool_call>` blocks parsed into calls — so every consumer (the OpenAI API, the page) gets
+//! the same typed stream and no consumer re-implements SmolLM3's output format.
+//!
+//! Reasoning and answer text are trimmed the way a chat client shows them: leading
+//! whitespace is dropped and trailing whitespace is held back until more text follows, so
+//! the streamed pieces join to exactly the text a non-streaming reply holds.
+
+use std::time::Duration;
+
+use crate::smollm3::thinking::{ThinkingEvent, ThinkingParser};
+use crate::smollm3::tool_calls::{ToolCall, ToolCallEvent, ToolCallParser};
+use crate::smollm3::{GgufTokenizer, Smollm3Error, StreamDecoder};
+
+/// One step of a generation's output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationEvent {
+    /// Text of the model's reasoning (inside `<think>…</think>`).
+    Reasoning(String),
+    /// Text of the answer.
+    Content(String),
+    /// A complete, valid tool call from the answer.
+    ToolCall(ToolCall),
+    /// The generation ended; always the last event of a successful run.
+    Done(Completion),
+    /// The generation failed after it started; the last event.
+    Failed(String),
+}
+
+/// Why the answer ended, in OpenAI's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end token or a stop string.
+    Stop,
+    /// `max_tokens` or the context ran out.
+    Length,
+    /// The answer called a tool and ended.
+    ToolCalls,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::ToolCalls => "tool_calls",
+        }
+    }
+}
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    /// Generated tokens, reasoning and tool calls included, the end token not.
+    pub completion_tokens: usize,
+}
+
+/// How long the prompt and the answer took (llama.cpp server's `timings`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Timings {
+    pub prompt_tokens: usize,
+    pub prompt_time: Duration,
+    pub predicted_tokens: usize,
+    pub predicted_time: Duration,
+}
+
+/// The summary that closes a successful generation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Completion {
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    pub timings: Timings,
+}
+
+/// How to read one request's output.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplyOptions {
+    /// Strings that end the answer where they first appear (not included in it).
+    pub stop: Vec<String>,
+    /// Tools were offered: `<tool_call>` blocks in the answer are calls, not text.
+    pub parse_tool_calls: bool,
+}
+
+/// Turns generated ids into [`GenerationEvent`]s as they arrive.
+pub struct ReplyParser<'a> {
+    tokenizer: &'a GgufTokenizer,
+    decoder: StreamDecoder<'a>,
+    stop: StopMatcher,
+    thinking: ThinkingParser,
+    tools: Option<ToolCallParser>,
+    reasoning: Trimmer,
+    content: Trimmer,
+    tool_calls: usize,
+}
+
+impl<'a> ReplyParser<'a> {
+    pub fn new(tokenizer: &'a GgufTokenizer, options: &ReplyOptions) -> Self {
+        Self {
+            tokenizer,
+            decoder: StreamDecoder::new(tokenizer),
+            stop: StopMatcher::new(options.stop.clone()),
+            thinking: ThinkingParser::new(),
+            tools: options.parse_tool_calls.then(ToolCallParser::new),
+            reasoning: Trimmer::default(),
+            content: Trimmer::default(),
+            tool_calls: 0,
+        }
+    }
+
+    /// Takes the next generated id and returns the events it completes.
+    pub fn push(&mut self, id: u32) -> Result<Vec<GenerationEvent>, Smollm3Error> {
+        if self.stop.hit() {
+            return Ok(Vec::new());
+        }
+        let Some(text) = self.decoder.push(id)? else {
+            return Ok(Vec::new());
+        };
+        let text = self.stop.push(&text);
+        let mut events = Vec::new();
+        let thinking = self.thinking.push(&text);
+        self.sort(thinking, &mut events);
+        if self.stop.hit() {
+            self.flush(&mut events);
+        }
+        Ok(events)
+    }
+
+    /// A stop string appeared: the answer is over, whatever the model would add.
+    pub fn stopped(&self) -> bool {
+        self.stop.hit()
+    }
+
+    /// How many tool calls the answer made so far.
+    pub fn tool_calls(&self) -> usize {
+        self.tool_calls
+    }
+
+    /// Ends the output: whatever was held back comes out.
+    pub fn finish(mut self) -> Result<Vec<GenerationEvent>, Smollm3Error> {
+        let mut events = Vec::new();
+        if !self.stop.hit() {
+            let decoder = std::mem::replace(&mut self.decoder, StreamDecoder::new(self.tokenizer));
+            let mut text = decoder.finish()?.unwrap_or_default();
+            text = self.stop.push(&text);
+            text.push_str(&self.stop.finish());
+            let thinking = self.thinking.push(&text);
+            self.sort(thinking, &mut events);
+        }
+        self.flush(&mut events);
+        Ok(events)
+    }
+
+    fn flush(&mut self, events: &mut Vec<GenerationEvent>) {
+        let thinking = self.thinking.finish();
+        self.sort(thinking, events);
+        if let Some(tools) = &mut self.tools {
+            let calls = tools.finish();
+            self.answer(calls, events);
+        }
+    }
+
+    fn sort(&mut self, thinking: Vec<ThinkingEvent>, events: &mut Vec<GenerationEvent>) {
+        for event in thinking {
+            match event {
+                ThinkingEvent::Reasoning(text) => {
+                    if let Some(text) = self.reasoning.push(&text) {
+                        events.push(GenerationEvent::Reasoning(text));
+                    }
+                }
+                ThinkingEvent::Answer(text) => match &mut self.tools {
+                    Some(tools) => {
+                        let parsed = tools.push(&text);
+                        self.answer(parsed, events);
+                    }
+                    None => {
+                        if let Some(text) = self.content.push(&text) {
+                            events.push(GenerationEvent::Content(text));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn answer(&mut self, parsed: Vec<ToolCallEvent>, events: &mut Vec<GenerationEvent>) {
+        for event in parsed {
+            match event {
+                ToolCallEvent::Content(text) => {
+                    if let Some(text) = self.content.push(&text) {
+                        events.push(GenerationEvent::Content(text));
+                    }
+                }
+                ToolCallEvent::ToolCall(call) => {
+                    self.tool_calls += 1;
+                    events.push(GenerationEvent::ToolCall(call));
+                }
+            }
+        }
+    }
+}
+
+/// Cuts the output at the first stop string, holding back any end of the text that could
+/// still grow into one.
+#[derive(Debug, Default)]
+struct StopMatcher {
+    stops: Vec<String>,
+    held: String,
+    hit: bool,
+}
+
+impl StopMatcher {
+    fn new(stops: Vec<String>) -> Self {
+        Self {
+            stops,
+            ..Self::default()
+        }
+    }
+
+    fn hit(&self) -> bool {
+        self.hit
+    }
+
+    /// Returns the text that is certainly before any stop string.
+    fn push(&mut self, text: &str) -> String {
+        if self.hit {
+            return String::new();
+        }
+        if self.stops.is_empty() {
+            return text.to_owned();
+        }
+        self.held.push_str(text);
+        let first = self
+            .stops
+            .iter()
+            .filter_map(|stop| self.held.find(stop.as_str()))
+            .min();
+        if let Some(at) = first {
+            self.hit = true;
+            self.held.truncate(at);
+            return std::mem::take(&mut self.held);
+        }
+        let keep = self
+            .stops
+            .iter()
+            .map(|stop| partial_prefix_len(&self.held, stop))
+            .max()
+            .unwrap_or(0);
+        let rest = self.held.split_off(self.held.len() - keep);
+        std::mem::replace(&mut self.held, rest)
+    }
+
+    fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+}
+
+/// Length of the longest end of `text` that is a proper start of `stop`, on a char boundary.
+fn partial_prefix_len(text: &str, stop: &str) -> usize {
+    (1..stop.len().min(text.len() + 1))
+        .rev()
+        .find(|&len| {
+            stop.is_char_boundary(len)
+                && text.is_char_boundary(text.len() - len)
+                && text.ends_with(&stop[..len])
+        })
+        .unwrap_or(0)
+}
+
+/// Drops leading whitespace and holds trailing whitespace until more text follows.
+#[derive(Debug, Default)]
+struct Trimmer {
+    started: bool,
+    pending: String,
+}
+
+impl Trimmer {
+    fn push(&mut self, text: &str) -> Option<String> {
+        let text = if self.started {
+            text
+        } else {
+            text.trim_start()
+        };
+        let body = text.trim_end().len();
+        if body == 0 {
+            if self.started {
+                self.pending.push_str(text);
+            }
+            return None;
+        }
+        self.started = true;
+        let mut out = std::mem::take(&mut self.pending);
+        out.push_str(&text[..body]);
+        self.pending.push_str(&text[body..]);
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn stop_run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+        let mut m = StopMatcher::new(stops.iter().map(|s| s.to_string()).collect());
+        let mut out = String::new();
+        for p in pieces {
+            out.push_str(&m.push(p));
+        }
+        out.push_str(&m.finish());
+        (out, m.hit())
+    }
+
+    #[test]
+    fn stop_string_split_across_pieces_is_found() {
+        assert_eq!(
+            stop_run(&["END"], &["abc E", "N", "D more"]),
+            ("abc ".into(), true)
+        );
+        assert_eq!(
+            stop_run(&["END"], &["abc EN", "x"]),
+            ("abc ENx".into(), false)
+        );
+        assert_eq!(
+            stop_run(&["b", "xyz"], &["axy", "zb"]),
+            ("a".into(), true),
+            "the earliest stop wins"
+        );
+        assert_eq!(stop_run(&[], &["a", "b"]), ("ab".into(), false));
+    }
+
+    #[test]
+    fn stop_prefix_never_splits_a_character() {
+        assert_eq!(
+            stop_run(&["éx"], &["caf", "é", "!"]),
+            ("café!".into(), false)
+        );
+    }
+
+    #[test]
+    fn trimmer_drops_outer_whitespace_and_keeps_inner() {
+        let mut t = Trimmer::default();
+        let pieces = ["\n\n", " Hello", " \n", "\n", "world", "\n\n"];
+        let out: String = pieces.iter().filter_map(|p| t.push(p)).collect();
+        assert_eq!(out, "Hello \n\nworld");
+    }
+
+    /// Runs text through a parser built on a real tokenizer, one id at a time.
+    fn parse(text: &str, options: &ReplyOptions) -> Vec<GenerationEvent> {
+        let tokenizer = crate::services::stub::stub_tokenizer().expect("stub tokenizer");
+        let ids = tokenizer.encode(text, true).expect("encode");
+        let mut parser = ReplyParser::new(&tokenizer, options);
+        let mut events = Vec::new();
+        for id in ids {
+            events.extend(parser.push(id).expect("push"));
+        }
+        events.extend(parser.finish().expect("finish"));
+        merge(events)
+    }
+
+    fn merge(events: Vec<GenerationEvent>) -> Vec<GenerationEvent> {
+        let mut out: Vec<GenerationEvent> = Vec::new();
+        for event in events {
+            match (out.last_mut(), event) {
+                (Some(GenerationEvent::Reasoning(a)), GenerationEvent::Reasoning(b))
+                | (Some(GenerationEvent::Content(a)), GenerationEvent::Content(b)) => {
+                    a.push_str(&b)
+                }
+                (_, event) => out.push(event),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn reasoning_content_and_tool_calls_come_apart() {
+        let text = "<think>\nI should look it up.\n</think>\nLet me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n";
+        let options = ReplyOptions {
+            stop: vec![],
+            parse_tool_calls: true,
+        };
+        assert_eq!(
+            parse(text, &options),
+            vec![
+                GenerationEvent::Reasoning("I should look it up.".into()),
+                GenerationEvent::Content("Let me check.".into()),
+                GenerationEvent::ToolCall(ToolCall {
+                    name: "get_weather".into(),
+                    arguments: json!({"city": "Paris"}),
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn without_tools_a_tool_call_block_is_plain_answer_text() {
+        let text = "<tool_call>\n{\"name\": \"f\"}\n</tool_call>";
+        assert_eq!(
+            parse(text, &ReplyOptions::default()),
+            vec![GenerationEvent::Content(text.into())]
+        );
+    }
+
+    #[test]
+    fn stop_string_ends_the_answer() {
+        let options = ReplyOptions {
+            stop: vec!["France".into()],
+            parse_tool_calls: false,
+        };
+        assert_eq!(
+            parse("The capital of France is Paris.", &options),
+            vec![GenerationEvent::Content("The capital of".into())]
+        );
+    }
+}

@@ -1,0 +1,557 @@
+//! The stub model (`smolbot serve --stub`): a deterministic stand-in without weights, so the
+//! page and the API can be developed and tested on any machine in seconds.
+//!
+//! It is a [`TokenModel`] like the real one: it receives the rendered, tokenized prompt and
+//! emits token ids one at a time at a set pace, which then pass through the same decoder,
+//! reasoning and tool-call parsers and event stream as a real model's. What it writes it
+//! decides by reading the prompt as SmolLM3 would: a `<think>` block when the prompt left
+//! thinking on; a `<tool_call>` when the system turn lists tools and the last user turn
+//! mentions the weather or holds an arithmetic expression; a report of the tool's result when
+//! the last turn answers its call; Markdown with a list, a table and a code block otherwise.
+//!
+//! Its vocabulary is the synthetic tiny model's byte-level BPE (the same special tokens as
+//! SmolLM3's), built once per process from a throwaway synthetic file.
+
+use std::ops::ControlFlow;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value as Json};
+
+use super::backend::TokenModel;
+use super::chat::tool_call_json;
+use super::error::ServiceError;
+use crate::inference::generate::{GenerationRequest, GenerationStats, StopReason};
+use crate::inference::{GgufFile, InferenceError};
+use crate::smollm3::synthetic::{write_gguf, SyntheticSpec};
+use crate::smollm3::tool_calls::ToolCall;
+use crate::smollm3::{GgufTokenizer, Smollm3Error};
+
+/// The name `/v1/models` gives the stub.
+pub const STUB_MODEL_ID: &str = "smolbot-stub";
+
+/// SmolLM3's context, so the stub's limits look like the real model's.
+pub const STUB_CONTEXT_LENGTH: usize = 65_536;
+
+/// How the stub behaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StubConfig {
+    /// Pace of the output; 0 emits as fast as the consumer takes it (tests).
+    pub tokens_per_second: f64,
+    pub context_length: usize,
+}
+
+impl Default for StubConfig {
+    /// 60 tokens/s: the stub's small vocabulary makes short tokens, so this shows text at
+    /// about the pace SmolLM3-3B writes on a good laptop.
+    fn default() -> Self {
+        Self {
+            tokens_per_second: 60.0,
+            context_length: STUB_CONTEXT_LENGTH,
+        }
+    }
+}
+
+/// The synthetic tiny model's tokenizer, built once per process.
+pub fn stub_tokenizer() -> Result<GgufTokenizer, Smollm3Error> {
+    static CACHE: Mutex<Option<GgufTokenizer>> = Mutex::new(None);
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(tokenizer) = cache.as_ref() {
+        return Ok(tokenizer.clone());
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let path = std::env::temp_dir().join(format!(
+        "smolbot-stub-vocab-{}-{nanos}.gguf",
+        std::process::id()
+    ));
+    // One layer is enough: only the tokenizer metadata is read, never a tensor.
+    let spec = SyntheticSpec {
+        n_layer: 1,
+        ..SyntheticSpec::tiny()
+    };
+    let built =
+        write_gguf(&spec, &path).and_then(|()| GgufTokenizer::from_gguf(&GgufFile::open(&path)?));
+    let _ = std::fs::remove_file(&path);
+    let tokenizer = built?;
+    *cache = Some(tokenizer.clone());
+    Ok(tokenizer)
+}
+
+/// The stub as a token source.
+pub struct StubModel {
+    tokenizer: GgufTokenizer,
+    /// Time between two tokens; `None` for no waiting.
+    pace: Option<Duration>,
+    context_length: usize,
+}
+
+impl StubModel {
+    pub fn new(config: StubConfig) -> Result<Self, Smollm3Error> {
+        let pace = (config.tokens_per_second > 0.0 && config.tokens_per_second.is_finite())
+            .then(|| Duration::from_secs_f64(1.0 / config.tokens_per_second));
+        Ok(Self {
+            tokenizer: stub_tokenizer()?,
+            pace,
+            context_length: config.context_length,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &GgufTokenizer {
+        &self.tokenizer
+    }
+}
+
+impl TokenModel for StubModel {
+    fn generate(
+        &mut self,
+        prompt: &[u32],
+        request: &GenerationRequest,
+        on_token: &mut dyn FnMut(u32) -> ControlFlow<()>,
+    ) -> Result<GenerationStats, ServiceError> {
+        let limit = self.context_length;
+        if prompt.len() >= limit {
+            return Err(ServiceError::Generation(
+                InferenceError::ContextFull {
+                    needed: prompt.len() + 1,
+                    limit,
+                }
+                .to_string(),
+            ));
+        }
+        let started = Instant::now();
+        let prompt_text = self
+            .tokenizer
+            .decode(prompt)
+            .map_err(ServiceError::Tokenize)?;
+        let reply = compose_reply(&prompt_text);
+        let ids = self
+            .tokenizer
+            .encode(&reply, true)
+            .map_err(ServiceError::Tokenize)?;
+        let prompt_time = started.elapsed();
+        let started = Instant::now();
+        let mut next_due = started;
+        let mut ids = ids.into_iter().chain(request.stop_tokens.first().copied());
+        let mut generated = 0;
+        let stop = loop {
+            if generated >= request.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            let Some(next) = ids.next() else {
+                break StopReason::EndToken;
+            };
+            if let Some(pace) = self.pace {
+                next_due += pace;
+                std::thread::sleep(next_due.saturating_duration_since(Instant::now()));
+            }
+            if request.stop_tokens.contains(&next) {
+                break StopReason::EndToken;
+            }
+            generated += 1;
+            if on_token(next).is_break() {
+                break StopReason::Cancelled;
+            }
+            if prompt.len() + generated >= limit {
+                break StopReason::ContextFull;
+            }
+        };
+        Ok(GenerationStats {
+            prompt_tokens: prompt.len(),
+            prompt_time,
+            generated_tokens: generated,
+            generation_time: started.elapsed(),
+            stop,
+        })
+    }
+}
+
+/// One turn of a ChatML prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Turn<'a> {
+    role: &'a str,
+    content: &'a str,
+}
+
+/// The turns of a rendered ChatML prompt, the open assistant turn last.
+fn turns(prompt: &str) -> Vec<Turn<'_>> {
+    prompt
+        .split("<|im_start|>")
+        .skip(1)
+        .map(|segment| {
+            let (role, rest) = segment.split_once('\n').unwrap_or((segment, ""));
+            let content = rest.split("<|im_end|>").next().unwrap_or(rest);
+            Turn { role, content }
+        })
+        .collect()
+}
+
+/// A tool the prompt offers: its name and its first parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OfferedTool {
+    name: String,
+    first_parameter: Option<String>,
+}
+
+/// Tools listed in the system turn's `<tools>` block (one Python dict repr per line).
+fn offered_tools(system: &str) -> Vec<OfferedTool> {
+    let Some(start) = system.find("<tools>\n") else {
+        return Vec::new();
+    };
+    let block = &system[start + "<tools>\n".len()..];
+    let block = block.split("</tools>").next().unwrap_or(block);
+    block
+        .lines()
+        .filter_map(|line| {
+            let name = quoted_after(line, "'name': '")?;
+            let first_parameter = quoted_after(line, "'properties': {'");
+            Some(OfferedTool {
+                name,
+                first_parameter,
+            })
+        })
+        .collect()
+}
+
+/// The single-quoted word that follows `marker` in `text`.
+fn quoted_after(text: &str, marker: &str) -> Option<String> {
+    let rest = &text[text.find(marker)? + marker.len()..];
+    let end = rest.find('\'')?;
+    Some(rest[..end].to_owned()).filter(|s| !s.is_empty())
+}
+
+/// The first arithmetic expression in `text`: digits and `+ - * / ^ ( ) .`, with at least
+/// one operator between two numbers.
+fn arithmetic_expression(text: &str) -> Option<String> {
+    const ALLOWED: &str = "0123456789.+-*/^() ";
+    const OPERATORS: &str = "+-*/^";
+    let mut runs = Vec::new();
+    let mut current = String::new();
+    for c in text.chars().chain(std::iter::once('\n')) {
+        if ALLOWED.contains(c) {
+            current.push(c);
+        } else if !current.is_empty() {
+            runs.push(std::mem::take(&mut current));
+        }
+    }
+    runs.into_iter().map(|r| r.trim().to_owned()).find(|run| {
+        let compact: Vec<char> = run.chars().filter(|c| *c != ' ').collect();
+        compact.windows(3).any(|w| {
+            w[0].is_ascii_digit()
+                && OPERATORS.contains(w[1])
+                && (w[2].is_ascii_digit() || w[2] == '(')
+        }) || compact.windows(4).any(|w| {
+            w[0] == ')' && OPERATORS.contains(w[1]) && (w[2].is_ascii_digit() || w[2] == '(')
+        })
+    })
+}
+
+/// The place a weather question names ("… in New York?"), else Paris.
+fn weather_place(text: &str) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    for (i, word) in words.iter().enumerate() {
+        if matches!(word.to_lowercase().as_str(), "in" | "for" | "at") {
+            let place: Vec<String> = words[i + 1..]
+                .iter()
+                .enumerate()
+                .take_while(|(j, w)| *j == 0 || w.starts_with(char::is_uppercase))
+                .map(|(_, w)| {
+                    w.chars()
+                        .filter(|c| c.is_alphabetic() || *c == '-')
+                        .collect()
+                })
+                .take_while(|w: &String| !w.is_empty())
+                .collect();
+            if let Some(first) = place.first() {
+                if first.starts_with(char::is_uppercase) {
+                    return place.join(" ");
+                }
+            }
+        }
+    }
+    "Paris".into()
+}
+
+/// `text` on one line, without angle brackets (which could open a tag), at most `max` chars.
+fn snippet(text: &str, max: usize) -> String {
+    let flat: String = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .filter(|c| !matches!(c, '<' | '>'))
+        .collect();
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        let cut: String = flat.chars().take(max).collect();
+        format!("{}…", cut.trim_end())
+    }
+}
+
+/// What the stub writes after `prompt`: reasoning (in thinking mode) and the answer.
+pub fn compose_reply(prompt: &str) -> String {
+    let turns = turns(prompt);
+    let thinking = turns
+        .last()
+        .is_some_and(|t| t.role == "assistant" && !t.content.contains("</think>"));
+    let tools = turns
+        .first()
+        .filter(|t| t.role == "system")
+        .map_or_else(Vec::new, |t| offered_tools(t.content));
+    let history = &turns[..turns.len().saturating_sub(1)];
+    let (reasoning, answer) = match tool_results(history) {
+        Some((name, results)) => reply_to_tool_results(&name, &results),
+        None => {
+            let question = history
+                .iter()
+                .rev()
+                .find(|t| t.role == "user")
+                .map_or("", |t| t.content);
+            reply_to_question(question, &tools, thinking)
+        }
+    };
+    if thinking {
+        format!("<think>\n{reasoning}\n</think>\n{answer}")
+    } else {
+        answer
+    }
+}
+
+/// When the last turns answer an assistant's tool call (SmolLM3's template writes tool
+/// results as user turns): the tool's name and the results.
+fn tool_results<'a>(history: &[Turn<'a>]) -> Option<(String, Vec<&'a str>)> {
+    let answers = history
+        .iter()
+        .rev()
+        .take_while(|t| t.role == "user")
+        .count();
+    let caller = history.len().checked_sub(answers + 1)?;
+    let call = history[caller];
+    if answers == 0 || call.role != "assistant" || !call.content.contains("<tool_call>") {
+        return None;
+    }
+    let name = crate::smollm3::tool_calls::parse_tool_calls(call.content)
+        .tool_calls
+        .first()
+        .map_or_else(|| "tool".to_owned(), |c| c.name.clone());
+    Some((
+        name,
+        history[caller + 1..].iter().map(|t| t.content).collect(),
+    ))
+}
+
+fn reply_to_tool_results(name: &str, results: &[&str]) -> (String, String) {
+    let results: Vec<String> = results.iter().map(|r| snippet(r, 200)).collect();
+    (
+        format!("The `{name}` tool has answered, so I can pass its result on."),
+        format!(
+            "The `{name}` tool returned: {}\n\nThat is the answer to your question.",
+            results.join("; ")
+        ),
+    )
+}
+
+fn reply_to_question(question: &str, tools: &[OfferedTool], thinking: bool) -> (String, String) {
+    let weather = question.to_lowercase().contains("weather");
+    let expression = arithmetic_expression(question);
+    if !tools.is_empty() && (weather || expression.is_some()) {
+        let pick = |hints: &[&str]| {
+            tools
+                .iter()
+                .find(|t| hints.iter().any(|h| t.name.to_lowercase().contains(h)))
+                .unwrap_or(&tools[0])
+        };
+        let (tool, default_parameter, value, why) = match (weather, expression) {
+            (false, Some(expression)) => {
+                let tool = pick(&["calc", "math", "eval", "arith"]);
+                let why = format!("The user wants {expression} worked out.");
+                (tool, "expression", expression, why)
+            }
+            _ => {
+                let place = weather_place(question);
+                let why = format!("The user asks about the weather in {place}.");
+                (pick(&["weather"]), "location", place, why)
+            }
+        };
+        let parameter = tool
+            .first_parameter
+            .clone()
+            .unwrap_or_else(|| default_parameter.to_owned());
+        let mut arguments = Map::new();
+        arguments.insert(parameter, Json::String(value));
+        let call = ToolCall {
+            name: tool.name.clone(),
+            arguments: Json::Object(arguments),
+        };
+        return (
+            format!(
+                "{why} The `{}` tool can answer that, so I will call it.",
+                tool.name
+            ),
+            format!("<tool_call>\n{}\n</tool_call>", tool_call_json(&call)),
+        );
+    }
+    let quoted = snippet(question, 80);
+    let reasoning = format!(
+        "The user wrote “{quoted}”. No tool is needed, so I will answer with a short Markdown \
+         sample: a list, a table and a code block."
+    );
+    let answer = format!(
+        "Here is a stub answer to “{quoted}”.\n\n\
+         ### What this shows\n\n\
+         - **Streaming**: tokens arrive one by one, at a steady pace.\n\
+         - **Markdown**: this list, the table below and a code block.\n\
+         - **Determinism**: the same question always gets the same answer.\n\n\
+         | Setting | Value |\n\
+         |---------|-------|\n\
+         | Model | {STUB_MODEL_ID} |\n\
+         | Thinking | {} |\n\
+         | Tools offered | {} |\n\n\
+         ```rust\n\
+         fn main() {{\n    println!(\"Hello from {STUB_MODEL_ID}!\");\n}}\n\
+         ```",
+        if thinking { "on" } else { "off" },
+        tools.len()
+    );
+    (reasoning, answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smollm3::chat_template::{ChatTemplate, RenderContext};
+    use crate::smollm3::thinking::split_thinking;
+    use crate::smollm3::tool_calls::parse_tool_calls;
+    use serde_json::json;
+
+    fn render(messages: Json, thinking: bool, tools: Option<Json>) -> String {
+        let mut ctx = RenderContext::new(messages.as_array().cloned().unwrap_or_default());
+        ctx.add_generation_prompt = true;
+        ctx.enable_thinking = Some(thinking);
+        ctx.xml_tools = tools;
+        ctx.today = Some("1 January 2026".into());
+        ChatTemplate::builtin().unwrap().render(&ctx).unwrap()
+    }
+
+    fn weather_tool() -> Json {
+        json!([
+            {"name": "get_weather", "description": "Weather in a city",
+             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+            {"name": "calculate", "description": "Arithmetic",
+             "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}
+        ])
+    }
+
+    #[test]
+    fn markdown_answer_with_thinking() {
+        let prompt = render(
+            json!([{"role": "user", "content": "Tell me a story"}]),
+            true,
+            None,
+        );
+        let reply = compose_reply(&prompt);
+        let (reasoning, answer) = split_thinking(&reply);
+        assert!(reasoning.unwrap().contains("Tell me a story"));
+        assert!(answer.contains("- **Streaming**"));
+        assert!(answer.contains("| Thinking | on |"));
+        assert!(answer.contains("```rust\n"));
+    }
+
+    #[test]
+    fn no_think_block_when_thinking_is_off() {
+        let prompt = render(json!([{"role": "user", "content": "Hi"}]), false, None);
+        let reply = compose_reply(&prompt);
+        assert!(!reply.contains("<think>"));
+        assert!(reply.contains("| Thinking | off |"));
+    }
+
+    #[test]
+    fn weather_question_calls_the_weather_tool_with_the_place() {
+        let prompt = render(
+            json!([{"role": "user", "content": "What's the weather in New York today?"}]),
+            false,
+            Some(weather_tool()),
+        );
+        let parsed = parse_tool_calls(&compose_reply(&prompt));
+        assert_eq!(
+            parsed.tool_calls,
+            vec![ToolCall {
+                name: "get_weather".into(),
+                arguments: json!({"city": "New York"})
+            }]
+        );
+    }
+
+    #[test]
+    fn arithmetic_calls_the_calculator() {
+        let prompt = render(
+            json!([{"role": "user", "content": "What is 17 * (3+4)?"}]),
+            true,
+            Some(weather_tool()),
+        );
+        let (_, answer) = split_thinking(&compose_reply(&prompt));
+        let parsed = parse_tool_calls(&answer);
+        assert_eq!(parsed.tool_calls[0].name, "calculate");
+        assert_eq!(
+            parsed.tool_calls[0].arguments,
+            json!({"expression": "17 * (3+4)"})
+        );
+    }
+
+    #[test]
+    fn weather_without_tools_is_a_markdown_answer() {
+        let prompt = render(
+            json!([{"role": "user", "content": "weather?"}]),
+            false,
+            None,
+        );
+        assert!(!compose_reply(&prompt).contains("<tool_call>"));
+    }
+
+    #[test]
+    fn tool_result_turn_gets_a_final_answer() {
+        let prompt = render(
+            json!([
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"},
+                {"role": "tool", "content": "{\"temperature\": 18}"}
+            ]),
+            false,
+            Some(weather_tool()),
+        );
+        let reply = compose_reply(&prompt);
+        assert!(!reply.contains("<tool_call>"), "{reply}");
+        assert!(reply.contains("`get_weather` tool returned: {\"temperature\": 18}"));
+    }
+
+    #[test]
+    fn expressions_and_places_are_found() {
+        assert_eq!(
+            arithmetic_expression("what is 2+2?").as_deref(),
+            Some("2+2")
+        );
+        assert_eq!(arithmetic_expression("in 2025 there were 3 cats"), None);
+        assert_eq!(
+            arithmetic_expression("(1+2) * 3").as_deref(),
+            Some("(1+2) * 3")
+        );
+        assert_eq!(weather_place("weather in Paris?"), "Paris");
+        assert_eq!(weather_place("weather for Rio de Janeiro"), "Rio");
+        assert_eq!(weather_place("nice weather today"), "Paris");
+    }
+
+    #[test]
+    fn user_text_cannot_open_tags_in_the_reply() {
+        let prompt = render(
+            json!([{"role": "user", "content": "say </think><tool_call>"}]),
+            true,
+            None,
+        );
+        let (_, answer) = split_thinking(&compose_reply(&prompt));
+        assert!(answer.starts_with("\nHere is a stub answer"));
+    }
+}

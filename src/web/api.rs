@@ -1,0 +1,216 @@
+//! The OpenAI-compatible API and llama.cpp server's utility endpoints: `POST
+//! /v1/chat/completions`, `GET /v1/models`, `GET /health`, `POST /tokenize`, `POST
+//! /detokenize` and `POST /apply-template`.
+//!
+//! Handlers only translate: the wire format in, a services call, the wire format out.
+//! Template rendering and tokenizing run on tokio's blocking pool; generation runs on the
+//! engine thread; a handler itself never blocks.
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::app::AppState;
+use super::error::ApiError;
+use super::json::ApiJson;
+use super::openai::{ChatCompletionRequest, ReplyCollector, ResponseMeta};
+use super::sse::{chat_stream, ChunkWriter};
+use crate::services::events::GenerationEvent;
+use crate::services::ServiceError;
+
+/// Routes under `/v1`, which an API key protects when one is set.
+pub fn v1_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+}
+
+/// llama.cpp server's routes outside `/v1`.
+pub fn utility_routes() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route("/apply-template", post(apply_template))
+}
+
+/// Lets a request through only with `Authorization: Bearer <key>` when a key is set.
+pub async fn require_api_key(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(key) = state.api_key() {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !given.is_some_and(|given| constant_time_eq(given.as_bytes(), key.as_bytes())) {
+            return Err(ApiError::unauthorized());
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// Compares without stopping at the first difference, so timing tells nothing of the key.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Runs blocking work (template, tokenizer) on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| ApiError::from(ServiceError::Generation(format!("worker failed: {err}"))))?
+        .map_err(ApiError::from)
+}
+
+/// Refuses a `model` other than the one loaded; an absent or empty one means "the model".
+fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
+    let id = &state.engine().info().id;
+    match model {
+        None | Some("") => Ok(()),
+        Some(name) if name == id => Ok(()),
+        Some(name) => Err(ApiError {
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+            ..ApiError::not_found(format!(
+                "the model `{name}` does not exist; this server runs `{id}`"
+            ))
+        }),
+    }
+}
+
+async fn chat_completions(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    check_model(&state, body.model.as_deref())?;
+    let request = body.to_chat_request()?;
+    let codec = state.engine().codec().clone();
+    let chat = blocking(move || codec.prepare(&request)).await?;
+    let mut generation = state.engine().submit(chat)?;
+    let meta = ResponseMeta::new(&state.engine().info().id);
+    if body.streaming() {
+        let writer = ChunkWriter::new(meta, body.include_usage());
+        return Ok(chat_stream(generation, writer).into_response());
+    }
+    let mut reply = ReplyCollector::default();
+    while let Some(event) = generation.next().await {
+        match event {
+            GenerationEvent::Reasoning(text) => reply.reasoning(&text),
+            GenerationEvent::Content(text) => reply.content(&text),
+            GenerationEvent::ToolCall(call) => reply.tool_call(&call),
+            GenerationEvent::Done(done) => {
+                return Ok(Json(reply.finish(meta, done)).into_response())
+            }
+            GenerationEvent::Failed(message) => {
+                return Err(ServiceError::Generation(message).into())
+            }
+        }
+    }
+    Err(ServiceError::EngineStopped.into())
+}
+
+async fn models(State(state): State<AppState>) -> Json<Value> {
+    let info = state.engine().info();
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": info.id,
+            "object": "model",
+            "created": info.created,
+            "owned_by": "smolbot",
+            "meta": { "n_ctx_train": info.context_length, "stub": info.is_stub }
+        }]
+    }))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// llama.cpp's `/tokenize` body.
+#[derive(Debug, Deserialize)]
+struct TokenizeRequest {
+    content: String,
+    #[serde(default)]
+    add_special: bool,
+    #[serde(default = "yes")]
+    parse_special: bool,
+    #[serde(default)]
+    with_pieces: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn tokenize(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<TokenizeRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let codec = state.engine().codec().clone();
+    blocking(move || {
+        let ids = codec.tokenize(&body.content, body.add_special, body.parse_special)?;
+        let tokens = if body.with_pieces {
+            ids.iter()
+                .map(|&id| json!({ "id": id, "piece": codec.piece(id) }))
+                .collect()
+        } else {
+            json!(ids)
+        };
+        Ok(Json(json!({ "tokens": tokens })))
+    })
+    .await
+}
+
+/// llama.cpp's `/detokenize` body.
+#[derive(Debug, Deserialize)]
+struct DetokenizeRequest {
+    tokens: Vec<i64>,
+}
+
+async fn detokenize(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<DetokenizeRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let codec = state.engine().codec().clone();
+    blocking(move || {
+        let content = codec.detokenize(&body.tokens)?;
+        Ok(Json(json!({ "content": content })))
+    })
+    .await
+}
+
+async fn apply_template(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<ChatCompletionRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let request = body.to_chat_request()?;
+    let codec = state.engine().codec().clone();
+    let prompt = blocking(move || codec.render(&request)).await?;
+    Ok(Json(json!({ "prompt": prompt })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn key_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

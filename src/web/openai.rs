@@ -1,0 +1,717 @@
+//! OpenAI's chat completion wire format: the request as clients send it (with llama.cpp
+//! server's extensions), its translation into the services' [`ChatRequest`], and the
+//! response and chunk objects.
+//!
+//! Fields whose JSON type varies (`content`, `stop`, `tool_choice`) are read as raw JSON and
+//! checked here, so a wrong one gets a message naming it instead of serde's "did not match
+//! any variant". Parameters the server cannot honour yet are refused with a 400 rather than
+//! silently ignored.
+
+use rand::distr::{Alphanumeric, SampleString};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value as Json};
+
+use super::error::ApiError;
+use crate::inference::sampling::SamplingParams;
+use crate::services::chat::{ChatMessage, ChatRequest, Role, TokenLimit, ToolChoice};
+use crate::services::events::{Completion, Timings, Usage};
+use crate::smollm3::tool_calls::ToolCall;
+
+/// `POST /v1/chat/completions` (also the body of `/apply-template`).
+#[derive(Debug, Deserialize)]
+pub struct ChatCompletionRequest {
+    pub model: Option<String>,
+    pub messages: Vec<WireMessage>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// llama.cpp extension.
+    pub top_k: Option<usize>,
+    /// llama.cpp extension.
+    pub min_p: Option<f32>,
+    /// llama.cpp extension.
+    pub repeat_penalty: Option<f32>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub stop: Option<Json>,
+    pub seed: Option<i64>,
+    pub tools: Option<Vec<WireTool>>,
+    pub tool_choice: Option<Json>,
+    pub chat_template_kwargs: Option<Map<String, Json>>,
+    /// SmolLM3's switch, also accepted outside `chat_template_kwargs`.
+    pub enable_thinking: Option<bool>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub n: Option<u32>,
+    pub response_format: Option<Json>,
+    pub logprobs: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    pub include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WireMessage {
+    pub role: String,
+    pub content: Option<Json>,
+    #[serde(alias = "reasoning")]
+    pub reasoning_content: Option<String>,
+    pub tool_calls: Option<Vec<WireToolCall>>,
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WireToolCall {
+    pub id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub function: WireFunctionCall,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WireFunctionCall {
+    pub name: String,
+    /// A JSON string as OpenAI sends it; an object is accepted too.
+    pub arguments: Option<Json>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WireTool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: WireFunction,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WireFunction {
+    pub name: String,
+    pub description: Option<String>,
+    pub parameters: Option<Json>,
+}
+
+impl ChatCompletionRequest {
+    pub fn streaming(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    /// The request in the services' terms, or a 400 naming the field that cannot be used.
+    pub fn to_chat_request(&self) -> Result<ChatRequest, ApiError> {
+        self.refuse_unsupported()?;
+        let messages = self
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| message(i, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tools = self
+            .tools
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, t)| tool(i, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut template_kwargs = self.chat_template_kwargs.clone().unwrap_or_default();
+        let kwarg_thinking = match template_kwargs.remove("enable_thinking") {
+            None | Some(Json::Null) => None,
+            Some(Json::Bool(flag)) => Some(flag),
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "chat_template_kwargs.enable_thinking",
+                    format!(
+                        "`chat_template_kwargs.enable_thinking` must be a boolean, got {other}"
+                    ),
+                ))
+            }
+        };
+        let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(value), _) => Some(TokenLimit {
+                field: "max_completion_tokens",
+                value,
+            }),
+            (None, Some(value)) => Some(TokenLimit {
+                field: "max_tokens",
+                value,
+            }),
+            (None, None) => None,
+        };
+        let defaults = SamplingParams::default();
+        let sampling = SamplingParams {
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            top_k: self.top_k.unwrap_or(defaults.top_k),
+            top_p: self.top_p.unwrap_or(defaults.top_p),
+            min_p: self.min_p.unwrap_or(defaults.min_p),
+            repeat_penalty: self.repeat_penalty.unwrap_or(defaults.repeat_penalty),
+            repeat_last_n: defaults.repeat_last_n,
+            seed: match self.seed {
+                Some(seed) if seed >= 0 => seed as u64,
+                _ => rand::random(),
+            },
+        };
+        Ok(ChatRequest {
+            messages,
+            tools,
+            tool_choice: tool_choice(self.tool_choice.as_ref())?,
+            enable_thinking: self.enable_thinking.or(kwarg_thinking),
+            template_kwargs,
+            max_tokens,
+            sampling,
+            stop: stop_strings(self.stop.as_ref())?,
+        })
+    }
+
+    fn refuse_unsupported(&self) -> Result<(), ApiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid("n", "only `n` = 1 is supported"));
+        }
+        for (field, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if value.is_some_and(|v| v != 0.0) {
+                return Err(ApiError::invalid(
+                    field,
+                    format!(
+                        "`{field}` is not supported yet; use `repeat_penalty` or leave it at 0"
+                    ),
+                ));
+            }
+        }
+        if self.logprobs == Some(true) {
+            return Err(ApiError::invalid(
+                "logprobs",
+                "`logprobs` is not supported for chat completions yet",
+            ));
+        }
+        match &self.response_format {
+            None | Some(Json::Null) => Ok(()),
+            Some(format) if format.get("type") == Some(&json!("text")) => Ok(()),
+            Some(_) => Err(ApiError::invalid(
+                "response_format",
+                "only `response_format` {\"type\": \"text\"} is supported",
+            )),
+        }
+    }
+}
+
+fn message(i: usize, m: &WireMessage) -> Result<ChatMessage, ApiError> {
+    let role = match m.role.as_str() {
+        "system" | "developer" => Role::System,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "tool" => Role::Tool,
+        other => {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].role"),
+                format!(
+                    "`messages[{i}].role` must be system, developer, user, assistant or tool, got `{other}`"
+                ),
+            ))
+        }
+    };
+    let content = match &m.content {
+        None | Some(Json::Null) => String::new(),
+        Some(Json::String(text)) => text.clone(),
+        Some(Json::Array(parts)) => parts
+            .iter()
+            .enumerate()
+            .map(|(j, part)| text_part(i, j, part))
+            .collect::<Result<Vec<_>, _>>()?
+            .join("\n"),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].content"),
+                format!(
+                    "`messages[{i}].content` must be a string or a list of text parts, got {}",
+                    json_kind(other)
+                ),
+            ))
+        }
+    };
+    let tool_calls = m
+        .tool_calls
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(j, call)| {
+            let field = || format!("messages[{i}].tool_calls[{j}].function.arguments");
+            let arguments = match &call.function.arguments {
+                None | Some(Json::Null) => Json::Object(Map::new()),
+                Some(Json::String(text)) if text.trim().is_empty() => Json::Object(Map::new()),
+                Some(Json::String(text)) => serde_json::from_str(text).map_err(|err| {
+                    ApiError::invalid(field(), format!("`{}` is not JSON: {err}", field()))
+                })?,
+                Some(value) => value.clone(),
+            };
+            Ok(ToolCall {
+                name: call.function.name.clone(),
+                arguments,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(ChatMessage {
+        role,
+        content,
+        tool_calls,
+    })
+}
+
+fn text_part(i: usize, j: usize, part: &Json) -> Result<String, ApiError> {
+    let field = format!("messages[{i}].content[{j}]");
+    match (part.get("type").and_then(Json::as_str), part.get("text")) {
+        (Some("text"), Some(Json::String(text))) => Ok(text.clone()),
+        (Some("text"), _) => Err(ApiError::invalid(
+            format!("{field}.text"),
+            format!("`{field}.text` must be a string"),
+        )),
+        (Some(other), _) => Err(ApiError::invalid(
+            format!("{field}.type"),
+            format!("only `text` content parts are supported, got `{other}` at `{field}`"),
+        )),
+        (None, _) => Err(ApiError::invalid(
+            field.clone(),
+            format!("`{field}` must be an object with a `type`"),
+        )),
+    }
+}
+
+fn tool(i: usize, t: &WireTool) -> Result<Json, ApiError> {
+    if t.kind != "function" {
+        return Err(ApiError::invalid(
+            format!("tools[{i}].type"),
+            format!("`tools[{i}].type` must be `function`, got `{}`", t.kind),
+        ));
+    }
+    let mut schema = Map::new();
+    schema.insert("name".into(), json!(t.function.name));
+    if let Some(description) = &t.function.description {
+        schema.insert("description".into(), json!(description));
+    }
+    if let Some(parameters) = &t.function.parameters {
+        schema.insert("parameters".into(), parameters.clone());
+    }
+    Ok(Json::Object(schema))
+}
+
+fn tool_choice(choice: Option<&Json>) -> Result<ToolChoice, ApiError> {
+    match choice {
+        None | Some(Json::Null) => Ok(ToolChoice::Auto),
+        Some(Json::String(s)) if s == "auto" => Ok(ToolChoice::Auto),
+        Some(Json::String(s)) if s == "none" => Ok(ToolChoice::None),
+        Some(Json::String(s)) if s == "required" => Err(ApiError::invalid(
+            "tool_choice",
+            "`tool_choice` \"required\" is not supported yet (it needs constrained decoding); use \"auto\"",
+        )),
+        Some(Json::Object(_)) => Err(ApiError::invalid(
+            "tool_choice",
+            "naming a function in `tool_choice` is not supported yet (it needs constrained decoding); use \"auto\"",
+        )),
+        Some(other) => Err(ApiError::invalid(
+            "tool_choice",
+            format!("`tool_choice` must be \"auto\", \"none\", \"required\" or an object, got {other}"),
+        )),
+    }
+}
+
+fn stop_strings(stop: Option<&Json>) -> Result<Vec<String>, ApiError> {
+    let bad = || ApiError::invalid("stop", "`stop` must be a string or a list of strings");
+    match stop {
+        None | Some(Json::Null) => Ok(Vec::new()),
+        Some(Json::String(s)) => Ok(vec![s.clone()]),
+        Some(Json::Array(items)) => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_owned).ok_or_else(bad))
+            .collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
+fn json_kind(value: &Json) -> &'static str {
+    match value {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "a list",
+        Json::Object(_) => "an object",
+    }
+}
+
+/// `chatcmpl-…` / `call_…`: random, so clients can tell responses apart.
+pub fn random_id(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        Alphanumeric.sample_string(&mut rand::rng(), 24)
+    )
+}
+
+/// What every response and chunk of one completion repeats.
+#[derive(Debug, Clone)]
+pub struct ResponseMeta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl ResponseMeta {
+    pub fn new(model: &str) -> Self {
+        Self {
+            id: random_id("chatcmpl-"),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            model: model.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<Choice>,
+    pub usage: WireUsage,
+    pub timings: WireTimings,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Choice {
+    pub index: usize,
+    pub message: ResponseMessage,
+    pub finish_reason: &'static str,
+    pub logprobs: Option<()>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResponseMessage {
+    pub role: &'static str,
+    /// `null` when the answer is only tool calls, as OpenAI sends it.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<WireToolCallOut>,
+}
+
+/// A tool call (or, streamed, a fragment of one).
+#[derive(Debug, Clone, Serialize)]
+pub struct WireToolCallOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: WireFunctionOut,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WireFunctionOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
+impl WireToolCallOut {
+    /// A whole call, for a non-streaming answer.
+    pub fn whole(call: &ToolCall) -> Self {
+        Self {
+            index: None,
+            id: Some(random_id("call_")),
+            kind: Some("function"),
+            function: WireFunctionOut {
+                name: Some(call.name.clone()),
+                arguments: call.arguments.to_string(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WireUsage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+impl From<Usage> for WireUsage {
+    fn from(u: Usage) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens + u.completion_tokens,
+        }
+    }
+}
+
+/// llama.cpp server's `timings` object.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WireTimings {
+    pub prompt_n: usize,
+    pub prompt_ms: f64,
+    pub prompt_per_token_ms: f64,
+    pub prompt_per_second: f64,
+    pub predicted_n: usize,
+    pub predicted_ms: f64,
+    pub predicted_per_token_ms: f64,
+    pub predicted_per_second: f64,
+}
+
+impl From<Timings> for WireTimings {
+    fn from(t: Timings) -> Self {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let per_token = |ms: f64, n: usize| if n == 0 { 0.0 } else { ms / n as f64 };
+        let per_second = |ms: f64, n: usize| {
+            if ms <= 0.0 {
+                0.0
+            } else {
+                n as f64 * 1000.0 / ms
+            }
+        };
+        let (prompt_ms, predicted_ms) = (ms(t.prompt_time), ms(t.predicted_time));
+        Self {
+            prompt_n: t.prompt_tokens,
+            prompt_ms,
+            prompt_per_token_ms: per_token(prompt_ms, t.prompt_tokens),
+            prompt_per_second: per_second(prompt_ms, t.prompt_tokens),
+            predicted_n: t.predicted_tokens,
+            predicted_ms,
+            predicted_per_token_ms: per_token(predicted_ms, t.predicted_tokens),
+            predicted_per_second: per_second(predicted_ms, t.predicted_tokens),
+        }
+    }
+}
+
+/// One streamed chunk.
+#[derive(Debug, Serialize)]
+pub struct ChatCompletionChunk<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: &'a str,
+    pub choices: Vec<ChunkChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<WireUsage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timings: Option<WireTimings>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChunkChoice {
+    pub index: usize,
+    pub delta: Delta,
+    pub finish_reason: Option<&'static str>,
+}
+
+/// What a chunk adds to the message; only the fields it sets are sent.
+#[derive(Debug, Default, Serialize)]
+pub struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<WireToolCallOut>,
+}
+
+/// A non-streaming answer, gathered from the generation's events.
+#[derive(Debug, Default)]
+pub struct ReplyCollector {
+    reasoning: Option<String>,
+    content: String,
+    tool_calls: Vec<WireToolCallOut>,
+}
+
+impl ReplyCollector {
+    pub fn reasoning(&mut self, text: &str) {
+        self.reasoning
+            .get_or_insert_with(String::new)
+            .push_str(text);
+    }
+
+    pub fn content(&mut self, text: &str) {
+        self.content.push_str(text);
+    }
+
+    pub fn tool_call(&mut self, call: &ToolCall) {
+        self.tool_calls.push(WireToolCallOut::whole(call));
+    }
+
+    pub fn finish(self, meta: ResponseMeta, done: Completion) -> ChatCompletion {
+        let content =
+            (!self.content.is_empty() || self.tool_calls.is_empty()).then_some(self.content);
+        ChatCompletion {
+            id: meta.id,
+            object: "chat.completion",
+            created: meta.created,
+            model: meta.model,
+            choices: vec![Choice {
+                index: 0,
+                message: ResponseMessage {
+                    role: "assistant",
+                    content,
+                    reasoning_content: self.reasoning,
+                    tool_calls: self.tool_calls,
+                },
+                finish_reason: done.finish_reason.as_str(),
+                logprobs: None,
+            }],
+            usage: done.usage.into(),
+            timings: done.timings.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::web::json::parse_body;
+
+    fn request(body: Json) -> Result<ChatRequest, ApiError> {
+        parse_body::<ChatCompletionRequest>(body.to_string().as_bytes())?.to_chat_request()
+    }
+
+    fn param_of(body: Json) -> Option<String> {
+        request(body).err().and_then(|e| e.param)
+    }
+
+    #[test]
+    fn fields_of_every_kind_are_read() {
+        let r = request(json!({
+            "model": "x",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function",
+                     "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "2"}
+            ],
+            "temperature": 0.2, "top_p": 0.5, "seed": 7, "max_tokens": 12,
+            "stop": "END",
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "chat_template_kwargs": {"enable_thinking": false}
+        }))
+        .unwrap();
+        assert_eq!(r.messages.len(), 4);
+        assert_eq!(r.messages[1].content, "a\nb");
+        assert_eq!(r.messages[2].tool_calls[0].arguments, json!({"x": 1}));
+        assert_eq!(r.messages[3].role, Role::Tool);
+        assert_eq!(r.sampling.temperature, 0.2);
+        assert_eq!(r.sampling.seed, 7);
+        assert_eq!(
+            r.max_tokens.map(|m| (m.field, m.value)),
+            Some(("max_tokens", 12))
+        );
+        assert_eq!(r.stop, vec!["END".to_string()]);
+        assert_eq!(
+            r.tools,
+            vec![json!({"name": "f", "parameters": {"type": "object"}})]
+        );
+        assert_eq!(r.enable_thinking, Some(false));
+        assert!(r.template_kwargs.is_empty());
+    }
+
+    #[test]
+    fn top_level_enable_thinking_wins_and_max_completion_tokens_is_preferred() {
+        let r = request(json!({
+            "messages": [{"role": "user", "content": "hi"}],
+            "enable_thinking": true,
+            "chat_template_kwargs": {"enable_thinking": false},
+            "max_tokens": 5, "max_completion_tokens": 9
+        }))
+        .unwrap();
+        assert_eq!(r.enable_thinking, Some(true));
+        assert_eq!(
+            r.max_tokens.map(|m| (m.field, m.value)),
+            Some(("max_completion_tokens", 9))
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let user = json!({"role": "user", "content": "hi"});
+        let cases = [
+            (
+                json!({"messages": [{"role": "robot", "content": "x"}]}),
+                "messages[0].role",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": 5}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+                "messages[0].content[0].type",
+            ),
+            (json!({"messages": [user], "stop": 3}), "stop"),
+            (
+                json!({"messages": [user], "tool_choice": "required"}),
+                "tool_choice",
+            ),
+            (json!({"messages": [user], "tool_choice": 1}), "tool_choice"),
+            (
+                json!({"messages": [user], "temperature": "hot"}),
+                "temperature",
+            ),
+            (json!({"messages": [user], "n": 2}), "n"),
+            (
+                json!({"messages": [user], "presence_penalty": 1.0}),
+                "presence_penalty",
+            ),
+            (
+                json!({"messages": [user], "tools": [{"type": "code", "function": {"name": "f"}}]}),
+                "tools[0].type",
+            ),
+            (
+                json!({"messages": [user], "chat_template_kwargs": {"enable_thinking": "yes"}}),
+                "chat_template_kwargs.enable_thinking",
+            ),
+            (
+                json!({"messages": [{"role": "assistant", "tool_calls": [
+                    {"function": {"name": "f", "arguments": "{oops"}}]}]}),
+                "messages[0].tool_calls[0].function.arguments",
+            ),
+        ];
+        for (body, param) in cases {
+            assert_eq!(param_of(body.clone()).as_deref(), Some(param), "{body}");
+        }
+    }
+
+    #[test]
+    fn tool_only_answer_has_null_content() {
+        let mut c = ReplyCollector::default();
+        c.tool_call(&ToolCall {
+            name: "f".into(),
+            arguments: json!({"a": 1}),
+        });
+        let done = Completion {
+            finish_reason: crate::services::events::FinishReason::ToolCalls,
+            usage: Usage::default(),
+            timings: Timings::default(),
+        };
+        let body = serde_json::to_value(c.finish(ResponseMeta::new("m"), done)).unwrap();
+        let message = &body["choices"][0]["message"];
+        assert_eq!(message["content"], Json::Null);
+        assert_eq!(
+            message["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":1}"
+        );
+        assert_eq!(message["tool_calls"][0]["type"], "function");
+        assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    }
+}

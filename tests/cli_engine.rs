@@ -1,0 +1,322 @@
+//! The engine's command line end to end: `inspect` on good and broken files, `generate` on
+//! the real SmolLM2 model, `perplexity --json`. Runs the real binary.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use common::*;
+use smolbot::inference::GgufFile;
+
+fn smolbot(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_smolbot"))
+        .args(args)
+        .output()
+        .expect("run smolbot")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = root().join("target").join("test-scratch");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{}-{name}", std::process::id()))
+}
+
+/// Rewrites the tiny model with `edit` applied to its metadata and tensors.
+fn rewrite(
+    name: &str,
+    edit: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<(String, QTensor)>),
+) -> PathBuf {
+    let src = GgufFile::open(tiny_model()).unwrap();
+    let mut meta: Vec<(String, Value)> = src
+        .metadata()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    meta.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut tensors: Vec<(String, QTensor)> = src
+        .tensor_infos()
+        .keys()
+        .map(|n| (n.to_string(), src.tensor(n, &Device::Cpu).unwrap()))
+        .collect();
+    edit(&mut meta, &mut tensors);
+    let path = scratch(name);
+    let mut f = std::fs::File::create(&path).unwrap();
+    let m: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut f, &m, &t).unwrap();
+    path
+}
+
+/// `inspect` must fail with a message naming the file and each of `needles`.
+fn assert_rejected(path: &Path, needles: &[&str]) {
+    let out = smolbot(&["inspect", "--model", path.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "accepted {}: {}",
+        path.display(),
+        text(&out.stdout)
+    );
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error: {err}"
+    );
+    assert!(
+        err.contains(&path.display().to_string()),
+        "error does not name the file: {err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "error lacks `{n}`: {err}");
+    }
+}
+
+#[test]
+fn inspect_reports_the_smollm3_plan_and_q4_k_m_mix() {
+    let out = smolbot(&["inspect", "--model", tiny_model().to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    for expected in [
+        "architecture:  smollm3",
+        "8 layers, hidden 256, 4 heads (2 KV heads, head dim 64), FFN 768",
+        "context:       4096 tokens",
+        "NoPE layers:   2 of 8: 3, 7",
+        "Q4_K ×48, Q6_K ×9",
+        "validation:    OK",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing `{expected}` in:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn inspect_reports_smollm2_as_llama_with_rope_everywhere() {
+    let out = smolbot(&["inspect", "--model", smollm2_model().to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("architecture:  llama"), "{stdout}");
+    assert!(stdout.contains("NoPE layers:   none"), "{stdout}");
+    assert!(stdout.contains("Q4_1 ×210"), "{stdout}");
+}
+
+#[test]
+fn truncated_file_names_the_tensor_past_the_end() {
+    let bytes = std::fs::read(tiny_model()).unwrap();
+    let path = scratch("truncated.gguf");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert_rejected(&path, &["tensor `", "truncated"]);
+}
+
+#[test]
+fn lying_header_counts_are_rejected_without_allocating() {
+    let bytes = std::fs::read(tiny_model()).unwrap();
+    // Offsets 8 and 16: tensor count and metadata count (u64, little-endian).
+    let mut lie = bytes.clone();
+    lie[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let path = scratch("lying-count.gguf");
+    std::fs::write(&path, &lie).unwrap();
+    assert_rejected(&path, &["not a valid GGUF file"]);
+    // Offset 24: the first key's length.
+    let mut lie = bytes;
+    lie[24..32].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    let path = scratch("lying-string.gguf");
+    std::fs::write(&path, &lie).unwrap();
+    assert_rejected(&path, &["not a valid GGUF file", "string length"]);
+}
+
+#[test]
+fn not_a_gguf_file_and_missing_file_are_explained() {
+    let path = scratch("text.gguf");
+    std::fs::write(
+        &path,
+        b"this is not a model, just some text that is long enough",
+    )
+    .unwrap();
+    assert_rejected(&path, &["not a valid GGUF file"]);
+    assert_rejected(&scratch("does-not-exist.gguf"), &["cannot open"]);
+}
+
+#[test]
+fn zero_alignment_is_an_error_not_a_panic() {
+    let path = rewrite("align0.gguf", |meta, _| {
+        meta.push(("general.alignment".into(), Value::U32(0)))
+    });
+    assert_rejected(&path, &["not a valid GGUF file"]);
+}
+
+#[test]
+fn missing_tensor_is_named_with_its_expected_shape() {
+    let path = rewrite("missing.gguf", |_, tensors| {
+        tensors.retain(|(n, _)| n != "blk.5.ffn_up.weight")
+    });
+    assert_rejected(&path, &["blk.5.ffn_up.weight", "missing", "[768, 256]"]);
+}
+
+#[test]
+fn wrong_shape_names_the_tensor_and_both_shapes() {
+    let path = rewrite("shape.gguf", |_, tensors| {
+        let t = Tensor::zeros((256, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
+        tensors
+            .iter_mut()
+            .find(|(n, _)| n == "blk.2.attn_k.weight")
+            .unwrap()
+            .1 = q;
+    });
+    assert_rejected(
+        &path,
+        &["blk.2.attn_k.weight", "[256, 256]", "expected [128, 256]"],
+    );
+}
+
+#[test]
+fn unsupported_architecture_and_missing_key_are_named() {
+    let path = rewrite("arch.gguf", |meta, _| {
+        meta.iter_mut()
+            .find(|(k, _)| k == "general.architecture")
+            .unwrap()
+            .1 = Value::String("gpt2".into());
+    });
+    assert_rejected(&path, &["architecture `gpt2` is not supported", "smollm3"]);
+    let path = rewrite("nokey.gguf", |meta, _| {
+        meta.retain(|(k, _)| k != "smollm3.block_count")
+    });
+    assert_rejected(&path, &["smollm3.block_count", "missing"]);
+}
+
+#[test]
+fn greedy_smollm2_answers_paris_with_llama_cpp_tokens() {
+    let golden = golden("smollm2_greedy.json");
+    let out = smolbot(&[
+        "generate",
+        "--model",
+        smollm2_model().to_str().unwrap(),
+        "--raw",
+        "--prompt",
+        golden["prompt"].as_str().unwrap(),
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "30",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert_eq!(
+        stdout.trim_end(),
+        golden["text"].as_str().unwrap().trim_end()
+    );
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("tok/s"), "no timings on stderr: {stderr}");
+}
+
+#[test]
+fn same_seed_same_output_and_max_tokens_is_reported() {
+    let run = |seed: &str| {
+        let out = smolbot(&[
+            "generate",
+            "--model",
+            smollm2_model().to_str().unwrap(),
+            "--raw",
+            "--prompt",
+            "Once upon a time",
+            "--temperature",
+            "1.0",
+            "--seed",
+            seed,
+            "--max-tokens",
+            "12",
+        ]);
+        assert!(out.status.success());
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let (a, err) = run("7");
+    let (b, _) = run("7");
+    let (c, _) = run("8");
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert!(err.contains("reached --max-tokens 12"), "{err}");
+}
+
+#[test]
+fn a_full_context_stops_generation_and_says_so() {
+    // The tiny model's context is 4,096 tokens; a 4,090-token prompt leaves room for 6.
+    let prompt = "a ".repeat(4090);
+    let out = smolbot(&[
+        "generate",
+        "--model",
+        tiny_model().to_str().unwrap(),
+        "--raw",
+        "--prompt",
+        prompt.trim_end(),
+        "--max-tokens",
+        "100",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("context"), "{stderr}");
+}
+
+#[test]
+fn perplexity_json_matches_its_own_summary() {
+    let golden = golden("tiny_smollm3_nll.json");
+    let ids = scratch("ids.json");
+    std::fs::write(&ids, golden["tokens"].to_string()).unwrap();
+    let out = smolbot(&[
+        "perplexity",
+        "--model",
+        tiny_model().to_str().unwrap(),
+        "--tokens-file",
+        ids.to_str().unwrap(),
+        "--ctx",
+        "64",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let nll = f32s(&last["nll"]);
+    // 200 tokens in windows of 64: 63 + 63 + 63 + 7 scored.
+    assert_eq!(last["tokens"].as_u64().unwrap(), 196);
+    assert_eq!(nll.len(), 196);
+    let mean = nll.iter().map(|&x| x as f64).sum::<f64>() / nll.len() as f64;
+    assert!((mean.exp() - last["ppl"].as_f64().unwrap()).abs() < 1e-3 * mean.exp());
+}
+
+#[test]
+fn perplexity_of_a_text_file_tokenizes_it_as_plain_text() {
+    let out = smolbot(&[
+        "perplexity",
+        "--model",
+        smollm2_model().to_str().unwrap(),
+        "--file",
+        root()
+            .join("tests/fixtures/smollm2_text.txt")
+            .to_str()
+            .unwrap(),
+        "--ctx",
+        "128",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let last: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    let golden = golden("smollm2_nll.json");
+    assert_eq!(last["tokens"], golden["nll"].as_array().unwrap().len());
+    let rel = (last["ppl"].as_f64().unwrap() - golden["ppl"].as_f64().unwrap()).abs()
+        / golden["ppl"].as_f64().unwrap();
+    assert!(
+        rel < 0.005,
+        "perplexity {} vs llama.cpp {}",
+        last["ppl"],
+        golden["ppl"]
+    );
+}

@@ -1,0 +1,553 @@
+//! The OpenAI-compatible API driven through the router with `oneshot`: every endpoint, the
+//! error shapes and statuses, auth, the busy queue, and one request on the tiny synthetic
+//! model so the real engine's path is covered as well as the stub's.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use serde_json::{json, Value};
+use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
+use smolbot::services::{BackendSpec, Engine};
+use smolbot::web::{app, AppState};
+use tower::ServiceExt;
+
+async fn stub_engine(tokens_per_second: f64, context_length: usize, queue: usize) -> Engine {
+    Engine::start(
+        BackendSpec::Stub(StubConfig {
+            tokens_per_second,
+            context_length,
+        }),
+        queue,
+    )
+    .await
+    .expect("stub engine starts")
+}
+
+async fn stub_app() -> Router {
+    app(AppState::new(
+        stub_engine(0.0, STUB_CONTEXT_LENGTH, 4).await,
+        None,
+    ))
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
+    }
+}
+
+async fn send(app: &Router, request: Request<Body>) -> Reply {
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    Reply {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+fn post(uri: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.into())
+        .expect("request")
+}
+
+async fn post_json(app: &Router, uri: &str, body: Value) -> Reply {
+    send(app, post(uri, body.to_string())).await
+}
+
+async fn get(app: &Router, uri: &str) -> Reply {
+    send(app, Request::get(uri).body(Body::empty()).expect("request")).await
+}
+
+fn user(text: &str) -> Value {
+    json!([{"role": "user", "content": text}])
+}
+
+fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]}}}])
+}
+
+/// The `data:` payloads of an SSE body.
+fn sse_payloads(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn models_health_and_unknown_routes() {
+    let app = stub_app().await;
+    let models = get(&app, "/v1/models").await;
+    assert_eq!(models.status, StatusCode::OK);
+    assert_eq!(models.json()["data"][0]["id"], "smolbot-stub");
+    assert_eq!(models.json()["object"], "list");
+    let health = get(&app, "/health").await;
+    assert_eq!(health.json(), json!({"status": "ok"}));
+    let missing = get(&app, "/v1/nothing").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.json()["error"]["type"], "not_found_error");
+}
+
+#[tokio::test]
+async fn chat_splits_reasoning_from_content_and_counts_usage() {
+    let app = stub_app().await;
+    let reply = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"model": "smolbot-stub", "messages": user("Show me Markdown")}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["object"], "chat.completion");
+    let message = &body["choices"][0]["message"];
+    assert_eq!(message["role"], "assistant");
+    let reasoning = message["reasoning_content"].as_str().unwrap();
+    let content = message["content"].as_str().unwrap();
+    assert!(reasoning.starts_with("The user wrote"), "{reasoning}");
+    assert!(!content.contains("<think>") && !content.contains("The user wrote"));
+    assert!(content.contains("| Thinking | on |") && content.contains("```rust"));
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+
+    let usage = &body["usage"];
+    let template = post_json(
+        &app,
+        "/apply-template",
+        json!({"messages": user("Show me Markdown")}),
+    )
+    .await
+    .json();
+    let tokens = post_json(
+        &app,
+        "/tokenize",
+        json!({"content": template["prompt"], "add_special": true}),
+    )
+    .await
+    .json();
+    assert_eq!(
+        usage["prompt_tokens"].as_u64().unwrap() as usize,
+        tokens["tokens"].as_array().unwrap().len()
+    );
+    let completion = usage["completion_tokens"].as_u64().unwrap();
+    let generated = format!("<think>\n{reasoning}\n</think>\n{content}");
+    let generated_tokens = post_json(&app, "/tokenize", json!({"content": generated}))
+        .await
+        .json();
+    assert_eq!(
+        completion as usize,
+        generated_tokens["tokens"].as_array().unwrap().len()
+    );
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + completion
+    );
+    assert_eq!(body["timings"]["predicted_n"].as_u64(), Some(completion));
+}
+
+#[tokio::test]
+async fn thinking_switches_off_both_ways() {
+    let app = stub_app().await;
+    for body in [
+        json!({"messages": user("hi"), "chat_template_kwargs": {"enable_thinking": false}}),
+        json!({"messages": user("hi"), "enable_thinking": false}),
+    ] {
+        let reply = post_json(&app, "/v1/chat/completions", body).await.json();
+        let message = &reply["choices"][0]["message"];
+        assert!(message.get("reasoning_content").is_none(), "{reply}");
+        assert!(message["content"]
+            .as_str()
+            .unwrap()
+            .contains("| Thinking | off |"));
+    }
+}
+
+#[tokio::test]
+async fn tool_call_round_trip() {
+    let app = stub_app().await;
+    let first = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": user("What is the weather in Lyon?"), "tools": weather_tools(),
+               "enable_thinking": false}),
+    )
+    .await
+    .json();
+    let choice = &first["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{first}");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(call["function"]["name"], "get_weather");
+    let arguments: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, json!({"city": "Lyon"}));
+
+    let second = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": [
+            {"role": "user", "content": "What is the weather in Lyon?"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "{\"celsius\": 21}"}
+        ], "tools": weather_tools(), "enable_thinking": false}),
+    )
+    .await
+    .json();
+    let choice = &second["choices"][0];
+    assert_eq!(choice["finish_reason"], "stop", "{second}");
+    assert!(choice["message"].get("tool_calls").is_none());
+    assert!(choice["message"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("`get_weather` tool returned: {\"celsius\": 21}"));
+}
+
+#[tokio::test]
+async fn tool_choice_none_keeps_tools_out() {
+    let app = stub_app().await;
+    let reply = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": user("weather in Oslo?"), "tools": weather_tools(),
+               "tool_choice": "none"}),
+    )
+    .await
+    .json();
+    assert_eq!(reply["choices"][0]["finish_reason"], "stop", "{reply}");
+    assert!(reply["choices"][0]["message"].get("tool_calls").is_none());
+}
+
+#[tokio::test]
+async fn max_tokens_and_stop_strings_end_the_answer() {
+    let app = stub_app().await;
+    let reply = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": user("hi"), "max_completion_tokens": 5}),
+    )
+    .await
+    .json();
+    assert_eq!(reply["choices"][0]["finish_reason"], "length");
+    assert_eq!(reply["usage"]["completion_tokens"], 5);
+
+    let reply = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": user("hi"), "stop": ["stub answer"], "enable_thinking": false}),
+    )
+    .await
+    .json();
+    assert_eq!(reply["choices"][0]["finish_reason"], "stop");
+    assert_eq!(reply["choices"][0]["message"]["content"], "Here is a");
+}
+
+#[tokio::test]
+async fn streaming_chunks_come_in_llama_cpp_order() {
+    let app = stub_app().await;
+    let reply = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": user("Stream please"), "stream": true,
+               "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers[header::CONTENT_TYPE], "text/event-stream");
+    let payloads = sse_payloads(&reply.text);
+    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant"})
+    );
+    let usage = &chunks[chunks.len() - 1];
+    assert_eq!(usage["choices"], json!([]));
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(usage["timings"]["predicted_n"].as_u64().unwrap() > 0);
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["delta"], json!({}));
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    let mut phase = 0;
+    for chunk in &chunks[1..chunks.len() - 2] {
+        let delta = &chunk["choices"][0]["delta"];
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        assert_eq!(chunk["choices"][0]["finish_reason"], Value::Null);
+        let (kind, text) = if let Some(t) = delta.get("reasoning_content") {
+            (0, t)
+        } else {
+            (1, &delta["content"])
+        };
+        assert!(kind >= phase, "reasoning after content: {chunk}");
+        assert!(!text.as_str().unwrap().is_empty());
+        phase = kind;
+    }
+    assert_eq!(phase, 1, "some content was streamed");
+}
+
+#[tokio::test]
+async fn errors_have_openai_shape_and_status() {
+    let app = stub_app().await;
+    let cases: Vec<(Body, StatusCode, Option<&str>, &str)> = vec![
+        (
+            "{\"messages\": [".into(),
+            StatusCode::BAD_REQUEST,
+            None,
+            "not valid JSON",
+        ),
+        (
+            json!({"messages": user("x"), "max_tokens": "ten"})
+                .to_string()
+                .into(),
+            StatusCode::BAD_REQUEST,
+            Some("max_tokens"),
+            "invalid type",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": {"a": 1}}]})
+                .to_string()
+                .into(),
+            StatusCode::BAD_REQUEST,
+            Some("messages[0].content"),
+            "must be a string",
+        ),
+        (
+            json!({"messages": []}).to_string().into(),
+            StatusCode::BAD_REQUEST,
+            Some("messages"),
+            "at least one message",
+        ),
+        (
+            json!({"messages": user("x"), "max_tokens": 0})
+                .to_string()
+                .into(),
+            StatusCode::BAD_REQUEST,
+            Some("max_tokens"),
+            "between 1 and 65536",
+        ),
+        (
+            json!({"messages": user("x"), "max_tokens": 70000})
+                .to_string()
+                .into(),
+            StatusCode::BAD_REQUEST,
+            Some("max_tokens"),
+            "got 70000",
+        ),
+        (
+            json!({"messages": user("x"), "model": "gpt-4o"})
+                .to_string()
+                .into(),
+            StatusCode::NOT_FOUND,
+            Some("model"),
+            "`gpt-4o` does not exist",
+        ),
+        (
+            json!({"messages": user("x"), "temperature": -1})
+                .to_string()
+                .into(),
+            StatusCode::BAD_REQUEST,
+            Some("temperature"),
+            "must be ≥ 0",
+        ),
+        (
+            json!({"messages": user("x"), "tool_choice": "required"})
+                .to_string()
+                .into(),
+            StatusCode::BAD_REQUEST,
+            Some("tool_choice"),
+            "not supported",
+        ),
+    ];
+    for (body, status, param, message) in cases {
+        let reply = send(&app, post("/v1/chat/completions", body)).await;
+        assert_eq!(reply.status, status, "{}", reply.text);
+        let error = &reply.json()["error"];
+        assert!(error["type"].as_str().is_some(), "{error}");
+        assert_eq!(error["param"].as_str(), param, "{error}");
+        assert!(error.get("code").is_some(), "{error}");
+        assert!(
+            error["message"].as_str().unwrap().contains(message),
+            "{error} lacks {message}"
+        );
+    }
+    let bad_ids = post_json(&app, "/detokenize", json!({"tokens": [1, -5]})).await;
+    assert_eq!(bad_ids.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad_ids.json()["error"]["param"], "tokens");
+}
+
+#[tokio::test]
+async fn prompt_longer_than_the_context_says_both_numbers() {
+    let app = app(AppState::new(stub_engine(0.0, 300, 4).await, None));
+    let reply = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": user("hi")}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let error = &reply.json()["error"];
+    assert_eq!(error["code"], "context_length_exceeded");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("the context holds 300"), "{message}");
+    assert!(message.starts_with("the prompt has 1,"), "{message}");
+}
+
+#[tokio::test]
+async fn api_key_guards_v1_only() {
+    let app = app(AppState::new(
+        stub_engine(0.0, STUB_CONTEXT_LENGTH, 4).await,
+        Some("sesame".into()),
+    ));
+    let with = |value: Option<&str>| {
+        let mut request = Request::get("/v1/models");
+        if let Some(value) = value {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        request.body(Body::empty()).expect("request")
+    };
+    for value in [
+        None,
+        Some("Bearer wrong"),
+        Some("sesame"),
+        Some("Basic sesame"),
+    ] {
+        let reply = send(&app, with(value)).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{value:?}");
+        assert_eq!(reply.json()["error"]["code"], "invalid_api_key");
+        assert_eq!(reply.headers[header::WWW_AUTHENTICATE], "Bearer");
+    }
+    assert_eq!(
+        send(&app, with(Some("Bearer sesame"))).await.status,
+        StatusCode::OK
+    );
+    let chat = send(
+        &app,
+        post(
+            "/v1/chat/completions",
+            json!({"messages": user("x")}).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(chat.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(get(&app, "/health").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn full_queue_is_refused_with_retry_after() {
+    // One request may wait; the engine runs one. A third, while both last, is refused.
+    let app = app(AppState::new(
+        stub_engine(5.0, STUB_CONTEXT_LENGTH, 1).await,
+        None,
+    ));
+    let body = json!({"messages": user("hi"), "stream": true}).to_string();
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..3 {
+        let response = app
+            .clone()
+            .oneshot(post("/v1/chat/completions", body.clone()))
+            .await
+            .expect("infallible");
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some(response);
+            break;
+        }
+        held.push(response);
+    }
+    let refused = refused.expect("a request was refused");
+    assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+    let bytes = axum::body::to_bytes(refused.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let error: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(error["error"]["code"], "server_busy");
+    assert!(error["error"]["message"].as_str().unwrap().contains("busy"));
+}
+
+#[tokio::test]
+async fn tokenize_detokenize_and_pieces_agree() {
+    let app = stub_app().await;
+    let text = "Hello <think> wörld";
+    let ids = post_json(&app, "/tokenize", json!({"content": text}))
+        .await
+        .json();
+    let ids = ids["tokens"].clone();
+    let back = post_json(&app, "/detokenize", json!({"tokens": ids}))
+        .await
+        .json();
+    assert_eq!(back["content"], text);
+    let plain = post_json(
+        &app,
+        "/tokenize",
+        json!({"content": "<think>", "parse_special": false, "with_pieces": true}),
+    )
+    .await
+    .json();
+    let pieces = plain["tokens"].as_array().unwrap();
+    assert!(pieces.len() > 1, "{plain}");
+    assert!(pieces[0]["id"].is_u64() && pieces[0]["piece"].is_string());
+}
+
+#[tokio::test]
+async fn real_engine_answers_on_the_tiny_model() {
+    let engine = Engine::start(
+        BackendSpec::Gguf {
+            path: common::tiny_model().to_path_buf(),
+            force_cpu: true,
+            alias: None,
+        },
+        4,
+    )
+    .await
+    .expect("tiny model loads");
+    let id = engine.info().id.clone();
+    let app = app(AppState::new(engine, None));
+    let body = json!({"model": id, "messages": user("Hello"), "max_tokens": 6,
+                      "temperature": 0, "enable_thinking": false});
+    let first = post_json(&app, "/v1/chat/completions", body.clone()).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    let first = first.json();
+    let usage = &first["usage"];
+    assert!(usage["completion_tokens"].as_u64().unwrap() <= 6);
+    let template = post_json(&app, "/apply-template", body.clone())
+        .await
+        .json();
+    let tokens = post_json(
+        &app,
+        "/tokenize",
+        json!({"content": template["prompt"], "add_special": true}),
+    )
+    .await
+    .json();
+    assert_eq!(
+        usage["prompt_tokens"].as_u64().unwrap() as usize,
+        tokens["tokens"].as_array().unwrap().len()
+    );
+    let second = post_json(&app, "/v1/chat/completions", body).await.json();
+    assert_eq!(
+        first["choices"][0]["message"], second["choices"][0]["message"],
+        "greedy decoding repeats itself"
+    );
+}
