@@ -5,6 +5,7 @@
 //! template or of HTTP; `smollm3` holds what is the model's own (config, tokenizer, template);
 //! `services` and `web` sit on top.
 
+pub mod hub;
 pub mod inference;
 pub mod services;
 pub mod smollm3;

@@ -4,6 +4,7 @@ mod bench;
 mod generate;
 mod inspect;
 mod perplexity;
+mod pull;
 mod render;
 mod serve;
 mod synth;
@@ -43,6 +44,10 @@ enum Command {
     Render(render::RenderArgs),
     /// Serve the OpenAI-compatible chat API over a GGUF model or the stub.
     Serve(serve::ServeArgs),
+    /// Download a GGUF model from the Hugging Face Hub into the HF cache (no server).
+    Pull(pull::PullArgs),
+    /// List the GGUF models in the HF cache: repository, file, revision, size, path.
+    List(pull::ListArgs),
 }
 
 /// Options every model-running command shares.
@@ -55,7 +60,7 @@ pub struct EngineArgs {
     #[arg(long, env = "SMOLBOT_THREADS")]
     pub threads: Option<usize>,
     /// Run on the CPU even when built with CUDA.
-    #[arg(long)]
+    #[arg(long, env = "SMOLBOT_CPU")]
     pub cpu: bool,
 }
 
@@ -81,5 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(a) => bench::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Render(a) => render::run(a),
+        Command::Pull(a) => pull::run_pull(a),
+        Command::List(a) => pull::run_list(a),
     }
 }

@@ -14,14 +14,11 @@ use smolbot::web::{app, AppState};
 #[derive(Args)]
 pub struct ServeArgs {
     /// Path to the GGUF model file to serve.
-    #[arg(
-        long,
-        short = 'm',
-        env = "SMOLBOT_MODEL",
-        required_unless_present = "stub",
-        conflicts_with = "stub"
-    )]
+    #[arg(long, short = 'm', env = "SMOLBOT_MODEL", conflicts_with = "stub")]
     model: Option<PathBuf>,
+    /// Without --model: the model from the Hub's cache, downloaded on first use.
+    #[command(flatten)]
+    hub: super::pull::HubArgs,
     /// Serve the deterministic stub model (no weights) instead of a real one.
     #[arg(long, env = "SMOLBOT_STUB")]
     stub: bool,
@@ -49,9 +46,13 @@ pub struct ServeArgs {
     /// Pace of the stub's output in tokens per second (0: as fast as possible).
     #[arg(long, env = "SMOLBOT_STUB_TOKENS_PER_SECOND", default_value_t = 60.0)]
     stub_tokens_per_second: f64,
+    /// Folder of the conversation database (default: $XDG_DATA_HOME/smolbot or
+    /// ~/.local/share/smolbot).
+    #[arg(long, env = "SMOLBOT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -63,6 +64,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Safe: called on the main thread before any other thread exists; candle sizes its
         // pools from this variable at first use.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
+    }
+    // Before the async runtime: the download uses a blocking HTTP client.
+    if args.model.is_none() && !args.stub {
+        args.model = Some(super::pull::resolve_for_serve(&args.hub)?);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -87,6 +92,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let engine = Engine::start(spec, args.queue_size)
         .await
         .context("cannot start the model")?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(smolbot::services::sessions::default_data_dir);
+    let sessions = smolbot::services::SessionStore::open(&data_dir)
+        .await
+        .context("cannot open the conversation store")?;
+    tracing::info!("conversations are kept in {}", sessions.path().display());
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
@@ -97,10 +110,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         info.id,
         info.context_length
     );
-    axum::serve(listener, app(AppState::new(engine, args.api_key)))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the server failed")?;
+    axum::serve(
+        listener,
+        app(AppState::new(engine, args.api_key).with_sessions(sessions)),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("the server failed")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -153,13 +153,13 @@ fn run_job(
         }
     })?;
     if let Some(err) = failure {
-        return Err(ServiceError::Tokenize(err));
+        return Err(ServiceError::Output(err));
     }
     if stats.stop == StopReason::Cancelled && !parser.stopped() {
         return Ok(());
     }
     let mut tool_calls = parser.tool_calls();
-    for event in parser.finish().map_err(ServiceError::Tokenize)? {
+    for event in parser.finish().map_err(ServiceError::Output)? {
         tool_calls += usize::from(matches!(event, GenerationEvent::ToolCall(_)));
         let _ = events.send(event);
     }

@@ -31,6 +31,10 @@ pub enum ServiceError {
     Template(Smollm3Error),
     #[error("tokenizing the prompt failed: {0}")]
     Tokenize(Smollm3Error),
+    /// The model's output could not be read: text that does not decode, or a tool call
+    /// that is not valid JSON (reported, never shown as answer text).
+    #[error("the model's output could not be used: {0}")]
+    Output(Smollm3Error),
     #[error(
         "the server is busy: {capacity} requests are already waiting for the model; try again shortly"
     )]
@@ -41,6 +45,24 @@ pub enum ServiceError {
     Load(Smollm3Error),
     #[error("generation failed: {0}")]
     Generation(String),
+    #[error("cannot use the data directory {}: {reason}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error(
+        "the conversation database has schema version {found}, but this smolbot knows only up to {known}; use a newer smolbot or another --data-dir"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("the conversation store could not {action}; see the server log")]
+    Storage { action: &'static str },
+    #[error("there is no conversation with id `{id}`")]
+    ConversationNotFound { id: String },
+    #[error("there is no message with id {id}")]
+    MessageNotFound { id: i64 },
+    /// `problem` names the line and the field at fault.
+    #[error("cannot import the file: {problem}")]
+    InvalidImport { problem: String },
 }
 
 /// `70112` as `70,112`: token counts in messages are read by people.

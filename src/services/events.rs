@@ -95,6 +95,8 @@ pub struct ReplyParser<'a> {
     reasoning: Trimmer,
     content: Trimmer,
     tool_calls: usize,
+    /// A `<tool_call>` block that was not a valid call: the reply fails with it.
+    malformed: Option<Smollm3Error>,
 }
 
 impl<'a> ReplyParser<'a> {
@@ -108,6 +110,7 @@ impl<'a> ReplyParser<'a> {
             reasoning: Trimmer::default(),
             content: Trimmer::default(),
             tool_calls: 0,
+            malformed: None,
         }
     }
 
@@ -126,7 +129,17 @@ impl<'a> ReplyParser<'a> {
         if self.stop.hit() {
             self.flush(&mut events);
         }
+        self.check_malformed()?;
         Ok(events)
+    }
+
+    /// Reports the first malformed tool call as an error, so it is neither lost nor shown
+    /// as answer text.
+    fn check_malformed(&mut self) -> Result<(), Smollm3Error> {
+        match self.malformed.take() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 
     /// A stop string appeared: the answer is over, whatever the model would add.
@@ -151,6 +164,7 @@ impl<'a> ReplyParser<'a> {
             self.sort(thinking, &mut events);
         }
         self.flush(&mut events);
+        self.check_malformed()?;
         Ok(events)
     }
 
@@ -197,6 +211,10 @@ impl<'a> ReplyParser<'a> {
                 ToolCallEvent::ToolCall(call) => {
                     self.tool_calls += 1;
                     events.push(GenerationEvent::ToolCall(call));
+                }
+                ToolCallEvent::Malformed { text, problem } => {
+                    self.malformed
+                        .get_or_insert(Smollm3Error::ToolCall { problem, text });
                 }
             }
         }
@@ -392,6 +410,41 @@ mod tests {
                     arguments: json!({"city": "Paris"}),
                 }),
             ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_tool_call_fails_the_reply_with_its_text() {
+        let tokenizer = crate::services::stub::stub_tokenizer().expect("stub tokenizer");
+        let text =
+            "Sure.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {oops}\n</tool_call>\nmore";
+        let options = ReplyOptions {
+            stop: vec![],
+            parse_tool_calls: true,
+        };
+        let mut parser = ReplyParser::new(&tokenizer, &options);
+        let mut content = String::new();
+        let mut failure = None;
+        for id in tokenizer.encode(text, true).expect("encode") {
+            match parser.push(id) {
+                Ok(events) => content.extend(events.into_iter().filter_map(|e| match e {
+                    GenerationEvent::Content(t) => Some(t),
+                    _ => None,
+                })),
+                Err(err) => {
+                    failure = Some(err.to_string());
+                    break;
+                }
+            }
+        }
+        let failure = failure.expect("a malformed call must be reported");
+        assert!(
+            failure.contains("malformed tool call") && failure.contains("{oops}"),
+            "{failure}"
+        );
+        assert!(
+            !content.contains("oops"),
+            "malformed call shown as content: {content}"
         );
     }
 

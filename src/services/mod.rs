@@ -7,8 +7,10 @@ pub mod chat;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod sessions;
 pub mod stub;
 
 pub use backend::{BackendSpec, ModelInfo};
 pub use engine::{Engine, GenerationStream};
 pub use error::ServiceError;
+pub use sessions::SessionStore;

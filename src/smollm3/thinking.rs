@@ -74,6 +74,12 @@ impl ThinkingParser {
         self.phase == Phase::Reasoning
     }
 
+    /// After [`finish`](Self::finish): the output ended inside `<think>`, so all of it after
+    /// the tag is reasoning and the model never answered.
+    pub fn unterminated(&self) -> bool {
+        self.phase == Phase::Reasoning
+    }
+
     /// Takes the next decoded piece and returns what can now be told apart, with runs of
     /// the same kind merged and no empty events.
     pub fn push(&mut self, piece: &str) -> Vec<ThinkingEvent> {
@@ -257,6 +263,11 @@ mod tests {
             vec![reasoning("still going ")]
         );
         assert_eq!(parser.finish(), vec![reasoning("</thi")]);
+        assert!(parser.unterminated());
+        let mut closed = ThinkingParser::new();
+        closed.push("<think>a</think>b");
+        closed.finish();
+        assert!(!closed.unterminated());
         assert_eq!(
             split_thinking("<think>a"),
             (Some("a".into()), String::new())

@@ -13,12 +13,11 @@
 //! complete answer, [`ToolCallParser`] for one arriving piece by piece (content streams at
 //! once, a call comes out whole when its `</tool_call>` arrives).
 //!
-//! A block whose body is not a valid call (bad JSON, no name) is kept as content, tags and
-//! all, rather than failing the reply: the model's text reaches the user unchanged and
-//! nothing is lost, which is what a chat client can best show. [`ToolCall::parse`] gives
-//! the reason as [`Smollm3Error::ToolCall`] for callers that want to be strict. A block
-//! left open when the output ends is content as well. Content is returned exactly as
-//! written (including the newlines around calls), for the caller to trim.
+//! A block whose body is not a valid call (bad JSON, no name), or one left open when the
+//! output ends, is reported as [`ToolCallEvent::Malformed`] with the model's text and the
+//! reason: it is neither dropped nor passed off as answer text, so the caller can tell the
+//! user the model tried to call a tool and failed. Content is returned exactly as written
+//! (including the newlines around calls), for the caller to trim.
 
 use serde_json::{Map, Value as Json};
 
@@ -76,6 +75,8 @@ pub enum ToolCallEvent {
     Content(String),
     /// A complete, valid tool call.
     ToolCall(ToolCall),
+    /// A `<tool_call>` block that is not a valid call: its whole text, tags included, and why.
+    Malformed { text: String, problem: String },
 }
 
 /// A complete answer split into its content and its tool calls.
@@ -85,6 +86,8 @@ pub struct ParsedAnswer {
     pub content: String,
     /// The calls, in the order written.
     pub tool_calls: Vec<ToolCall>,
+    /// Blocks that were not valid calls: `(text, problem)`, in the order written.
+    pub malformed: Vec<(String, String)>,
 }
 
 /// Splits a complete answer into content and tool calls.
@@ -97,6 +100,7 @@ pub fn parse_tool_calls(answer: &str) -> ParsedAnswer {
         match event {
             ToolCallEvent::Content(text) => parsed.content.push_str(&text),
             ToolCallEvent::ToolCall(call) => parsed.tool_calls.push(call),
+            ToolCallEvent::Malformed { text, problem } => parsed.malformed.push((text, problem)),
         }
     }
     parsed
@@ -149,7 +153,13 @@ impl ToolCallParser {
                 let body = &block[..at];
                 match ToolCall::parse(body) {
                     Ok(call) => events.push(ToolCallEvent::ToolCall(call)),
-                    Err(_) => emit(&mut events, format!("{OPEN}{block}")),
+                    Err(err) => events.push(ToolCallEvent::Malformed {
+                        text: format!("{OPEN}{block}"),
+                        problem: match err {
+                            Smollm3Error::ToolCall { problem, .. } => problem,
+                            other => other.to_string(),
+                        },
+                    }),
                 }
                 self.in_call = false;
             } else if let Some(at) = self.held.find(OPEN) {
@@ -167,12 +177,15 @@ impl ToolCallParser {
         }
     }
 
-    /// Ends the answer: held text, including a call block that never closed, is content.
+    /// Ends the answer: held text is content, a call block that never closed is malformed.
     pub fn finish(&mut self) -> Vec<ToolCallEvent> {
         let held = std::mem::take(&mut self.held);
         let mut events = Vec::new();
         if std::mem::take(&mut self.in_call) {
-            emit(&mut events, format!("{OPEN}{held}"));
+            events.push(ToolCallEvent::Malformed {
+                text: format!("{OPEN}{held}"),
+                problem: format!("the output ended before `{CLOSE}`"),
+            });
         } else {
             emit(&mut events, held);
         }
@@ -240,6 +253,7 @@ mod tests {
                     name: "get_weather".into(),
                     arguments: json!({"city": "Paris"})
                 }],
+                malformed: vec![],
             }
         );
     }
@@ -262,22 +276,38 @@ mod tests {
             ParsedAnswer {
                 content: "Just 4. Use <tool> tags?".into(),
                 tool_calls: vec![],
+                malformed: vec![],
             }
         );
     }
 
     #[test]
-    fn malformed_call_stays_as_content() {
+    fn malformed_call_is_reported_not_shown_as_content() {
         let answer = "a<tool_call>{\"name\": \"f\", \"arguments\": {</tool_call>b";
+        let parsed = parse_tool_calls(answer);
+        assert_eq!(parsed.content, "ab");
+        assert!(parsed.tool_calls.is_empty());
+        assert_eq!(parsed.malformed.len(), 1);
         assert_eq!(
-            parse_tool_calls(answer),
-            ParsedAnswer {
-                content: answer.into(),
-                tool_calls: vec![]
-            }
+            parsed.malformed[0].0,
+            "<tool_call>{\"name\": \"f\", \"arguments\": {</tool_call>"
         );
-        let nameless = "<tool_call>{\"arguments\": {}}</tool_call>";
-        assert_eq!(parse_tool_calls(nameless).content, nameless);
+        assert!(
+            parsed.malformed[0].1.contains("invalid JSON"),
+            "{:?}",
+            parsed.malformed
+        );
+        let nameless = parse_tool_calls("<tool_call>{\"arguments\": {}}</tool_call>");
+        assert_eq!(nameless.content, "");
+        assert!(nameless.malformed[0].1.contains("no `name`"));
+    }
+
+    #[test]
+    fn unclosed_call_is_reported_at_the_end() {
+        let parsed = parse_tool_calls("ok <tool_call>{\"name\": \"f\"");
+        assert_eq!(parsed.content, "ok ");
+        assert_eq!(parsed.malformed.len(), 1);
+        assert!(parsed.malformed[0].1.contains("ended before"));
     }
 
     #[test]
@@ -321,9 +351,18 @@ mod tests {
     }
 
     #[test]
-    fn unclosed_call_at_the_end_is_content() {
+    fn unclosed_call_at_the_end_is_malformed_but_a_partial_tag_is_content() {
         let answer = "ok <tool_call>{\"name\": \"f\"";
-        assert_eq!(run(&[answer]), vec![content(answer)]);
+        assert_eq!(
+            run(&[answer]),
+            vec![
+                content("ok "),
+                ToolCallEvent::Malformed {
+                    text: "<tool_call>{\"name\": \"f\"".into(),
+                    problem: "the output ended before `</tool_call>`".into(),
+                }
+            ]
+        );
         assert_eq!(run(&["ok <tool_"]), vec![content("ok <tool_")]);
     }
 

@@ -9,8 +9,11 @@ use axum::middleware;
 use axum::Router;
 
 use super::api;
+use super::conversations;
 use super::error::ApiError;
+use super::page;
 use crate::services::Engine;
+use crate::services::SessionStore;
 
 /// Largest request body accepted. A full 65,536-token conversation is about 300 kB of text;
 /// 8 MiB leaves room for JSON escaping and tool schemas while refusing abuse early.
@@ -21,6 +24,8 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub struct AppState {
     engine: Engine,
     api_key: Option<Arc<str>>,
+    /// The conversation store; `None` serves no `/api/conversations` (503).
+    sessions: Option<SessionStore>,
 }
 
 impl AppState {
@@ -29,6 +34,7 @@ impl AppState {
         Self {
             engine,
             api_key: api_key.filter(|k| !k.is_empty()).map(Arc::from),
+            sessions: None,
         }
     }
 
@@ -38,6 +44,16 @@ impl AppState {
 
     pub fn api_key(&self) -> Option<&str> {
         self.api_key.as_deref()
+    }
+
+    /// Keeps conversations in `store` and serves them under `/api/conversations`.
+    pub fn with_sessions(mut self, store: SessionStore) -> Self {
+        self.sessions = Some(store);
+        self
+    }
+
+    pub fn sessions(&self) -> Option<&SessionStore> {
+        self.sessions.as_ref()
     }
 }
 
@@ -50,6 +66,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(v1)
         .merge(api::utility_routes())
+        .merge(conversations::routes())
+        .merge(page::routes(state.engine().clone()))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -169,7 +169,30 @@ impl From<ServiceError> for ApiError {
                 None,
                 None,
             ),
-            ServiceError::Tokenize(_) | ServiceError::Load(_) | ServiceError::Generation(_) => (
+            ServiceError::ConversationNotFound { .. } | ServiceError::MessageNotFound { .. } => (
+                StatusCode::NOT_FOUND,
+                ErrorKind::NotFound,
+                None,
+                Some("conversation_not_found"),
+            ),
+            ServiceError::InvalidImport { .. } => (
+                StatusCode::BAD_REQUEST,
+                ErrorKind::InvalidRequest,
+                Some("file"),
+                None,
+            ),
+            ServiceError::DataDir { .. }
+            | ServiceError::SchemaTooNew { .. }
+            | ServiceError::Storage { .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorKind::Server,
+                None,
+                None,
+            ),
+            ServiceError::Tokenize(_)
+            | ServiceError::Output(_)
+            | ServiceError::Load(_)
+            | ServiceError::Generation(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorKind::Server,
                 None,

@@ -4,9 +4,14 @@
 
 pub mod api;
 pub mod app;
+pub mod assets;
+pub mod conversations;
 pub mod error;
 pub mod json;
+pub mod markdown;
 pub mod openai;
+pub mod page;
 pub mod sse;
+pub mod transcripts;
 
 pub use app::{app, AppState};

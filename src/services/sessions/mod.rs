@@ -1,0 +1,813 @@
+//! Persistent conversations: [`SessionStore`] keeps conversations, their messages and their
+//! settings in one embedded SQLite file (WAL mode) under the server's data directory.
+//!
+//! It is a service apart from the engine so that a restart, or a crash mid-generation, loses
+//! nothing that was already said: every message is a row written in its own transaction; an
+//! answer being generated is a row marked `generating` whose text is saved as it grows, and
+//! opening the store again marks such leftovers `stopped`, keeping their partial text.
+//!
+//! The schema is versioned by the SQL files in `migrations/`, applied in order and tracked
+//! with `PRAGMA user_version`. All SQLite work runs on tokio's blocking pool, never on a
+//! worker thread.
+
+mod export;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::distr::{Alphanumeric, SampleString};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value as Json};
+
+use super::chat::Role;
+use super::error::ServiceError;
+use crate::smollm3::tool_calls::ToolCall;
+
+pub use export::{from_jsonl, to_jsonl, to_markdown};
+
+/// The schema, one step per file; step `i` brings `user_version` from `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+
+/// The database's file name inside the data directory.
+pub const DATABASE_FILE: &str = "smolbot.sqlite3";
+
+/// Characters of the first user message kept as a conversation's title: about a sidebar line.
+pub const TITLE_CHARS: usize = 60;
+
+/// Conversations a listing returns at most; a sidebar never shows more.
+pub const LIST_LIMIT: usize = 500;
+
+/// The data directory when none is given: `$XDG_DATA_HOME/smolbot`, else
+/// `~/.local/share/smolbot`, else `./smolbot-data` (no home at all, as in some containers).
+pub fn default_data_dir() -> PathBuf {
+    let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(xdg) = from_env("XDG_DATA_HOME") {
+        return PathBuf::from(xdg).join("smolbot");
+    }
+    if let Some(home) = from_env("HOME") {
+        return PathBuf::from(home)
+            .join(".local")
+            .join("share")
+            .join("smolbot");
+    }
+    PathBuf::from("smolbot-data")
+}
+
+/// Settings of one conversation, used for every answer generated in it. `None` keeps the
+/// server's default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConversationSettings {
+    pub system_prompt: Option<String>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub max_tokens: Option<i64>,
+    /// SmolLM3's reasoning switch.
+    pub thinking: Option<bool>,
+}
+
+impl ConversationSettings {
+    /// Refuses values no generation could use, naming the field, so a bad setting fails when
+    /// it is saved rather than at the next message.
+    pub fn check(&self) -> Result<(), ServiceError> {
+        let bad = |field, problem: String| Err(ServiceError::InvalidParameter { field, problem });
+        if let Some(t) = self.temperature {
+            if !(t.is_finite() && t >= 0.0) {
+                return bad("settings.temperature", format!("must be ≥ 0, got {t}"));
+            }
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return bad("settings.top_p", format!("must be in (0, 1], got {p}"));
+            }
+        }
+        if let Some(m) = self.max_tokens {
+            if m < 1 {
+                return bad(
+                    "settings.max_tokens",
+                    format!("must be at least 1, got {m}"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A conversation without its messages, as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Conversation {
+    pub id: String,
+    /// `None` until the first user message or a rename gives it one.
+    pub title: Option<String>,
+    pub settings: ConversationSettings,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// Milliseconds since the Unix epoch of the last change (a message, a rename).
+    pub updated_at: i64,
+}
+
+/// Where a message stands: only `complete` answers ended on their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    Complete,
+    /// Cut short: the client went away, or the server stopped, while it was generated.
+    Stopped,
+    /// The generation failed; the text is what came before the failure.
+    Failed,
+    /// Being generated now.
+    Generating,
+}
+
+impl MessageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Complete => "complete",
+            Self::Stopped => "stopped",
+            Self::Failed => "failed",
+            Self::Generating => "generating",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Complete,
+            Self::Stopped,
+            Self::Failed,
+            Self::Generating,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// Token counts and times of a generated message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct MessageStats {
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub prompt_ms: Option<f64>,
+    pub generation_ms: Option<f64>,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredMessage {
+    pub id: i64,
+    #[serde(serialize_with = "serialize_role")]
+    pub role: Role,
+    pub content: String,
+    pub reasoning: Option<String>,
+    /// OpenAI's `tool_calls` array, kept as given so an export gives it back unchanged.
+    pub tool_calls: Option<Json>,
+    pub tool_call_id: Option<String>,
+    pub status: MessageStatus,
+    pub finish_reason: Option<String>,
+    pub stats: MessageStats,
+    pub created_at: i64,
+}
+
+impl StoredMessage {
+    /// The calls of `tool_calls` in the model's terms, skipping entries without a name.
+    pub fn calls(&self) -> Vec<ToolCall> {
+        let Some(Json::Array(calls)) = &self.tool_calls else {
+            return Vec::new();
+        };
+        calls
+            .iter()
+            .filter_map(|call| {
+                let function = call.get("function")?;
+                let name = function.get("name")?.as_str()?.to_owned();
+                let arguments = match function.get("arguments") {
+                    Some(Json::String(text)) => {
+                        serde_json::from_str(text).unwrap_or(Json::String(text.clone()))
+                    }
+                    Some(other) => other.clone(),
+                    None => json!({}),
+                };
+                Some(ToolCall { name, arguments })
+            })
+            .collect()
+    }
+}
+
+fn serialize_role<S: serde::Serializer>(role: &Role, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(role.as_str())
+}
+
+/// A role from its OpenAI name.
+pub fn parse_role(text: &str) -> Option<Role> {
+    [Role::System, Role::User, Role::Assistant, Role::Tool]
+        .into_iter()
+        .find(|r| r.as_str() == text)
+}
+
+/// OpenAI's form of the calls a generation made, each with a fresh id.
+pub fn tool_calls_json(calls: &[ToolCall]) -> Option<Json> {
+    (!calls.is_empty()).then(|| {
+        Json::Array(
+            calls
+                .iter()
+                .map(|call| {
+                    json!({
+                        "id": format!("call_{}", random_token(24)),
+                        "type": "function",
+                        "function": { "name": call.name, "arguments": call.arguments.to_string() },
+                    })
+                })
+                .collect(),
+        )
+    })
+}
+
+/// A message to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    pub role: Role,
+    pub content: String,
+    pub reasoning: Option<String>,
+    pub tool_calls: Option<Json>,
+    pub tool_call_id: Option<String>,
+    pub status: MessageStatus,
+    pub finish_reason: Option<String>,
+    pub stats: MessageStats,
+}
+
+impl NewMessage {
+    /// A complete message with text only.
+    pub fn text(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            reasoning: None,
+            tool_calls: None,
+            tool_call_id: None,
+            status: MessageStatus::Complete,
+            finish_reason: None,
+            stats: MessageStats::default(),
+        }
+    }
+}
+
+/// The new state of a message being generated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageUpdate {
+    pub content: String,
+    pub reasoning: Option<String>,
+    pub tool_calls: Option<Json>,
+    pub status: MessageStatus,
+    pub finish_reason: Option<String>,
+    pub stats: MessageStats,
+}
+
+/// A change to a conversation; fields left `None` stay as they are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConversationPatch {
+    pub title: Option<String>,
+    /// Replaces all settings.
+    pub settings: Option<ConversationSettings>,
+}
+
+/// The conversation database. Cheap to clone; every clone shares one connection.
+#[derive(Clone)]
+pub struct SessionStore {
+    connection: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+impl SessionStore {
+    /// Opens (creating it if needed) the database in `data_dir`, brings its schema up to
+    /// date and marks answers left `generating` by an earlier run as `stopped`.
+    pub async fn open(data_dir: impl Into<PathBuf>) -> Result<Self, ServiceError> {
+        let data_dir = data_dir.into();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&data_dir))
+            .await
+            .map_err(|err| worker_failed(&err))?
+    }
+
+    /// [`SessionStore::open`] for callers outside an async runtime.
+    pub fn open_blocking(data_dir: &Path) -> Result<Self, ServiceError> {
+        let dir_error = |reason: String| ServiceError::DataDir {
+            path: data_dir.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(data_dir).map_err(|err| dir_error(err.to_string()))?;
+        let path = data_dir.join(DATABASE_FILE);
+        let mut connection = Connection::open(&path)
+            .map_err(|err| dir_error(format!("cannot open {}: {err}", path.display())))?;
+        configure(&connection).map_err(|err| dir_error(err.to_string()))?;
+        migrate(&mut connection)?;
+        let interrupted = connection
+            .execute(
+                "UPDATE messages SET status = 'stopped' WHERE status = 'generating'",
+                [],
+            )
+            .map_err(storage("recover interrupted answers"))?;
+        if interrupted > 0 {
+            tracing::warn!(
+                "{interrupted} answer(s) were cut off by the last shutdown; kept as stopped"
+            );
+        }
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+            path: Arc::new(path),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` on the connection on tokio's blocking pool.
+    async fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, ServiceError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let connection = Arc::clone(&self.connection);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut guard)
+        })
+        .await
+        .map_err(|err| worker_failed(&err))?
+    }
+
+    /// Starts a conversation.
+    pub async fn create(
+        &self,
+        title: Option<String>,
+        settings: ConversationSettings,
+    ) -> Result<Conversation, ServiceError> {
+        settings.check()?;
+        self.with(move |c| create(c, title, &settings)).await
+    }
+
+    /// Conversations, the most recently changed first; with `query`, only those whose title
+    /// or any message contains it (case-insensitive for ASCII letters).
+    pub async fn list(&self, query: Option<String>) -> Result<Vec<Conversation>, ServiceError> {
+        self.with(move |c| list(c, query.as_deref())).await
+    }
+
+    pub async fn get(&self, id: String) -> Result<Conversation, ServiceError> {
+        self.with(move |c| get(c, &id)).await
+    }
+
+    /// Renames a conversation or replaces its settings.
+    pub async fn update(
+        &self,
+        id: String,
+        patch: ConversationPatch,
+    ) -> Result<Conversation, ServiceError> {
+        if let Some(settings) = &patch.settings {
+            settings.check()?;
+        }
+        self.with(move |c| update(c, &id, patch)).await
+    }
+
+    /// Deletes a conversation and all its messages, and overwrites them on disk.
+    pub async fn delete(&self, id: String) -> Result<(), ServiceError> {
+        self.with(move |c| delete(c, &id)).await
+    }
+
+    /// A conversation's messages in order.
+    pub async fn messages(&self, id: String) -> Result<Vec<StoredMessage>, ServiceError> {
+        self.with(move |c| {
+            get(c, &id)?;
+            messages(c, &id)
+        })
+        .await
+    }
+
+    /// Adds a message at the end of a conversation; the first user message names an untitled
+    /// conversation.
+    pub async fn append(
+        &self,
+        conversation: String,
+        message: NewMessage,
+    ) -> Result<StoredMessage, ServiceError> {
+        self.with(move |c| {
+            let tx = c.transaction().map_err(storage("start a transaction"))?;
+            let stored = append(&tx, &conversation, &message)?;
+            tx.commit().map_err(storage("save a message"))?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    /// Saves the text and status of a message being generated.
+    pub async fn update_message(
+        &self,
+        message: i64,
+        update: MessageUpdate,
+    ) -> Result<StoredMessage, ServiceError> {
+        self.with(move |c| update_message(c, message, &update))
+            .await
+    }
+
+    /// Creates a conversation holding `messages`, all in one transaction.
+    pub async fn import(
+        &self,
+        title: Option<String>,
+        messages: Vec<NewMessage>,
+    ) -> Result<Conversation, ServiceError> {
+        self.with(move |c| {
+            let tx = c.transaction().map_err(storage("start a transaction"))?;
+            let conversation = create(&tx, title, &ConversationSettings::default())?;
+            for message in &messages {
+                append(&tx, &conversation.id, message)?;
+            }
+            let conversation = get(&tx, &conversation.id)?;
+            tx.commit()
+                .map_err(storage("save the imported conversation"))?;
+            Ok(conversation)
+        })
+        .await
+    }
+}
+
+fn configure(c: &Connection) -> rusqlite::Result<()> {
+    c.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = c.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!("SQLite refused WAL mode (kept {mode}); the store still works");
+    }
+    // FULL: a committed message survives power loss too, not only a killed process.
+    c.pragma_update(None, "synchronous", "FULL")?;
+    c.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted conversations are overwritten in the file, not just unlinked.
+    c.pragma_update(None, "secure_delete", "ON")?;
+    Ok(())
+}
+
+/// Applies the migrations the database has not seen yet, each in its own transaction.
+fn migrate(c: &mut Connection) -> Result<(), ServiceError> {
+    let version: i64 = c
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(storage("read the schema version"))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(ServiceError::SchemaTooNew {
+            found: version,
+            known,
+        });
+    }
+    for (step, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let tx = c.transaction().map_err(storage("start a migration"))?;
+        tx.execute_batch(sql)
+            .map_err(storage("migrate the schema"))?;
+        tx.pragma_update(None, "user_version", step as i64 + 1)
+            .map_err(storage("record the schema version"))?;
+        tx.commit().map_err(storage("migrate the schema"))?;
+    }
+    Ok(())
+}
+
+/// Maps a SQLite error to [`ServiceError::Storage`], logging the detail.
+fn storage(action: &'static str) -> impl Fn(rusqlite::Error) -> ServiceError {
+    move |err| {
+        tracing::error!("conversation store: cannot {action}: {err}");
+        ServiceError::Storage { action }
+    }
+}
+
+fn worker_failed(err: &tokio::task::JoinError) -> ServiceError {
+    tracing::error!("conversation store worker failed: {err}");
+    ServiceError::Storage {
+        action: "finish its work",
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The time to stamp a change with: now, but always after every earlier change, so "most
+/// recently changed first" is a strict order even within one millisecond.
+fn change_time(c: &Connection) -> Result<i64, ServiceError> {
+    let latest: i64 = c
+        .query_row(
+            "SELECT COALESCE(MAX(updated_at), 0) FROM conversations",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(storage("read the clock"))?;
+    Ok(now_ms().max(latest.saturating_add(1)))
+}
+
+fn random_token(len: usize) -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), len)
+}
+
+/// A title from the first line of a message, at most [`TITLE_CHARS`] characters.
+pub fn title_from(text: &str) -> Option<String> {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.is_empty() {
+        return None;
+    }
+    if flat.chars().count() <= TITLE_CHARS {
+        return Some(flat);
+    }
+    let cut: String = flat.chars().take(TITLE_CHARS).collect();
+    Some(format!("{}…", cut.trim_end()))
+}
+
+fn not_found(id: &str) -> ServiceError {
+    ServiceError::ConversationNotFound { id: id.to_owned() }
+}
+
+const CONVERSATION_COLUMNS: &str = "id, title, settings, created_at, updated_at";
+
+fn conversation_row(row: &Row<'_>) -> rusqlite::Result<Conversation> {
+    let settings: String = row.get(2)?;
+    Ok(Conversation {
+        id: row.get(0)?,
+        title: row.get(1)?,
+        // Settings are written only by this module; a row that does not parse (edited by
+        // hand) falls back to defaults rather than hiding the conversation.
+        settings: serde_json::from_str(&settings).unwrap_or_default(),
+        created_at: row.get(3)?,
+        updated_at: row.get(4)?,
+    })
+}
+
+fn create(
+    c: &Connection,
+    title: Option<String>,
+    settings: &ConversationSettings,
+) -> Result<Conversation, ServiceError> {
+    let id = format!("conv_{}", random_token(16));
+    let now = change_time(c)?;
+    let title = title.and_then(|t| title_from(&t));
+    let settings_json = serde_json::to_string(settings).map_err(|err| {
+        tracing::error!("cannot encode settings: {err}");
+        ServiceError::Storage {
+            action: "encode the settings",
+        }
+    })?;
+    c.execute(
+        "INSERT INTO conversations (id, title, settings, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?4)",
+        params![id, title, settings_json, now],
+    )
+    .map_err(storage("create a conversation"))?;
+    Ok(Conversation {
+        id,
+        title,
+        settings: settings.clone(),
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+fn get(c: &Connection, id: &str) -> Result<Conversation, ServiceError> {
+    c.query_row(
+        &format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?1"),
+        [id],
+        conversation_row,
+    )
+    .optional()
+    .map_err(storage("read a conversation"))?
+    .ok_or_else(|| not_found(id))
+}
+
+/// `text` as a LIKE pattern matching it anywhere, with `%`, `_` and `\` taken literally.
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::from("%");
+    for ch in text.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(ch);
+    }
+    pattern.push('%');
+    pattern
+}
+
+fn list(c: &Connection, query: Option<&str>) -> Result<Vec<Conversation>, ServiceError> {
+    let query = query.map(str::trim).filter(|q| !q.is_empty());
+    let limit = LIST_LIMIT as i64;
+    let rows = match query {
+        None => {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {CONVERSATION_COLUMNS} FROM conversations \
+                     ORDER BY updated_at DESC, rowid DESC LIMIT ?1"
+                ))
+                .map_err(storage("list conversations"))?;
+            let rows = stmt
+                .query_map([limit], conversation_row)
+                .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>);
+            rows
+        }
+        Some(query) => {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {CONVERSATION_COLUMNS} FROM conversations AS c \
+                     WHERE c.title LIKE ?1 ESCAPE '\\' \
+                        OR EXISTS (SELECT 1 FROM messages AS m WHERE m.conversation_id = c.id \
+                                   AND (m.content LIKE ?1 ESCAPE '\\' \
+                                        OR m.reasoning LIKE ?1 ESCAPE '\\')) \
+                     ORDER BY updated_at DESC, rowid DESC LIMIT ?2"
+                ))
+                .map_err(storage("search conversations"))?;
+            let rows = stmt
+                .query_map(params![like_pattern(query), limit], conversation_row)
+                .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>);
+            rows
+        }
+    };
+    rows.map_err(storage("list conversations"))
+}
+
+fn update(
+    c: &Connection,
+    id: &str,
+    patch: ConversationPatch,
+) -> Result<Conversation, ServiceError> {
+    let mut conversation = get(c, id)?;
+    if let Some(title) = patch.title {
+        conversation.title = title_from(&title);
+    }
+    if let Some(settings) = patch.settings {
+        conversation.settings = settings;
+    }
+    conversation.updated_at = change_time(c)?;
+    let settings_json = serde_json::to_string(&conversation.settings).map_err(|err| {
+        tracing::error!("cannot encode settings: {err}");
+        ServiceError::Storage {
+            action: "encode the settings",
+        }
+    })?;
+    c.execute(
+        "UPDATE conversations SET title = ?2, settings = ?3, updated_at = ?4 WHERE id = ?1",
+        params![
+            id,
+            conversation.title,
+            settings_json,
+            conversation.updated_at
+        ],
+    )
+    .map_err(storage("update a conversation"))?;
+    Ok(conversation)
+}
+
+fn delete(c: &Connection, id: &str) -> Result<(), ServiceError> {
+    let deleted = c
+        .execute("DELETE FROM conversations WHERE id = ?1", [id])
+        .map_err(storage("delete a conversation"))?;
+    if deleted == 0 {
+        return Err(not_found(id));
+    }
+    // Move the deletion out of the write-ahead log into the main file (where secure_delete
+    // has zeroed it) and empty the log, so the deleted text is gone from disk as well.
+    if let Err(err) = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::warn!("checkpoint after a delete failed (it will happen later): {err}");
+    }
+    Ok(())
+}
+
+const MESSAGE_COLUMNS: &str = "id, role, content, reasoning, tool_calls, tool_call_id, status, \
+     finish_reason, prompt_tokens, completion_tokens, prompt_ms, generation_ms, created_at";
+
+fn message_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
+    let role: String = row.get(1)?;
+    let status: String = row.get(6)?;
+    let tool_calls: Option<String> = row.get(4)?;
+    let bad = |column: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Text,
+            format!("unknown {what}").into(),
+        )
+    };
+    Ok(StoredMessage {
+        id: row.get(0)?,
+        role: parse_role(&role).ok_or_else(|| bad(1, "role"))?,
+        content: row.get(2)?,
+        reasoning: row.get(3)?,
+        tool_calls: tool_calls.and_then(|t| serde_json::from_str(&t).ok()),
+        tool_call_id: row.get(5)?,
+        status: MessageStatus::parse(&status).ok_or_else(|| bad(6, "status"))?,
+        finish_reason: row.get(7)?,
+        stats: MessageStats {
+            prompt_tokens: row.get(8)?,
+            completion_tokens: row.get(9)?,
+            prompt_ms: row.get(10)?,
+            generation_ms: row.get(11)?,
+        },
+        created_at: row.get(12)?,
+    })
+}
+
+fn messages(c: &Connection, conversation: &str) -> Result<Vec<StoredMessage>, ServiceError> {
+    let mut stmt = c
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 ORDER BY id"
+        ))
+        .map_err(storage("read messages"))?;
+    let rows = stmt
+        .query_map([conversation], message_row)
+        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>);
+    rows.map_err(storage("read messages"))
+}
+
+fn get_message(c: &Connection, id: i64) -> Result<StoredMessage, ServiceError> {
+    c.query_row(
+        &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"),
+        [id],
+        message_row,
+    )
+    .map_err(storage("read a message"))
+}
+
+fn tool_calls_text(calls: Option<&Json>) -> Option<String> {
+    calls.filter(|c| !c.is_null()).map(Json::to_string)
+}
+
+fn append(
+    c: &Connection,
+    conversation: &str,
+    m: &NewMessage,
+) -> Result<StoredMessage, ServiceError> {
+    let current = get(c, conversation)?;
+    let now = change_time(c)?;
+    c.execute(
+        "INSERT INTO messages (conversation_id, role, content, reasoning, tool_calls, \
+         tool_call_id, status, finish_reason, prompt_tokens, completion_tokens, prompt_ms, \
+         generation_ms, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        params![
+            conversation,
+            m.role.as_str(),
+            m.content,
+            m.reasoning,
+            tool_calls_text(m.tool_calls.as_ref()),
+            m.tool_call_id,
+            m.status.as_str(),
+            m.finish_reason,
+            m.stats.prompt_tokens,
+            m.stats.completion_tokens,
+            m.stats.prompt_ms,
+            m.stats.generation_ms,
+            now,
+        ],
+    )
+    .map_err(storage("save a message"))?;
+    let id = c.last_insert_rowid();
+    let title = match (&current.title, m.role) {
+        (None, Role::User) => title_from(&m.content),
+        _ => current.title,
+    };
+    c.execute(
+        "UPDATE conversations SET updated_at = ?2, title = ?3 WHERE id = ?1",
+        params![conversation, now, title],
+    )
+    .map_err(storage("save a message"))?;
+    get_message(c, id)
+}
+
+fn update_message(
+    c: &Connection,
+    id: i64,
+    u: &MessageUpdate,
+) -> Result<StoredMessage, ServiceError> {
+    let changed = c
+        .execute(
+            "UPDATE messages SET content = ?2, reasoning = ?3, tool_calls = ?4, status = ?5, \
+             finish_reason = ?6, prompt_tokens = ?7, completion_tokens = ?8, prompt_ms = ?9, \
+             generation_ms = ?10 WHERE id = ?1",
+            params![
+                id,
+                u.content,
+                u.reasoning,
+                tool_calls_text(u.tool_calls.as_ref()),
+                u.status.as_str(),
+                u.finish_reason,
+                u.stats.prompt_tokens,
+                u.stats.completion_tokens,
+                u.stats.prompt_ms,
+                u.stats.generation_ms,
+            ],
+        )
+        .map_err(storage("save a message"))?;
+    if changed == 0 {
+        return Err(ServiceError::MessageNotFound { id });
+    }
+    c.execute(
+        "UPDATE conversations SET updated_at = MAX(updated_at, ?2) \
+         WHERE id = (SELECT conversation_id FROM messages WHERE id = ?1)",
+        params![id, change_time(c)?],
+    )
+    .map_err(storage("save a message"))?;
+    get_message(c, id)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,480 @@
+//! The store against a real SQLite file in a temporary directory.
+
+use super::*;
+
+fn temp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+async fn store(dir: &tempfile::TempDir) -> SessionStore {
+    SessionStore::open(dir.path()).await.expect("store opens")
+}
+
+fn assistant(content: &str, status: MessageStatus) -> NewMessage {
+    NewMessage {
+        status,
+        ..NewMessage::text(Role::Assistant, content)
+    }
+}
+
+#[tokio::test]
+async fn opening_twice_applies_migrations_once_and_keeps_data() {
+    let dir = temp();
+    let first = store(&dir).await;
+    let conversation = first
+        .create(Some("kept".into()), ConversationSettings::default())
+        .await
+        .expect("create");
+    drop(first);
+    let second = store(&dir).await;
+    let version: i64 = second
+        .with(|c| {
+            c.query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(storage("read"))
+        })
+        .await
+        .expect("version");
+    assert_eq!(version, MIGRATIONS.len() as i64);
+    let mode: String = second
+        .with(|c| {
+            c.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .map_err(storage("read"))
+        })
+        .await
+        .expect("mode");
+    assert_eq!(mode, "wal");
+    assert_eq!(
+        second.get(conversation.id.clone()).await.ok(),
+        Some(conversation)
+    );
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_with_both_versions() {
+    let dir = temp();
+    drop(store(&dir).await);
+    let c = Connection::open(dir.path().join(DATABASE_FILE)).expect("open");
+    c.pragma_update(None, "user_version", 99)
+        .expect("set version");
+    drop(c);
+    match SessionStore::open(dir.path()).await {
+        Err(err @ ServiceError::SchemaTooNew { found: 99, .. }) => {
+            assert!(err.to_string().contains("99"), "{err}");
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("a newer schema was accepted"),
+    }
+}
+
+#[tokio::test]
+async fn crud_lists_newest_first_and_titles_from_the_first_user_message() {
+    let dir = temp();
+    let s = store(&dir).await;
+    let a = s
+        .create(None, ConversationSettings::default())
+        .await
+        .expect("a");
+    let b = s
+        .create(None, ConversationSettings::default())
+        .await
+        .expect("b");
+    assert_eq!(a.title, None);
+    let listed: Vec<String> = s
+        .list(None)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(listed, vec![b.id.clone(), a.id.clone()]);
+
+    let long = "word ".repeat(40);
+    s.append(a.id.clone(), NewMessage::text(Role::User, long.clone()))
+        .await
+        .expect("append");
+    let a_now = s.get(a.id.clone()).await.expect("get");
+    let title = a_now.title.expect("titled");
+    assert!(
+        title.ends_with('…') && title.chars().count() <= TITLE_CHARS + 1,
+        "{title}"
+    );
+    let listed: Vec<String> = s
+        .list(None)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(
+        listed[0], a.id,
+        "a message moves the conversation to the top"
+    );
+
+    s.append(a.id.clone(), NewMessage::text(Role::User, "second"))
+        .await
+        .expect("append");
+    assert_eq!(
+        s.get(a.id.clone()).await.expect("get").title.as_deref(),
+        Some(title.as_str())
+    );
+
+    let settings = ConversationSettings {
+        system_prompt: Some("Be brief.".into()),
+        temperature: Some(0.2),
+        top_p: Some(0.9),
+        max_tokens: Some(128),
+        thinking: Some(false),
+    };
+    let renamed = s
+        .update(
+            b.id.clone(),
+            ConversationPatch {
+                title: Some("  Renamed\nchat ".into()),
+                settings: Some(settings.clone()),
+            },
+        )
+        .await
+        .expect("update");
+    assert_eq!(renamed.title.as_deref(), Some("Renamed chat"));
+    assert_eq!(s.get(b.id.clone()).await.expect("get").settings, settings);
+
+    let bad = ConversationPatch {
+        settings: Some(ConversationSettings {
+            top_p: Some(0.0),
+            ..ConversationSettings::default()
+        }),
+        ..ConversationPatch::default()
+    };
+    assert!(matches!(
+        s.update(b.id.clone(), bad).await,
+        Err(ServiceError::InvalidParameter {
+            field: "settings.top_p",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.get("conv_missing".into()).await,
+        Err(ServiceError::ConversationNotFound { .. })
+    ));
+    assert!(matches!(
+        s.append("conv_missing".into(), NewMessage::text(Role::User, "x"))
+            .await,
+        Err(ServiceError::ConversationNotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn messages_keep_every_field_and_a_partial_answer_is_updated_in_place() {
+    let dir = temp();
+    let s = store(&dir).await;
+    let c = s
+        .create(None, ConversationSettings::default())
+        .await
+        .expect("create");
+    s.append(c.id.clone(), NewMessage::text(Role::User, "hi"))
+        .await
+        .expect("user");
+    let draft = s
+        .append(c.id.clone(), assistant("", MessageStatus::Generating))
+        .await
+        .expect("draft");
+    let calls = tool_calls_json(&[ToolCall {
+        name: "calculator".into(),
+        arguments: json!({"expression": "2+2"}),
+    }]);
+    let stats = MessageStats {
+        prompt_tokens: Some(12),
+        completion_tokens: Some(7),
+        prompt_ms: Some(1.5),
+        generation_ms: Some(40.0),
+    };
+    let done = s
+        .update_message(
+            draft.id,
+            MessageUpdate {
+                content: "Let me check.".into(),
+                reasoning: Some("thinking".into()),
+                tool_calls: calls.clone(),
+                status: MessageStatus::Complete,
+                finish_reason: Some("tool_calls".into()),
+                stats,
+            },
+        )
+        .await
+        .expect("update");
+    let all = s.messages(c.id.clone()).await.expect("messages");
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1], done);
+    assert_eq!(done.stats, stats);
+    assert_eq!(done.tool_calls, calls);
+    assert_eq!(done.calls()[0].arguments, json!({"expression": "2+2"}));
+    assert!(matches!(
+        s.update_message(
+            9_999,
+            MessageUpdate {
+                content: String::new(),
+                reasoning: None,
+                tool_calls: None,
+                status: MessageStatus::Stopped,
+                finish_reason: None,
+                stats: MessageStats::default(),
+            }
+        )
+        .await,
+        Err(ServiceError::MessageNotFound { id: 9_999 })
+    ));
+}
+
+#[tokio::test]
+async fn reopening_marks_interrupted_answers_stopped_and_keeps_their_text() {
+    let dir = temp();
+    let s = store(&dir).await;
+    let c = s
+        .create(None, ConversationSettings::default())
+        .await
+        .expect("create");
+    s.append(c.id.clone(), NewMessage::text(Role::User, "hi"))
+        .await
+        .expect("user");
+    s.append(
+        c.id.clone(),
+        assistant("half an ans", MessageStatus::Generating),
+    )
+    .await
+    .expect("draft");
+    drop(s);
+    let s = store(&dir).await;
+    let all = s.messages(c.id.clone()).await.expect("messages");
+    assert_eq!(all[1].status, MessageStatus::Stopped);
+    assert_eq!(all[1].content, "half an ans");
+}
+
+#[tokio::test]
+async fn search_finds_titles_and_message_text_literally() {
+    let dir = temp();
+    let s = store(&dir).await;
+    let pasta = s
+        .create(
+            Some("Pasta recipes".into()),
+            ConversationSettings::default(),
+        )
+        .await
+        .expect("a");
+    let rust = s
+        .create(None, ConversationSettings::default())
+        .await
+        .expect("b");
+    s.append(
+        rust.id.clone(),
+        NewMessage::text(Role::User, "How do lifetimes work?"),
+    )
+    .await
+    .expect("user");
+    s.append(
+        rust.id.clone(),
+        NewMessage::text(Role::Assistant, "They bound borrows: 100% safe_ly."),
+    )
+    .await
+    .expect("assistant");
+    let ids = |list: Vec<Conversation>| list.into_iter().map(|c| c.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.list(Some("PASTA".into())).await.expect("q")),
+        vec![pasta.id.clone()]
+    );
+    assert_eq!(
+        ids(s.list(Some("borrows".into())).await.expect("q")),
+        vec![rust.id.clone()]
+    );
+    assert_eq!(
+        ids(s.list(Some("100%".into())).await.expect("q")),
+        vec![rust.id.clone()]
+    );
+    assert!(
+        s.list(Some("0%x".into())).await.expect("q").is_empty(),
+        "% is literal"
+    );
+    assert!(
+        s.list(Some("s_f".into())).await.expect("q").is_empty(),
+        "_ is literal"
+    );
+    assert_eq!(s.list(Some("   ".into())).await.expect("q").len(), 2);
+}
+
+#[tokio::test]
+async fn delete_removes_the_conversation_and_its_messages_from_the_file() {
+    let dir = temp();
+    let s = store(&dir).await;
+    let c = s
+        .create(None, ConversationSettings::default())
+        .await
+        .expect("create");
+    let secret = "zebra-unicorn-secret-7731";
+    s.append(c.id.clone(), NewMessage::text(Role::User, secret))
+        .await
+        .expect("user");
+    s.delete(c.id.clone()).await.expect("delete");
+    assert!(matches!(
+        s.messages(c.id.clone()).await,
+        Err(ServiceError::ConversationNotFound { .. })
+    ));
+    assert!(matches!(
+        s.delete(c.id.clone()).await,
+        Err(ServiceError::ConversationNotFound { .. })
+    ));
+    let rows: i64 = s
+        .with(|c| {
+            c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+                .map_err(storage("count"))
+        })
+        .await
+        .expect("count");
+    assert_eq!(rows, 0, "messages go with their conversation");
+    drop(s);
+    for entry in std::fs::read_dir(dir.path()).expect("list dir") {
+        let path = entry.expect("entry").path();
+        let bytes = std::fs::read(&path).expect("read file");
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{} still holds the deleted text",
+            path.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn jsonl_export_imports_back_unchanged() {
+    let dir = temp();
+    let s = store(&dir).await;
+    let c = s
+        .create(None, ConversationSettings::default())
+        .await
+        .expect("create");
+    let calls = tool_calls_json(&[ToolCall {
+        name: "get_weather".into(),
+        arguments: json!({"city": "Paris"}),
+    }]);
+    let mut call = assistant("Let me check.", MessageStatus::Complete);
+    call.reasoning = Some("The user asks about Paris.\n\nA tool can tell.".into());
+    call.tool_calls = calls.clone();
+    let call_id = calls
+        .as_ref()
+        .and_then(|c| c[0]["id"].as_str())
+        .map(str::to_owned);
+    let mut result = NewMessage::text(Role::Tool, "{\"temperature\": 21}");
+    result.tool_call_id = call_id;
+    let mut partial = assistant("It is 21 °C in Pa", MessageStatus::Stopped);
+    partial.reasoning = Some(String::new());
+    for message in [
+        NewMessage::text(Role::System, "You are terse."),
+        NewMessage::text(Role::User, "Weather in \"Paris\"?\nPlease"),
+        call,
+        result,
+        partial,
+    ] {
+        s.append(c.id.clone(), message).await.expect("append");
+    }
+    let original = s.messages(c.id.clone()).await.expect("messages");
+    let exported = to_jsonl(&original);
+    assert_eq!(exported.lines().count(), 5);
+    let first: Json = serde_json::from_str(exported.lines().nth(2).expect("line 3")).expect("json");
+    assert_eq!(
+        first["reasoning_content"],
+        json!("The user asks about Paris.\n\nA tool can tell.")
+    );
+    assert_eq!(
+        first["tool_calls"][0]["function"]["name"],
+        json!("get_weather")
+    );
+    assert_eq!(first["tool_calls"][0]["type"], json!("function"));
+
+    let imported = s
+        .import(None, from_jsonl(&exported).expect("parses"))
+        .await
+        .expect("import");
+    assert_eq!(
+        imported.title.as_deref(),
+        Some("Weather in \"Paris\"? Please")
+    );
+    let again = s.messages(imported.id.clone()).await.expect("messages");
+    assert_eq!(to_jsonl(&again), exported, "the round trip changes nothing");
+    for (a, b) in original.iter().zip(&again) {
+        assert_eq!(
+            (
+                a.role,
+                &a.content,
+                &a.reasoning,
+                &a.tool_calls,
+                &a.tool_call_id,
+                a.status
+            ),
+            (
+                b.role,
+                &b.content,
+                &b.reasoning,
+                &b.tool_calls,
+                &b.tool_call_id,
+                b.status
+            )
+        );
+    }
+
+    let markdown = to_markdown(&imported, &again);
+    for needle in [
+        "# Weather in \"Paris\"? Please",
+        "## User",
+        "> **Reasoning**",
+        "**Tool call** `get_weather`",
+        "\"city\": \"Paris\"",
+        "## Tool result (`call_",
+        "_(stopped before the answer was complete)_",
+    ] {
+        assert!(
+            markdown.contains(needle),
+            "markdown lacks {needle:?}:\n{markdown}"
+        );
+    }
+}
+
+#[test]
+fn import_errors_name_the_line_and_the_field() {
+    let cases = [
+        (
+            "{\"role\": \"user\", \"content\": \"a\"}\nnot json",
+            "line 2: not valid JSON",
+        ),
+        ("[1]", "line 1: expected a message object"),
+        ("{\"content\": \"a\"}", "line 1: `role` is missing"),
+        ("{\"role\": \"robot\"}", "line 1: `role` must be"),
+        (
+            "{\"role\": \"user\", \"content\": 5}",
+            "line 1: `content` must be a string",
+        ),
+        (
+            "{\"role\": \"assistant\", \"tool_calls\": [{}]}",
+            "line 1: `tool_calls[0].function.name`",
+        ),
+        (
+            "{\"role\": \"user\", \"status\": \"generating\"}",
+            "line 1: `status` must be",
+        ),
+        ("\n\n", "holds no message"),
+    ];
+    for (text, needle) in cases {
+        match from_jsonl(text) {
+            Err(err @ ServiceError::InvalidImport { .. }) => {
+                assert!(err.to_string().contains(needle), "{text:?}: {err}");
+            }
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn default_data_dir_follows_xdg_then_home() {
+    let dir = default_data_dir();
+    assert!(
+        dir.ends_with("smolbot") || dir.ends_with("smolbot-data"),
+        "{}",
+        dir.display()
+    );
+}
