@@ -152,7 +152,16 @@ impl ChatCodec {
         ctx.add_generation_prompt = true;
         ctx.enable_thinking = request.enable_thinking;
         if request.tool_choice == ToolChoice::Auto && !request.tools.is_empty() {
+            // Older SmolLM3 templates read `xml_tools` (bare schemas), newer ones `tools`
+            // (OpenAI's `{"type": "function", "function": …}` as transformers passes it).
             ctx.xml_tools = Some(Json::Array(request.tools.clone()));
+            ctx.tools = Some(Json::Array(
+                request
+                    .tools
+                    .iter()
+                    .map(|f| serde_json::json!({"type": "function", "function": f}))
+                    .collect(),
+            ));
         }
         ctx.extra = self.template_defaults.clone();
         ctx.extra.extend(request.template_kwargs.clone());
@@ -325,6 +334,30 @@ mod tests {
                 "role": "assistant",
                 "content": "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"
             })
+        );
+    }
+
+    #[test]
+    fn tools_reach_templates_that_read_xml_tools_and_those_that_read_tools() {
+        let template = ChatTemplate::new(
+            "{% for t in xml_tools %}xml:{{ t.name }} {% endfor %}{% for t in tools %}{{ t.type }}:{{ t.function.name }}{% endfor %}",
+        )
+        .expect("template");
+        let tokenizer = crate::services::stub::stub_tokenizer().expect("tokenizer");
+        let codec = ChatCodec::new(tokenizer, template, Map::new(), 4096);
+        let request = ChatRequest {
+            messages: vec![ChatMessage::new(Role::User, "weather?")],
+            tools: vec![json!({"name": "get_weather", "parameters": {}})],
+            tool_choice: ToolChoice::Auto,
+            enable_thinking: None,
+            template_kwargs: Map::new(),
+            max_tokens: None,
+            sampling: SamplingParams::default(),
+            stop: vec![],
+        };
+        assert_eq!(
+            codec.render(&request).expect("render"),
+            "xml:get_weather function:get_weather"
         );
     }
 
