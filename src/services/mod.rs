@@ -1,6 +1,7 @@
-//! Shared services between the web layer and the engine: sessions, streaming fan-out, metrics.
-//!
-//! Empty until the services issue lands; the folder exists so the architecture stays visible.
+//! Shared services between the web layer and the engine: the engine actor that owns the
+//! model (`engine`), the chat pipeline from request to prompt tokens (`chat`), the typed
+//! event stream of a generation (`events`), the real and stub backends, and persistent
+//! conversations (`sessions`). Nothing here knows HTTP.
 
 pub mod backend;
 pub mod chat;

@@ -1,6 +1,6 @@
-//! Layer 1: HTTP (Axum routes, SSE streaming, MiniJinja pages).
-//!
-//! Empty until the web issue lands; the folder exists so the architecture stays visible.
+//! Layer 1: HTTP — the OpenAI-compatible API, the chat page (MiniJinja templates, vendored
+//! HTMX, SSE), the conversations API, and the one table that maps service errors to status
+//! codes. Handlers translate between the wire and `services`; they hold no model logic.
 
 pub mod api;
 pub mod app;
