@@ -4,24 +4,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use common::*;
 use smolbot::inference::GgufFile;
-
-fn smolbot(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_smolbot"))
-        .args(args)
-        .output()
-        .expect("run smolbot")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn scratch(name: &str) -> PathBuf {
     let dir = root().join("target").join("test-scratch");

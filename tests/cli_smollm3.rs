@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::QTensor;
@@ -19,17 +18,6 @@ use smolbot::smollm3::chat_template::RenderContext;
 use smolbot::smollm3::prompt::{model_template, render_prompt};
 use smolbot::smollm3::thinking_budget::{think_tag_ids, ThinkingBudget};
 use smolbot::smollm3::{GgufTokenizer, LoadedModel};
-
-fn smolbot(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_smolbot"))
-        .args(args)
-        .output()
-        .expect("run smolbot")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// Runs smolbot and returns its stdout, failing the test with its stderr if it failed.
 fn stdout_of(args: &[&str]) -> String {

@@ -82,3 +82,16 @@ pub fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
         .sum::<f64>()
         / a.len() as f64
 }
+
+/// Runs the real `smolbot` binary with `args` and collects its output.
+pub fn smolbot(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_smolbot"))
+        .args(args)
+        .output()
+        .expect("run smolbot")
+}
+
+/// Process output as text, for assertions and failure messages.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
