@@ -415,6 +415,7 @@ fn thinking_budget_injects_close_tag_on_tiny_model() {
             ..SamplingParams::default()
         },
         stop_tokens: tk.end_of_generation().to_vec(),
+        ..GenerationRequest::default()
     };
     let mut cache = model.transformer.new_cache();
     let mut seen = Vec::new();

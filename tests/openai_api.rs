@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::http::*;
+
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
@@ -32,47 +34,6 @@ async fn stub_app() -> Router {
     ))
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    text: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
-    }
-}
-
-async fn send(app: &Router, request: Request<Body>) -> Reply {
-    let response = app.clone().oneshot(request).await.expect("infallible");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("body");
-    Reply {
-        status,
-        headers,
-        text: String::from_utf8_lossy(&bytes).into_owned(),
-    }
-}
-
-fn post(uri: &str, body: impl Into<Body>) -> Request<Body> {
-    Request::post(uri)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body.into())
-        .expect("request")
-}
-
-async fn post_json(app: &Router, uri: &str, body: Value) -> Reply {
-    send(app, post(uri, body.to_string())).await
-}
-
-async fn get(app: &Router, uri: &str) -> Reply {
-    send(app, Request::get(uri).body(Body::empty()).expect("request")).await
-}
-
 fn user(text: &str) -> Value {
     json!([{"role": "user", "content": text}])
 }
@@ -83,14 +44,6 @@ fn weather_tools() -> Value {
         "description": "Current weather in a city",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                        "required": ["city"]}}}])
-}
-
-/// The `data:` payloads of an SSE body.
-fn sse_payloads(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .map(str::to_owned)
-        .collect()
 }
 
 #[tokio::test]
@@ -377,7 +330,7 @@ async fn errors_have_openai_shape_and_status() {
                 .into(),
             StatusCode::BAD_REQUEST,
             Some("tool_choice"),
-            "not supported",
+            "`tools` is empty",
         ),
     ];
     for (body, status, param, message) in cases {
@@ -550,4 +503,187 @@ async fn real_engine_answers_on_the_tiny_model() {
         first["choices"][0]["message"], second["choices"][0]["message"],
         "greedy decoding repeats itself"
     );
+}
+
+#[tokio::test]
+async fn tool_choice_required_or_named_forces_a_call() {
+    let app = stub_app().await;
+    let mut tools = weather_tools();
+    tools
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "function", "function": {
+        "name": "calculator",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}}));
+    let ask = |choice: Value| json!({"messages": user("Tell me a story"), "tools": tools.clone(), "tool_choice": choice});
+    let reply = post_json(&app, "/v1/chat/completions", ask(json!("required")))
+        .await
+        .json();
+    let choice = &reply["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{reply}");
+    assert_eq!(
+        choice["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    let named = json!({"type": "function", "function": {"name": "calculator"}});
+    let reply = post_json(&app, "/v1/chat/completions", ask(named))
+        .await
+        .json();
+    let call = &reply["choices"][0]["message"]["tool_calls"][0]["function"];
+    assert_eq!(call["name"], "calculator", "{reply}");
+    let arguments: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments["expression"], "Tell me a story");
+
+    let unknown = json!({"type": "function", "function": {"name": "search"}});
+    let reply = post_json(&app, "/v1/chat/completions", ask(unknown)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.json()["error"]["param"], "tool_choice");
+}
+
+#[tokio::test]
+async fn penalties_are_accepted_in_range_and_refused_outside() {
+    let app = stub_app().await;
+    let ok = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": user("hi"), "presence_penalty": 0.5, "frequency_penalty": 1.0,
+               "max_tokens": 3}),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    let bad = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": user("hi"), "frequency_penalty": 3.0}),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json()["error"]["param"], "frequency_penalty");
+}
+
+#[tokio::test]
+async fn chat_logprobs_list_every_generated_token() {
+    let app = stub_app().await;
+    let reply = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": user("hi"), "max_tokens": 4, "logprobs": true, "top_logprobs": 2}),
+    )
+    .await
+    .json();
+    let content = reply["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap();
+    assert_eq!(content.len(), 4, "{reply}");
+    for entry in content {
+        assert!(entry["token"].is_string());
+        assert_eq!(entry["logprob"], 0.0);
+        assert_eq!(entry["top_logprobs"][0]["token"], entry["token"]);
+    }
+    let plain = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": user("hi"), "max_tokens": 2}),
+    )
+    .await
+    .json();
+    assert_eq!(plain["choices"][0]["logprobs"], Value::Null);
+}
+
+#[tokio::test]
+async fn text_completions_echo_score_batch_and_stream() {
+    let app = stub_app().await;
+    let reply = post_json(
+        &app,
+        "/v1/completions",
+        json!({"prompt": "Hello there", "echo": true, "logprobs": 1, "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["object"], "text_completion");
+    let choice = &body["choices"][0];
+    assert!(choice["text"].as_str().unwrap().starts_with("Hello there"));
+    let logprobs = &choice["logprobs"];
+    let tokens = logprobs["tokens"].as_array().unwrap();
+    let prompt_tokens = body["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(tokens.len(), prompt_tokens + 2);
+    assert_eq!(logprobs["token_logprobs"][0], Value::Null);
+    assert_eq!(logprobs["top_logprobs"][0], Value::Null);
+    assert!(logprobs["token_logprobs"][1].is_number());
+    let joined: String = tokens.iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(joined, choice["text"]);
+    let offsets = logprobs["text_offset"].as_array().unwrap();
+    assert_eq!(offsets[0], 0);
+    assert_eq!(offsets[1], tokens[0].as_str().unwrap().chars().count());
+
+    let batch = post_json(
+        &app,
+        "/v1/completions",
+        json!({"prompt": [[1, 2, 3], [4, 5]], "max_tokens": 0, "echo": true, "logprobs": 0}),
+    )
+    .await
+    .json();
+    let choices = batch["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2, "{batch}");
+    assert_eq!(choices[1]["index"], 1);
+    assert_eq!(
+        choices[1]["logprobs"]["tokens"].as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(batch["usage"]["prompt_tokens"], 5);
+    assert_eq!(batch["usage"]["completion_tokens"], 0);
+
+    let streamed = post_json(
+        &app,
+        "/v1/completions",
+        json!({"prompt": "Hi", "max_tokens": 3, "stream": true}),
+    )
+    .await;
+    let payloads = sse_payloads(&streamed.text);
+    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"));
+    let last: Value = serde_json::from_str(&payloads[payloads.len() - 2]).unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+
+    for (body, message) in [
+        (json!({"prompt": []}), "`prompt` must be"),
+        (json!({"prompt": "x", "max_tokens": -1}), "between 0 and"),
+        (json!({"prompt": [99999999]}), "outside the vocabulary"),
+        (json!({"prompt": "x", "logprobs": 50}), "between 0 and 20"),
+    ] {
+        let reply = post_json(&app, "/v1/completions", body.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            reply.text
+        );
+        let error = reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(error.contains(message), "{body}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn vllm_style_tokenizer_endpoints_serve_lm_eval() {
+    let app = stub_app().await;
+    let info = get(&app, "/tokenizer_info").await.json();
+    assert_eq!(info["eos_token"], "<|im_end|>", "{info}");
+    assert_eq!(info["model_max_length"], STUB_CONTEXT_LENGTH);
+    let ids = post_json(
+        &app,
+        "/tokenize",
+        json!({"prompt": "Paris is nice", "add_special_tokens": false}),
+    )
+    .await
+    .json();
+    let tokens = ids["tokens"].clone();
+    assert!(!tokens.as_array().unwrap().is_empty(), "{ids}");
+    let text = post_json(&app, "/detokenize", json!({ "tokens": tokens }))
+        .await
+        .json();
+    assert_eq!(text["prompt"], "Paris is nice");
+    assert_eq!(text["content"], "Paris is nice");
 }

@@ -42,6 +42,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         max_tokens: args.gen_tokens,
         sampling: SamplingParams::greedy(),
         stop_tokens: Vec::new(),
+        ..GenerationRequest::default()
     };
     let mut cache = model.transformer.new_cache();
     let stats = generate(&model.transformer, &mut cache, &prompt, &request, |_| {

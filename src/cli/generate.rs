@@ -99,6 +99,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             ..SamplingParams::default()
         },
         stop_tokens: tk.end_of_generation().to_vec(),
+        ..GenerationRequest::default()
     };
     let mut decoder = StreamDecoder::new(tk);
     let stderr = std::io::stderr();

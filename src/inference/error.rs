@@ -36,6 +36,8 @@ pub enum InferenceError {
     ContextFull { needed: usize, limit: usize },
     #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
     TokenOutOfRange { id: u32, vocab: usize },
+    #[error("the prompt is empty: at least one token is needed to generate from")]
+    EmptyPrompt,
     #[error("invalid sampling setting: {0}")]
     Sampling(String),
     #[error("tensor computation failed: {0}")]

@@ -9,6 +9,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod logprobs;
 pub mod model;
 pub mod perplexity;
 pub mod rope;

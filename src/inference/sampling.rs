@@ -1,5 +1,6 @@
-//! Choosing the next token from logits, in llama.cpp's default order: repeat penalty,
-//! top-k, top-p, min-p, temperature, then a seeded draw. Temperature 0 means argmax.
+//! Choosing the next token from logits, in llama.cpp's default order: penalties (repeat,
+//! frequency, presence), top-k, top-p, min-p, temperature, then a seeded draw. Temperature 0
+//! means argmax.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -18,8 +19,14 @@ pub struct SamplingParams {
     pub min_p: f32,
     /// 1.0 disables the penalty.
     pub repeat_penalty: f32,
-    /// How many of the most recent tokens the repeat penalty looks at.
+    /// How many of the most recent tokens the penalties look at.
     pub repeat_last_n: usize,
+    /// Subtracted from a token's logit once per time it occurs in the window (OpenAI's
+    /// `frequency_penalty`); 0.0 disables it.
+    pub frequency_penalty: f32,
+    /// Subtracted once from the logit of every token that occurs in the window (OpenAI's
+    /// `presence_penalty`); 0.0 disables it.
+    pub presence_penalty: f32,
     pub seed: u64,
 }
 
@@ -32,6 +39,8 @@ impl Default for SamplingParams {
             min_p: 0.05,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 42,
         }
     }
@@ -63,6 +72,14 @@ impl SamplingParams {
                 self.repeat_penalty
             ));
         }
+        for (name, value) in [
+            ("frequency", self.frequency_penalty),
+            ("presence", self.presence_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&value) {
+                return bad(format!("{name} penalty must be in [-2, 2], got {value}"));
+            }
+        }
         Ok(())
     }
 }
@@ -83,7 +100,7 @@ impl Sampler {
     /// Picks a token id from `logits`, penalising tokens seen in `history`.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let mut logits = logits.to_vec();
-        self.apply_repeat_penalty(&mut logits, history);
+        self.apply_penalties(&mut logits, history);
         if self.params.temperature <= 0.0 {
             return argmax(&logits);
         }
@@ -107,20 +124,30 @@ impl Sampler {
         candidates.last().map(|c| c.0).unwrap_or(0)
     }
 
-    fn apply_repeat_penalty(&self, logits: &mut [f32], history: &[u32]) {
-        let penalty = self.params.repeat_penalty;
-        if penalty == 1.0 || self.params.repeat_last_n == 0 {
+    /// llama.cpp's penalties over the last `repeat_last_n` tokens: the repeat penalty scales
+    /// a seen token's logit toward zero, then frequency and presence subtract.
+    fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
+        let p = &self.params;
+        let off =
+            p.repeat_penalty == 1.0 && p.frequency_penalty == 0.0 && p.presence_penalty == 0.0;
+        if off || p.repeat_last_n == 0 {
             return;
         }
-        let start = history.len().saturating_sub(self.params.repeat_last_n);
-        let mut seen = std::collections::HashSet::new();
+        let start = history.len().saturating_sub(p.repeat_last_n);
+        let mut counts = std::collections::HashMap::<u32, u32>::new();
         for &id in &history[start..] {
-            if !seen.insert(id) {
+            *counts.entry(id).or_default() += 1;
+        }
+        for (id, count) in counts {
+            let Some(l) = logits.get_mut(id as usize) else {
                 continue;
-            }
-            if let Some(l) = logits.get_mut(id as usize) {
-                *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
-            }
+            };
+            *l = if *l > 0.0 {
+                *l / p.repeat_penalty
+            } else {
+                *l * p.repeat_penalty
+            };
+            *l -= count as f32 * p.frequency_penalty + p.presence_penalty;
         }
     }
 
@@ -192,6 +219,8 @@ mod tests {
             min_p: 0.0,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 7,
         };
         f(&mut p);
@@ -240,8 +269,32 @@ mod tests {
     fn repeat_penalty_divides_positive_and_multiplies_negative_logits() {
         let s = Sampler::new(params(|p| p.repeat_penalty = 2.0)).unwrap();
         let mut logits = vec![4.0, -1.0, 3.0];
-        s.apply_repeat_penalty(&mut logits, &[0, 1, 0]);
+        s.apply_penalties(&mut logits, &[0, 1, 0]);
         assert_eq!(logits, vec![2.0, -2.0, 3.0]);
+    }
+
+    #[test]
+    fn frequency_penalty_counts_occurrences_and_presence_penalty_does_not() {
+        let s = Sampler::new(params(|p| {
+            p.frequency_penalty = 0.5;
+            p.presence_penalty = 0.25;
+        }))
+        .unwrap();
+        let mut logits = vec![4.0, -1.0, 3.0];
+        s.apply_penalties(&mut logits, &[0, 1, 0, 0]);
+        assert_eq!(logits, vec![4.0 - 1.5 - 0.25, -1.0 - 0.5 - 0.25, 3.0]);
+    }
+
+    #[test]
+    fn penalties_only_look_at_the_last_n_tokens() {
+        let s = Sampler::new(params(|p| {
+            p.presence_penalty = 1.0;
+            p.repeat_last_n = 2;
+        }))
+        .unwrap();
+        let mut logits = vec![1.0, 1.0, 1.0];
+        s.apply_penalties(&mut logits, &[0, 1, 2]);
+        assert_eq!(logits, vec![1.0, 0.0, 0.0]);
     }
 
     #[test]
@@ -271,5 +324,7 @@ mod tests {
         assert!(Sampler::new(params(|p| p.top_p = 0.0)).is_err());
         assert!(Sampler::new(params(|p| p.min_p = 1.5)).is_err());
         assert!(Sampler::new(params(|p| p.repeat_penalty = 0.0)).is_err());
+        assert!(Sampler::new(params(|p| p.frequency_penalty = 2.5)).is_err());
+        assert!(Sampler::new(params(|p| p.presence_penalty = f32::NAN)).is_err());
     }
 }

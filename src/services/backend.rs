@@ -5,14 +5,15 @@
 //! tokenizer, limits, reply parsing, queueing, cancellation, HTTP) is shared and the stub
 //! exercises the same path as the real model.
 
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::chat::ChatCodec;
 use super::error::ServiceError;
 use super::stub::{StubConfig, StubModel};
-use crate::inference::generate::{generate, GenerationRequest, GenerationStats};
+use crate::inference::generate::{
+    generate_observed, GenerationRequest, GenerationStats, TokenSink,
+};
 use crate::inference::GgufFile;
 use crate::smollm3::chat_template::ChatTemplate;
 use crate::smollm3::prompt::{model_template, special_token_kwargs};
@@ -21,12 +22,13 @@ use serde_json::Map;
 
 /// A model as the engine thread sees it: runs the token loop for one request.
 pub trait TokenModel {
-    /// Generates after `prompt`, handing each new id to `on_token`, which may stop it.
+    /// Generates after `prompt`, telling `sink` the prefill's progress and each new token;
+    /// the sink may stop it at either.
     fn generate(
         &mut self,
         prompt: &[u32],
         request: &GenerationRequest,
-        on_token: &mut dyn FnMut(u32) -> ControlFlow<()>,
+        sink: &mut dyn TokenSink,
     ) -> Result<GenerationStats, ServiceError>;
 }
 
@@ -140,11 +142,11 @@ impl TokenModel for GgufModel {
         &mut self,
         prompt: &[u32],
         request: &GenerationRequest,
-        on_token: &mut dyn FnMut(u32) -> ControlFlow<()>,
+        sink: &mut dyn TokenSink,
     ) -> Result<GenerationStats, ServiceError> {
         let transformer = &self.model.transformer;
         let mut cache = transformer.new_cache();
-        generate(transformer, &mut cache, prompt, request, on_token)
+        generate_observed(transformer, &mut cache, prompt, request, sink)
             .map_err(|err| ServiceError::Generation(err.to_string()))
     }
 }

@@ -63,13 +63,24 @@ impl ChatMessage {
 }
 
 /// Whether the model may call the offered tools.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ToolChoice {
     /// Offer the tools; the model decides.
     #[default]
     Auto,
     /// Leave the tools out of the prompt and read no calls from the answer.
     None,
+    /// The answer must call one of the tools: the server writes its `<tool_call>` opening.
+    Required,
+    /// The answer must call this tool: the server writes the opening up to its arguments.
+    Named(String),
+}
+
+impl ToolChoice {
+    /// The tools are in the prompt and calls are read from the answer.
+    fn offers_tools(&self) -> bool {
+        !matches!(self, Self::None)
+    }
 }
 
 /// A limit on the answer's length, with the name the client gave it (OpenAI has two).
@@ -94,7 +105,26 @@ pub struct ChatRequest {
     pub max_tokens: Option<TokenLimit>,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    /// Score each generated token with this many alternatives (OpenAI's `top_logprobs`).
+    pub logprobs: Option<usize>,
 }
+
+/// A plain text completion (`/v1/completions`): the prompt as tokens, no template.
+#[derive(Debug, Clone, Default)]
+pub struct CompletionRequest {
+    pub prompt: Vec<u32>,
+    /// 0 only scores the prompt.
+    pub max_tokens: Option<TokenLimit>,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    /// Score each token with this many alternatives.
+    pub logprobs: Option<usize>,
+    /// Score the prompt's tokens as well (OpenAI's `echo` with `logprobs`).
+    pub score_prompt: bool,
+}
+
+/// Alternatives a request may ask for per token; as OpenAI's legacy completions allow.
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// A request ready for the engine: its prompt tokens and how to generate and read the reply.
 #[derive(Debug, Clone)]
@@ -151,7 +181,7 @@ impl ChatCodec {
         let mut ctx = RenderContext::new(request.messages.iter().map(template_message).collect());
         ctx.add_generation_prompt = true;
         ctx.enable_thinking = request.enable_thinking;
-        if request.tool_choice == ToolChoice::Auto && !request.tools.is_empty() {
+        if request.tool_choice.offers_tools() && !request.tools.is_empty() {
             // Older SmolLM3 templates read `xml_tools` (bare schemas), newer ones `tools`
             // (OpenAI's `{"type": "function", "function": …}` as transformers passes it).
             ctx.xml_tools = Some(Json::Array(request.tools.clone()));
@@ -212,18 +242,9 @@ impl ChatCodec {
     pub fn prepare(&self, request: &ChatRequest) -> Result<PreparedChat, ServiceError> {
         let sampling = checked_sampling(&request.sampling)?;
         let stop = checked_stop(&request.stop)?;
-        let limit = self.context_length;
-        if let Some(TokenLimit { field, value }) = request.max_tokens {
-            if value < 1 || value as u64 > limit as u64 {
-                return Err(ServiceError::MaxTokensOutOfRange {
-                    field,
-                    value,
-                    limit,
-                });
-            }
-        }
+        let forced = self.forced_opening(request)?;
         let ctx = self.render_context(request)?;
-        let prompt = render_prompt(&self.template, &ctx, &self.tokenizer)
+        let mut prompt = render_prompt(&self.template, &ctx, &self.tokenizer)
             .map_err(|err| match err {
                 Smollm3Error::TemplateRender(_) | Smollm3Error::TemplateInput(_) => {
                     ServiceError::Template(err)
@@ -231,28 +252,147 @@ impl ChatCodec {
                 other => ServiceError::Tokenize(other),
             })?
             .ids;
-        if prompt.len() >= limit {
-            return Err(ServiceError::PromptTooLong {
-                prompt_tokens: prompt.len(),
-                limit,
-            });
-        }
-        let max_tokens = request
-            .max_tokens
-            .map_or(limit - prompt.len(), |m| m.value as usize);
+        prompt.extend(&forced);
+        let max_tokens = self.checked_limits(prompt.len(), request.max_tokens, 1)?;
         Ok(PreparedChat {
             prompt,
             generation: GenerationRequest {
                 max_tokens,
                 sampling,
                 stop_tokens: self.tokenizer.end_of_generation().to_vec(),
+                logprobs: checked_top_logprobs(request.logprobs)?,
+                prompt_logprobs: None,
             },
             reply: ReplyOptions {
                 stop,
-                parse_tool_calls: request.tool_choice == ToolChoice::Auto
-                    && !request.tools.is_empty(),
+                parse_tool_calls: request.tool_choice.offers_tools() && !request.tools.is_empty(),
+                raw: false,
+                prefix: forced,
             },
         })
+    }
+
+    /// Checks a text completion against the model's limits; its text is not parsed.
+    pub fn prepare_completion(
+        &self,
+        request: &CompletionRequest,
+    ) -> Result<PreparedChat, ServiceError> {
+        if request.prompt.is_empty() {
+            return Err(ServiceError::InvalidParameter {
+                field: "prompt",
+                problem: "must hold at least one token".into(),
+            });
+        }
+        if let Some(&id) = request
+            .prompt
+            .iter()
+            .find(|&&id| id as usize >= self.tokenizer.vocab_size())
+        {
+            return Err(ServiceError::TokenOutOfRange {
+                id: id.into(),
+                vocab: self.tokenizer.vocab_size(),
+            });
+        }
+        let top = checked_top_logprobs(request.logprobs)?;
+        let max_tokens = self.checked_limits(request.prompt.len(), request.max_tokens, 0)?;
+        Ok(PreparedChat {
+            prompt: request.prompt.clone(),
+            generation: GenerationRequest {
+                max_tokens,
+                sampling: checked_sampling(&request.sampling)?,
+                stop_tokens: self.tokenizer.end_of_generation().to_vec(),
+                logprobs: top,
+                prompt_logprobs: request.score_prompt.then_some(top.unwrap_or(0)),
+            },
+            reply: ReplyOptions {
+                stop: checked_stop(&request.stop)?,
+                raw: true,
+                ..ReplyOptions::default()
+            },
+        })
+    }
+
+    /// The prompt must leave room for an answer, and `max_tokens` (at least `min`) must fit
+    /// the context; returns the answer's token budget.
+    fn checked_limits(
+        &self,
+        prompt_tokens: usize,
+        max_tokens: Option<TokenLimit>,
+        min: i64,
+    ) -> Result<usize, ServiceError> {
+        let limit = self.context_length;
+        if let Some(TokenLimit { field, value }) = max_tokens {
+            if value < min || value as u64 > limit as u64 {
+                return Err(ServiceError::MaxTokensOutOfRange {
+                    field,
+                    value,
+                    min,
+                    limit,
+                });
+            }
+        }
+        if prompt_tokens >= limit {
+            return Err(ServiceError::PromptTooLong {
+                prompt_tokens,
+                limit,
+            });
+        }
+        Ok(max_tokens.map_or(limit - prompt_tokens, |m| m.value as usize))
+    }
+
+    /// The tokens the server writes at the start of the answer when `tool_choice` demands a
+    /// call: `<tool_call>` and, for a named tool, the JSON up to its arguments — the way
+    /// SmolLM3 writes calls, so the model only fills in the rest. Without a grammar this is
+    /// how llama.cpp-style servers force a call; the reply then has no reasoning block.
+    fn forced_opening(&self, request: &ChatRequest) -> Result<Vec<u32>, ServiceError> {
+        let name_of = |tool: &Json| tool.get("name").and_then(Json::as_str).map(str::to_owned);
+        let text =
+            match &request.tool_choice {
+                ToolChoice::Auto | ToolChoice::None => return Ok(Vec::new()),
+                ToolChoice::Required if request.tools.is_empty() => {
+                    return Err(ServiceError::InvalidParameter {
+                        field: "tool_choice",
+                        problem: "is \"required\" but `tools` is empty".into(),
+                    })
+                }
+                ToolChoice::Required => "<tool_call>\n".to_owned(),
+                ToolChoice::Named(name) => {
+                    if !request
+                        .tools
+                        .iter()
+                        .any(|t| name_of(t).as_ref() == Some(name))
+                    {
+                        let offered: Vec<String> =
+                            request.tools.iter().filter_map(name_of).collect();
+                        return Err(ServiceError::InvalidParameter {
+                            field: "tool_choice",
+                            problem: format!(
+                            "names the function `{name}`, which is not in `tools` (offered: {})",
+                            if offered.is_empty() { "none".into() } else { offered.join(", ") }
+                        ),
+                        });
+                    }
+                    let call = tool_call_json(&ToolCall {
+                        name: name.clone(),
+                        arguments: Json::Null,
+                    });
+                    let opening = call.strip_suffix("null}").unwrap_or(&call);
+                    format!("<tool_call>\n{opening}")
+                }
+            };
+        self.tokenizer
+            .encode(&text, true)
+            .map_err(ServiceError::Tokenize)
+    }
+}
+
+fn checked_top_logprobs(top: Option<usize>) -> Result<Option<usize>, ServiceError> {
+    match top {
+        Some(n) if n > MAX_TOP_LOGPROBS => Err(ServiceError::InvalidParameter {
+            field: "top_logprobs",
+            problem: format!("must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
+        }),
+        other => Ok(other),
     }
 }
 
@@ -273,6 +413,14 @@ fn checked_sampling(p: &SamplingParams) -> Result<SamplingParams, ServiceError> 
             "repeat_penalty",
             format!("must be > 0, got {}", p.repeat_penalty),
         );
+    }
+    for (field, value) in [
+        ("frequency_penalty", p.frequency_penalty),
+        ("presence_penalty", p.presence_penalty),
+    ] {
+        if !(-2.0..=2.0).contains(&value) {
+            return bad(field, format!("must be between -2 and 2, got {value}"));
+        }
     }
     Ok(p.clone())
 }
@@ -354,6 +502,7 @@ mod tests {
             max_tokens: None,
             sampling: SamplingParams::default(),
             stop: vec![],
+            logprobs: None,
         };
         assert_eq!(
             codec.render(&request).expect("render"),
@@ -392,5 +541,94 @@ mod tests {
             checked_stop(&many),
             Err(ServiceError::InvalidParameter { field: "stop", .. })
         ));
+    }
+
+    fn stub_codec() -> ChatCodec {
+        let tokenizer = crate::services::stub::stub_tokenizer().expect("tokenizer");
+        ChatCodec::new(
+            tokenizer,
+            ChatTemplate::builtin().expect("template"),
+            Map::new(),
+            4096,
+        )
+    }
+
+    fn weather_request(choice: ToolChoice) -> ChatRequest {
+        ChatRequest {
+            messages: vec![ChatMessage::new(Role::User, "hello")],
+            tools: vec![
+                json!({"name": "get_weather", "parameters": {}}),
+                json!({"name": "calculator", "parameters": {}}),
+            ],
+            tool_choice: choice,
+            ..ChatRequest::default()
+        }
+    }
+
+    #[test]
+    fn a_required_or_named_call_is_opened_by_the_server() {
+        let codec = stub_codec();
+        let text = |ids: &[u32]| codec.tokenizer().decode(ids).unwrap();
+        let auto = codec.prepare(&weather_request(ToolChoice::Auto)).unwrap();
+        assert!(auto.reply.prefix.is_empty());
+        let required = codec
+            .prepare(&weather_request(ToolChoice::Required))
+            .unwrap();
+        assert_eq!(text(&required.reply.prefix), "<tool_call>\n");
+        assert!(required.prompt.ends_with(&required.reply.prefix));
+        assert!(required.reply.parse_tool_calls);
+        let named = codec
+            .prepare(&weather_request(ToolChoice::Named("calculator".into())))
+            .unwrap();
+        assert_eq!(
+            text(&named.reply.prefix),
+            "<tool_call>\n{\"name\": \"calculator\", \"arguments\": "
+        );
+    }
+
+    #[test]
+    fn a_forced_call_needs_a_tool_to_call() {
+        let codec = stub_codec();
+        let err = codec
+            .prepare(&weather_request(ToolChoice::Named("search".into())))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`search`") && err.contains("get_weather, calculator"),
+            "{err}"
+        );
+        let mut request = weather_request(ToolChoice::Required);
+        request.tools.clear();
+        let err = codec.prepare(&request).unwrap_err().to_string();
+        assert!(err.contains("`tools` is empty"), "{err}");
+    }
+
+    #[test]
+    fn completions_may_score_without_generating() {
+        let codec = stub_codec();
+        let request = CompletionRequest {
+            prompt: vec![1, 2, 3],
+            max_tokens: Some(TokenLimit {
+                field: "max_tokens",
+                value: 0,
+            }),
+            logprobs: Some(2),
+            score_prompt: true,
+            ..CompletionRequest::default()
+        };
+        let prepared = codec.prepare_completion(&request).unwrap();
+        assert_eq!(prepared.generation.max_tokens, 0);
+        assert_eq!(prepared.generation.prompt_logprobs, Some(2));
+        assert!(prepared.reply.raw);
+        let too_many = CompletionRequest {
+            logprobs: Some(MAX_TOP_LOGPROBS + 1),
+            ..request.clone()
+        };
+        assert!(codec.prepare_completion(&too_many).is_err());
+        let empty = CompletionRequest {
+            prompt: vec![],
+            ..request
+        };
+        assert!(codec.prepare_completion(&empty).is_err());
     }
 }

@@ -17,9 +17,12 @@ use tokio::sync::{mpsc, oneshot};
 use super::backend::{BackendSpec, ModelInfo, TokenModel};
 use super::chat::{ChatCodec, PreparedChat};
 use super::error::ServiceError;
-use super::events::{Completion, FinishReason, GenerationEvent, ReplyParser, Timings, Usage};
-use crate::inference::generate::StopReason;
-use crate::smollm3::GgufTokenizer;
+use super::events::{
+    Completion, FinishReason, GenerationEvent, Logprobs, ReplyParser, Timings, Usage,
+};
+use crate::inference::generate::{Sampled, StopReason, TokenAction, TokenSink};
+use crate::inference::logprobs::TokenLogprobs;
+use crate::smollm3::{GgufTokenizer, Smollm3Error};
 
 /// Requests that may wait for the model by default.
 /// 16 keeps the wait of the last one in line under a few minutes at SmolLM3-3B's CPU speed.
@@ -123,43 +126,83 @@ fn run(mut model: Box<dyn TokenModel>, tokenizer: &GgufTokenizer, queue: Receive
     }
 }
 
+/// The engine's view of one running generation: parses each token into events, stops when
+/// the client is gone, the answer hit a stop string or its output is malformed.
+struct JobSink<'a> {
+    events: &'a mpsc::UnboundedSender<GenerationEvent>,
+    parser: ReplyParser<'a>,
+    failure: Option<Smollm3Error>,
+    logprobs: Vec<TokenLogprobs>,
+}
+
+impl JobSink<'_> {
+    fn read(&mut self, id: u32) -> ControlFlow<()> {
+        match self.parser.push(id) {
+            Ok(new) => {
+                for event in new {
+                    let _ = self.events.send(event);
+                }
+            }
+            Err(err) => {
+                self.failure = Some(err);
+                return ControlFlow::Break(());
+            }
+        }
+        if self.parser.stopped() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+}
+
+impl TokenSink for JobSink<'_> {
+    fn prefilled(&mut self, _done: usize, _total: usize) -> ControlFlow<()> {
+        if self.events.is_closed() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+
+    fn token(&mut self, token: Sampled) -> TokenAction {
+        if self.events.is_closed() {
+            return TokenAction::Stop;
+        }
+        self.logprobs.extend(token.logprobs);
+        match self.read(token.id) {
+            ControlFlow::Continue(()) => TokenAction::Continue,
+            ControlFlow::Break(()) => TokenAction::Stop,
+        }
+    }
+}
+
 fn run_job(
     model: &mut dyn TokenModel,
     tokenizer: &GgufTokenizer,
     job: Job,
 ) -> Result<(), ServiceError> {
     let Job { chat, events } = job;
-    let mut parser = ReplyParser::new(tokenizer, &chat.reply);
-    let mut failure = None;
-    let stats = model.generate(&chat.prompt, &chat.generation, &mut |id| {
-        if events.is_closed() {
-            return ControlFlow::Break(());
+    let mut sink = JobSink {
+        events: &events,
+        parser: ReplyParser::new(tokenizer, &chat.reply),
+        failure: None,
+        logprobs: Vec::new(),
+    };
+    for &id in &chat.reply.prefix {
+        if sink.read(id).is_break() {
+            break;
         }
-        match parser.push(id) {
-            Ok(new) => {
-                for event in new {
-                    let _ = events.send(event);
-                }
-            }
-            Err(err) => {
-                failure = Some(err);
-                return ControlFlow::Break(());
-            }
-        }
-        if parser.stopped() {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    })?;
-    if let Some(err) = failure {
+    }
+    let stats = model.generate(&chat.prompt, &chat.generation, &mut sink)?;
+    if let Some(err) = sink.failure {
         return Err(ServiceError::Output(err));
     }
-    if stats.stop == StopReason::Cancelled && !parser.stopped() {
+    if stats.stop == StopReason::Cancelled && !sink.parser.stopped() {
         return Ok(());
     }
-    let mut tool_calls = parser.tool_calls();
-    for event in parser.finish().map_err(ServiceError::Output)? {
+    let mut tool_calls = sink.parser.tool_calls();
+    for event in sink.parser.finish().map_err(ServiceError::Output)? {
         tool_calls += usize::from(matches!(event, GenerationEvent::ToolCall(_)));
         let _ = events.send(event);
     }
@@ -168,6 +211,8 @@ fn run_job(
         StopReason::EndToken | StopReason::Cancelled if tool_calls > 0 => FinishReason::ToolCalls,
         StopReason::EndToken | StopReason::Cancelled => FinishReason::Stop,
     };
+    let wants_logprobs =
+        chat.generation.logprobs.is_some() || chat.generation.prompt_logprobs.is_some();
     let _ = events.send(GenerationEvent::Done(Completion {
         finish_reason,
         usage: Usage {
@@ -180,6 +225,10 @@ fn run_job(
             predicted_tokens: stats.generated_tokens,
             predicted_time: stats.generation_time,
         },
+        logprobs: wants_logprobs.then_some(Logprobs {
+            prompt: stats.prompt_logprobs,
+            generated: sink.logprobs,
+        }),
     }));
     Ok(())
 }

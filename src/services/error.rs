@@ -8,10 +8,11 @@ use crate::smollm3::Smollm3Error;
 pub enum ServiceError {
     #[error("`messages` must hold at least one message")]
     EmptyMessages,
-    #[error("`{field}` must be between 1 and {limit} (the context size), got {value}")]
+    #[error("`{field}` must be between {min} and {limit} (the context size), got {value}")]
     MaxTokensOutOfRange {
         field: &'static str,
         value: i64,
+        min: i64,
         limit: usize,
     },
     #[error(
@@ -99,6 +100,7 @@ mod tests {
                 ServiceError::MaxTokensOutOfRange {
                     field: "max_tokens",
                     value: 0,
+                    min: 1,
                     limit: 4096,
                 },
                 "`max_tokens` must be between 1 and 4096 (the context size), got 0",

@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use crate::inference::logprobs::TokenLogprobs;
 use crate::smollm3::thinking::{ThinkingEvent, ThinkingParser};
 use crate::smollm3::tool_calls::{ToolCall, ToolCallEvent, ToolCallParser};
 use crate::smollm3::{GgufTokenizer, Smollm3Error, StreamDecoder};
@@ -69,11 +70,21 @@ pub struct Timings {
 }
 
 /// The summary that closes a successful generation.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     pub finish_reason: FinishReason,
     pub usage: Usage,
     pub timings: Timings,
+    /// Log-probabilities, when the request asked for them.
+    pub logprobs: Option<Logprobs>,
+}
+
+/// The scores a request asked for: of its prompt's tokens (after the first) and of the
+/// tokens it generated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Logprobs {
+    pub prompt: Vec<TokenLogprobs>,
+    pub generated: Vec<TokenLogprobs>,
 }
 
 /// How to read one request's output.
@@ -83,6 +94,11 @@ pub struct ReplyOptions {
     pub stop: Vec<String>,
     /// Tools were offered: `<tool_call>` blocks in the answer are calls, not text.
     pub parse_tool_calls: bool,
+    /// Plain text completion: no reasoning split, no tool calls, no trimming.
+    pub raw: bool,
+    /// Tokens the server wrote at the start of the answer, already at the end of the prompt
+    /// (a forced `<tool_call>` opening): the parser reads them as the answer's beginning.
+    pub prefix: Vec<u32>,
 }
 
 /// Turns generated ids into [`GenerationEvent`]s as they arrive.
@@ -97,6 +113,7 @@ pub struct ReplyParser<'a> {
     tool_calls: usize,
     /// A `<tool_call>` block that was not a valid call: the reply fails with it.
     malformed: Option<Smollm3Error>,
+    raw: bool,
 }
 
 impl<'a> ReplyParser<'a> {
@@ -111,6 +128,7 @@ impl<'a> ReplyParser<'a> {
             content: Trimmer::default(),
             tool_calls: 0,
             malformed: None,
+            raw: options.raw,
         }
     }
 
@@ -124,6 +142,10 @@ impl<'a> ReplyParser<'a> {
         };
         let text = self.stop.push(&text);
         let mut events = Vec::new();
+        if self.raw {
+            events.extend((!text.is_empty()).then_some(GenerationEvent::Content(text)));
+            return Ok(events);
+        }
         let thinking = self.thinking.push(&text);
         self.sort(thinking, &mut events);
         if self.stop.hit() {
@@ -160,6 +182,10 @@ impl<'a> ReplyParser<'a> {
             let mut text = decoder.finish()?.unwrap_or_default();
             text = self.stop.push(&text);
             text.push_str(&self.stop.finish());
+            if self.raw {
+                events.extend((!text.is_empty()).then_some(GenerationEvent::Content(text)));
+                return Ok(events);
+            }
             let thinking = self.thinking.push(&text);
             self.sort(thinking, &mut events);
         }
@@ -399,6 +425,7 @@ mod tests {
         let options = ReplyOptions {
             stop: vec![],
             parse_tool_calls: true,
+            ..ReplyOptions::default()
         };
         assert_eq!(
             parse(text, &options),
@@ -421,6 +448,7 @@ mod tests {
         let options = ReplyOptions {
             stop: vec![],
             parse_tool_calls: true,
+            ..ReplyOptions::default()
         };
         let mut parser = ReplyParser::new(&tokenizer, &options);
         let mut content = String::new();
@@ -462,6 +490,7 @@ mod tests {
         let options = ReplyOptions {
             stop: vec!["France".into()],
             parse_tool_calls: false,
+            ..ReplyOptions::default()
         };
         assert_eq!(
             parse("The capital of France is Paris.", &options),

@@ -12,7 +12,6 @@
 //! Its vocabulary is the synthetic tiny model's byte-level BPE (the same special tokens as
 //! SmolLM3's), built once per process from a throwaway synthetic file.
 
-use std::ops::ControlFlow;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,10 @@ use serde_json::{Map, Value as Json};
 use super::backend::TokenModel;
 use super::chat::tool_call_json;
 use super::error::ServiceError;
-use crate::inference::generate::{GenerationRequest, GenerationStats, StopReason};
+use crate::inference::generate::{
+    GenerationRequest, GenerationStats, Sampled, StopReason, TokenAction, TokenSink,
+};
+use crate::inference::logprobs::TokenLogprobs;
 use crate::inference::{GgufFile, InferenceError};
 use crate::smollm3::synthetic::{write_gguf, SyntheticSpec};
 use crate::smollm3::tool_calls::ToolCall;
@@ -110,7 +112,7 @@ impl TokenModel for StubModel {
         &mut self,
         prompt: &[u32],
         request: &GenerationRequest,
-        on_token: &mut dyn FnMut(u32) -> ControlFlow<()>,
+        sink: &mut dyn TokenSink,
     ) -> Result<GenerationStats, ServiceError> {
         let limit = self.context_length;
         if prompt.len() >= limit {
@@ -133,6 +135,19 @@ impl TokenModel for StubModel {
             .encode(&reply, true)
             .map_err(ServiceError::Tokenize)?;
         let prompt_time = started.elapsed();
+        let prompt_logprobs = request.prompt_logprobs.map_or_else(Vec::new, |n| {
+            prompt[1..].iter().map(|&id| certain(id, n)).collect()
+        });
+        if sink.prefilled(prompt.len(), prompt.len()).is_break() {
+            return Ok(GenerationStats {
+                prompt_tokens: prompt.len(),
+                prompt_time,
+                generated_tokens: 0,
+                generation_time: Duration::ZERO,
+                stop: StopReason::Cancelled,
+                prompt_logprobs,
+            });
+        }
         let started = Instant::now();
         let mut next_due = started;
         let mut ids = ids.into_iter().chain(request.stop_tokens.first().copied());
@@ -152,7 +167,8 @@ impl TokenModel for StubModel {
                 break StopReason::EndToken;
             }
             generated += 1;
-            if on_token(next).is_break() {
+            let logprobs = request.logprobs.map(|n| certain(next, n));
+            if sink.token(Sampled { id: next, logprobs }) == TokenAction::Stop {
                 break StopReason::Cancelled;
             }
             if prompt.len() + generated >= limit {
@@ -165,7 +181,18 @@ impl TokenModel for StubModel {
             generated_tokens: generated,
             generation_time: started.elapsed(),
             stop,
+            prompt_logprobs,
         })
+    }
+}
+
+/// The stub's scores: every token it reads or writes was the one it expected, with
+/// probability 1.
+fn certain(id: u32, top_n: usize) -> TokenLogprobs {
+    TokenLogprobs {
+        id,
+        logprob: 0.0,
+        top: std::iter::once((id, 0.0)).take(top_n).collect(),
     }
 }
 
@@ -303,16 +330,23 @@ pub fn compose_reply(prompt: &str) -> String {
         .filter(|t| t.role == "system")
         .map_or_else(Vec::new, |t| offered_tools(t.content));
     let history = &turns[..turns.len().saturating_sub(1)];
+    let question = || {
+        history
+            .iter()
+            .rev()
+            .find(|t| t.role == "user")
+            .map_or("", |t| t.content)
+    };
+    let open = turns
+        .last()
+        .filter(|t| t.role == "assistant")
+        .map_or("", |t| t.content);
+    if let Some(start) = open.find("<tool_call>") {
+        return finish_forced_call(&open[start..], question(), &tools);
+    }
     let (reasoning, answer) = match tool_results(history) {
         Some((name, results)) => reply_to_tool_results(&name, &results),
-        None => {
-            let question = history
-                .iter()
-                .rev()
-                .find(|t| t.role == "user")
-                .map_or("", |t| t.content);
-            reply_to_question(question, &tools, thinking)
-        }
+        None => reply_to_question(question(), &tools, thinking),
     };
     if thinking {
         format!("<think>\n{reasoning}\n</think>\n{answer}")
@@ -355,45 +389,72 @@ fn reply_to_tool_results(name: &str, results: &[&str]) -> (String, String) {
     )
 }
 
-fn reply_to_question(question: &str, tools: &[OfferedTool], thinking: bool) -> (String, String) {
+/// The `<tool_call>` block the stub writes for `question`, and why. Without `forced` only a
+/// weather question or an arithmetic expression calls a tool; with it (`tool_choice`
+/// required or named) some tool is always called, the named one if the opening names it.
+fn tool_call_for(question: &str, tools: &[OfferedTool], forced: bool) -> Option<(String, String)> {
     let weather = question.to_lowercase().contains("weather");
     let expression = arithmetic_expression(question);
-    if !tools.is_empty() && (weather || expression.is_some()) {
-        let pick = |hints: &[&str]| {
-            tools
-                .iter()
-                .find(|t| hints.iter().any(|h| t.name.to_lowercase().contains(h)))
-                .unwrap_or(&tools[0])
-        };
-        let (tool, default_parameter, value, why) = match (weather, expression) {
-            (false, Some(expression)) => {
-                let tool = pick(&["calc", "math", "eval", "arith"]);
-                let why = format!("The user wants {expression} worked out.");
-                (tool, "expression", expression, why)
-            }
-            _ => {
-                let place = weather_place(question);
-                let why = format!("The user asks about the weather in {place}.");
-                (pick(&["weather"]), "location", place, why)
-            }
-        };
-        let parameter = tool
-            .first_parameter
-            .clone()
-            .unwrap_or_else(|| default_parameter.to_owned());
-        let mut arguments = Map::new();
-        arguments.insert(parameter, Json::String(value));
-        let call = ToolCall {
-            name: tool.name.clone(),
-            arguments: Json::Object(arguments),
-        };
-        return (
-            format!(
-                "{why} The `{}` tool can answer that, so I will call it.",
-                tool.name
-            ),
-            format!("<tool_call>\n{}\n</tool_call>", tool_call_json(&call)),
-        );
+    if tools.is_empty() || !(forced || weather || expression.is_some()) {
+        return None;
+    }
+    let pick = |hints: &[&str]| {
+        tools
+            .iter()
+            .find(|t| hints.iter().any(|h| t.name.to_lowercase().contains(h)))
+            .unwrap_or(&tools[0])
+    };
+    let (tool, default_parameter, value, why) = match (weather, expression) {
+        (false, Some(expression)) => {
+            let tool = pick(&["calc", "math", "eval", "arith"]);
+            let why = format!("The user wants {expression} worked out.");
+            (tool, "expression", expression, why)
+        }
+        (false, None) => {
+            let why = "A tool call is required.".to_owned();
+            (&tools[0], "input", snippet(question, 80), why)
+        }
+        (true, _) => {
+            let place = weather_place(question);
+            let why = format!("The user asks about the weather in {place}.");
+            (pick(&["weather"]), "location", place, why)
+        }
+    };
+    let parameter = tool
+        .first_parameter
+        .clone()
+        .unwrap_or_else(|| default_parameter.to_owned());
+    let mut arguments = Map::new();
+    arguments.insert(parameter, Json::String(value));
+    let call = ToolCall {
+        name: tool.name.clone(),
+        arguments: Json::Object(arguments),
+    };
+    let why = format!(
+        "{why} The `{}` tool can answer that, so I will call it.",
+        tool.name
+    );
+    Some((
+        format!("<tool_call>\n{}\n</tool_call>", tool_call_json(&call)),
+        why,
+    ))
+}
+
+/// The rest of a tool call whose opening the server wrote (`tool_choice` required or
+/// named): the named tool, or the one the question suggests.
+fn finish_forced_call(opening: &str, question: &str, tools: &[OfferedTool]) -> String {
+    let named = quoted_after(&opening.replace('"', "'"), "'name': '");
+    let tools: Vec<OfferedTool> = match named {
+        Some(name) => tools.iter().filter(|t| t.name == name).cloned().collect(),
+        None => tools.to_vec(),
+    };
+    let (call, _) = tool_call_for(question, &tools, true).unwrap_or_default();
+    call.strip_prefix(opening).unwrap_or(&call).to_owned()
+}
+
+fn reply_to_question(question: &str, tools: &[OfferedTool], thinking: bool) -> (String, String) {
+    if let Some((call, why)) = tool_call_for(question, tools, false) {
+        return (why, call);
     }
     let quoted = snippet(question, 80);
     let reasoning = format!(

@@ -27,6 +27,7 @@ use crate::services::ServiceError;
 pub fn v1_routes() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(super::completions::completions))
         .route("/v1/models", get(models))
 }
 
@@ -36,6 +37,7 @@ pub fn utility_routes() -> Router<AppState> {
         .route("/health", get(health))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .route("/tokenizer_info", get(tokenizer_info))
         .route("/apply-template", post(apply_template))
 }
 
@@ -65,7 +67,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Runs blocking work (template, tokenizer) on tokio's blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work)
@@ -75,7 +77,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Refuses a `model` other than the one loaded; an absent or empty one means "the model".
-fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
+pub(super) fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
     let id = &state.engine().info().id;
     match model {
         None | Some("") => Ok(()),
@@ -111,7 +113,8 @@ async fn chat_completions(
             GenerationEvent::Content(text) => reply.content(&text),
             GenerationEvent::ToolCall(call) => reply.tool_call(&call),
             GenerationEvent::Done(done) => {
-                return Ok(Json(reply.finish(meta, done)).into_response())
+                let codec = state.engine().codec();
+                return Ok(Json(reply.finish(meta, done, |id| codec.piece(id))).into_response());
             }
             GenerationEvent::Failed(message) => {
                 return Err(ServiceError::Generation(message).into())
@@ -139,11 +142,13 @@ async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// llama.cpp's `/tokenize` body.
+/// llama.cpp's `/tokenize` body; vLLM's names (`prompt`, `add_special_tokens`) are
+/// accepted too, so lm-evaluation-harness's remote tokenizer works against this server.
 #[derive(Debug, Deserialize)]
 struct TokenizeRequest {
+    #[serde(alias = "prompt")]
     content: String,
-    #[serde(default)]
+    #[serde(default, alias = "add_special_tokens")]
     add_special: bool,
     #[serde(default = "yes")]
     parse_special: bool,
@@ -187,9 +192,27 @@ async fn detokenize(
     let codec = state.engine().codec().clone();
     blocking(move || {
         let content = codec.detokenize(&body.tokens)?;
-        Ok(Json(json!({ "content": content })))
+        // llama.cpp names the text `content`, vLLM `prompt`.
+        Ok(Json(json!({ "content": content, "prompt": content })))
     })
     .await
+}
+
+/// vLLM's `/tokenizer_info`: the special tokens' texts, which lm-evaluation-harness's remote
+/// tokenizer reads before scoring.
+async fn tokenizer_info(State(state): State<AppState>) -> Json<Value> {
+    let codec = state.engine().codec();
+    let text = |id: Option<u32>| id.map(|id| codec.piece(id));
+    let eos = text(codec.tokenizer().end_of_generation().first().copied());
+    Json(json!({
+        "tokenizer_class": "GgufTokenizer",
+        "bos_token": text(codec.tokenizer().bos),
+        "eos_token": eos,
+        "pad_token": eos,
+        "add_bos_token": codec.tokenizer().add_bos,
+        "model_max_length": codec.context_length(),
+        "vocab_size": codec.tokenizer().vocab_size(),
+    }))
 }
 
 async fn apply_template(

@@ -241,6 +241,7 @@ mod tests {
                 ServiceError::MaxTokensOutOfRange {
                     field: "max_completion_tokens",
                     value: 0,
+                    min: 1,
                     limit: 10,
                 },
                 400,

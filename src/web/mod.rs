@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod assets;
+pub mod completions;
 pub mod conversations;
 pub mod error;
 pub mod json;

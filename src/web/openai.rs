@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
 
 use super::error::ApiError;
+use crate::inference::logprobs::TokenLogprobs;
 use crate::inference::sampling::SamplingParams;
 use crate::services::chat::{ChatMessage, ChatRequest, Role, TokenLimit, ToolChoice};
 use crate::services::events::{Completion, Timings, Usage};
@@ -46,6 +47,7 @@ pub struct ChatCompletionRequest {
     pub n: Option<u32>,
     pub response_format: Option<Json>,
     pub logprobs: Option<bool>,
+    pub top_logprobs: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +155,8 @@ impl ChatCompletionRequest {
             min_p: self.min_p.unwrap_or(defaults.min_p),
             repeat_penalty: self.repeat_penalty.unwrap_or(defaults.repeat_penalty),
             repeat_last_n: defaults.repeat_last_n,
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
             seed: match self.seed {
                 Some(seed) if seed >= 0 => seed as u64,
                 _ => rand::random(),
@@ -167,30 +171,23 @@ impl ChatCompletionRequest {
             max_tokens,
             sampling,
             stop: stop_strings(self.stop.as_ref())?,
+            logprobs: self.logprobs().then_some(self.top_logprobs.unwrap_or(0)),
         })
+    }
+
+    /// OpenAI's `logprobs: true`, or `top_logprobs` alone.
+    fn logprobs(&self) -> bool {
+        self.logprobs.unwrap_or(self.top_logprobs.is_some())
     }
 
     fn refuse_unsupported(&self) -> Result<(), ApiError> {
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid("n", "only `n` = 1 is supported"));
         }
-        for (field, value) in [
-            ("presence_penalty", self.presence_penalty),
-            ("frequency_penalty", self.frequency_penalty),
-        ] {
-            if value.is_some_and(|v| v != 0.0) {
-                return Err(ApiError::invalid(
-                    field,
-                    format!(
-                        "`{field}` is not supported yet; use `repeat_penalty` or leave it at 0"
-                    ),
-                ));
-            }
-        }
-        if self.logprobs == Some(true) {
+        if self.logprobs() && self.streaming() {
             return Err(ApiError::invalid(
                 "logprobs",
-                "`logprobs` is not supported for chat completions yet",
+                "`logprobs` is supported without streaming only; set `stream` to false",
             ));
         }
         match &self.response_format {
@@ -308,14 +305,18 @@ fn tool_choice(choice: Option<&Json>) -> Result<ToolChoice, ApiError> {
         None | Some(Json::Null) => Ok(ToolChoice::Auto),
         Some(Json::String(s)) if s == "auto" => Ok(ToolChoice::Auto),
         Some(Json::String(s)) if s == "none" => Ok(ToolChoice::None),
-        Some(Json::String(s)) if s == "required" => Err(ApiError::invalid(
-            "tool_choice",
-            "`tool_choice` \"required\" is not supported yet (it needs constrained decoding); use \"auto\"",
-        )),
-        Some(Json::Object(_)) => Err(ApiError::invalid(
-            "tool_choice",
-            "naming a function in `tool_choice` is not supported yet (it needs constrained decoding); use \"auto\"",
-        )),
+        Some(Json::String(s)) if s == "required" => Ok(ToolChoice::Required),
+        Some(object @ Json::Object(_)) => match object.pointer("/function/name") {
+            Some(Json::String(name)) if object.get("type") == Some(&json!("function")) => {
+                Ok(ToolChoice::Named(name.clone()))
+            }
+            _ => Err(ApiError::invalid(
+                "tool_choice",
+                format!(
+                    "`tool_choice` as an object must be {{\"type\": \"function\", \"function\": {{\"name\": …}}}}, got {object}"
+                ),
+            )),
+        },
         Some(other) => Err(ApiError::invalid(
             "tool_choice",
             format!("`tool_choice` must be \"auto\", \"none\", \"required\" or an object, got {other}"),
@@ -323,7 +324,7 @@ fn tool_choice(choice: Option<&Json>) -> Result<ToolChoice, ApiError> {
     }
 }
 
-fn stop_strings(stop: Option<&Json>) -> Result<Vec<String>, ApiError> {
+pub(super) fn stop_strings(stop: Option<&Json>) -> Result<Vec<String>, ApiError> {
     let bad = || ApiError::invalid("stop", "`stop` must be a string or a list of strings");
     match stop {
         None | Some(Json::Null) => Ok(Vec::new()),
@@ -391,7 +392,47 @@ pub struct Choice {
     pub index: usize,
     pub message: ResponseMessage,
     pub finish_reason: &'static str,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
+}
+
+/// OpenAI's `choices[].logprobs` of a chat completion.
+#[derive(Debug, Serialize)]
+pub struct ChatLogprobs {
+    pub content: Vec<WireTokenLogprob>,
+}
+
+/// One token's entry in [`ChatLogprobs`].
+#[derive(Debug, Serialize)]
+pub struct WireTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<Vec<WireTokenLogprob>>,
+}
+
+impl ChatLogprobs {
+    /// `piece` gives a token's text.
+    pub fn new(scores: &[TokenLogprobs], piece: impl Fn(u32) -> String) -> Self {
+        let entry = |id: u32, logprob: f32| {
+            let token = piece(id);
+            WireTokenLogprob {
+                bytes: token.as_bytes().to_vec(),
+                token,
+                logprob,
+                top_logprobs: None,
+            }
+        };
+        Self {
+            content: scores
+                .iter()
+                .map(|s| WireTokenLogprob {
+                    top_logprobs: Some(s.top.iter().map(|&(id, lp)| entry(id, lp)).collect()),
+                    ..entry(s.id, s.logprob)
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -551,7 +592,13 @@ impl ReplyCollector {
         self.tool_calls.push(WireToolCallOut::whole(call));
     }
 
-    pub fn finish(self, meta: ResponseMeta, done: Completion) -> ChatCompletion {
+    /// The whole answer; `piece` gives a token's text for the log-probabilities.
+    pub fn finish(
+        self,
+        meta: ResponseMeta,
+        done: Completion,
+        piece: impl Fn(u32) -> String,
+    ) -> ChatCompletion {
         let content =
             (!self.content.is_empty() || self.tool_calls.is_empty()).then_some(self.content);
         ChatCompletion {
@@ -568,7 +615,10 @@ impl ReplyCollector {
                     tool_calls: self.tool_calls,
                 },
                 finish_reason: done.finish_reason.as_str(),
-                logprobs: None,
+                logprobs: done
+                    .logprobs
+                    .as_ref()
+                    .map(|l| ChatLogprobs::new(&l.generated, piece)),
             }],
             usage: done.usage.into(),
             timings: done.timings.into(),
@@ -643,6 +693,23 @@ mod tests {
     }
 
     #[test]
+    fn tool_choice_required_and_named_and_penalties_are_read() {
+        let user = json!({"role": "user", "content": "hi"});
+        let r = request(json!({"messages": [user], "tool_choice": "required",
+                               "presence_penalty": 0.5, "frequency_penalty": -0.25}))
+        .unwrap();
+        assert_eq!(r.tool_choice, ToolChoice::Required);
+        assert_eq!(r.sampling.presence_penalty, 0.5);
+        assert_eq!(r.sampling.frequency_penalty, -0.25);
+        let r = request(json!({"messages": [user],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}))
+        .unwrap();
+        assert_eq!(r.tool_choice, ToolChoice::Named("get_weather".into()));
+        let r = request(json!({"messages": [user], "logprobs": true, "top_logprobs": 3})).unwrap();
+        assert_eq!(r.logprobs, Some(3));
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         let user = json!({"role": "user", "content": "hi"});
         let cases = [
@@ -660,7 +727,7 @@ mod tests {
             ),
             (json!({"messages": [user], "stop": 3}), "stop"),
             (
-                json!({"messages": [user], "tool_choice": "required"}),
+                json!({"messages": [user], "tool_choice": {"type": "function"}}),
                 "tool_choice",
             ),
             (json!({"messages": [user], "tool_choice": 1}), "tool_choice"),
@@ -670,8 +737,8 @@ mod tests {
             ),
             (json!({"messages": [user], "n": 2}), "n"),
             (
-                json!({"messages": [user], "presence_penalty": 1.0}),
-                "presence_penalty",
+                json!({"messages": [user], "logprobs": true, "stream": true}),
+                "logprobs",
             ),
             (
                 json!({"messages": [user], "tools": [{"type": "code", "function": {"name": "f"}}]}),
@@ -703,8 +770,10 @@ mod tests {
             finish_reason: crate::services::events::FinishReason::ToolCalls,
             usage: Usage::default(),
             timings: Timings::default(),
+            logprobs: None,
         };
-        let body = serde_json::to_value(c.finish(ResponseMeta::new("m"), done)).unwrap();
+        let body = serde_json::to_value(c.finish(ResponseMeta::new("m"), done, |_| String::new()))
+            .unwrap();
         let message = &body["choices"][0]["message"];
         assert_eq!(message["content"], Json::Null);
         assert_eq!(

@@ -236,6 +236,7 @@ mod tests {
                 completion_tokens: 3,
             },
             timings: Timings::default(),
+            logprobs: None,
         })
     }
 

@@ -1,0 +1,459 @@
+//! `POST /v1/completions`: OpenAI's legacy text completion, with what evaluation harnesses
+//! need from it — a prompt given as text or as token ids (or a batch of either), `echo`,
+//! `logprobs` with the prompt's own scores, and `max_tokens` 0 to score without generating.
+//! This is the request lm-evaluation-harness's `local-completions` model sends for
+//! loglikelihood tasks: `echo: true, logprobs: 1, max_tokens: 1, temperature: 0`.
+//!
+//! No chat template and no reply parsing: the text is the model's, stop strings aside.
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::api::{blocking, check_model};
+use super::app::AppState;
+use super::error::ApiError;
+use super::json::ApiJson;
+use super::openai::{random_id, stop_strings, WireUsage};
+use crate::inference::logprobs::TokenLogprobs;
+use crate::inference::sampling::SamplingParams;
+use crate::services::chat::{ChatCodec, CompletionRequest, TokenLimit};
+use crate::services::events::{Completion, GenerationEvent, Usage};
+use crate::services::ServiceError;
+
+/// OpenAI's default for `max_tokens` on this endpoint.
+pub const DEFAULT_MAX_TOKENS: i64 = 16;
+
+/// Prompts one request may hold; each runs as its own generation, one after the other.
+pub const MAX_BATCH: usize = 64;
+
+/// The request body, with llama.cpp's sampling extensions.
+#[derive(Debug, Deserialize)]
+pub struct CompletionBody {
+    pub model: Option<String>,
+    pub prompt: Value,
+    pub max_tokens: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub stop: Option<Value>,
+    pub seed: Option<i64>,
+    /// How many alternatives to list per token (0 lists only the token's own score).
+    pub logprobs: Option<usize>,
+    pub echo: Option<bool>,
+    pub stream: Option<bool>,
+    pub n: Option<u32>,
+    pub best_of: Option<u32>,
+    pub suffix: Option<String>,
+}
+
+/// One prompt of the request: text to tokenize, or ids as given.
+#[derive(Debug, Clone, PartialEq)]
+enum Prompt {
+    Text(String),
+    Ids(Vec<i64>),
+}
+
+impl CompletionBody {
+    fn prompts(&self) -> Result<Vec<Prompt>, ApiError> {
+        let bad = || {
+            ApiError::invalid(
+                "prompt",
+                "`prompt` must be a string, a list of strings, a list of token ids or a list \
+                 of lists of token ids",
+            )
+        };
+        let ids =
+            |items: &[Value]| -> Option<Vec<i64>> { items.iter().map(Value::as_i64).collect() };
+        let prompts = match &self.prompt {
+            Value::String(text) => vec![Prompt::Text(text.clone())],
+            Value::Array(items) if items.is_empty() => return Err(bad()),
+            Value::Array(items) if items.iter().all(Value::is_number) => {
+                vec![Prompt::Ids(ids(items).ok_or_else(bad)?)]
+            }
+            Value::Array(items) => items
+                .iter()
+                .map(|item| match item {
+                    Value::String(text) => Ok(Prompt::Text(text.clone())),
+                    Value::Array(inner) => ids(inner).map(Prompt::Ids).ok_or_else(bad),
+                    _ => Err(bad()),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err(bad()),
+        };
+        if prompts.len() > MAX_BATCH {
+            return Err(ApiError::invalid(
+                "prompt",
+                format!(
+                    "holds {} prompts; at most {MAX_BATCH} are allowed",
+                    prompts.len()
+                ),
+            ));
+        }
+        Ok(prompts)
+    }
+
+    fn refuse_unsupported(&self, batch: usize) -> Result<(), ApiError> {
+        for (field, value) in [("n", self.n), ("best_of", self.best_of)] {
+            if value.is_some_and(|v| v != 1) {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("only `{field}` = 1 is supported"),
+                ));
+            }
+        }
+        if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::invalid(
+                "suffix",
+                "`suffix` (insertion) is not supported",
+            ));
+        }
+        if self.stream == Some(true) {
+            if batch > 1 {
+                return Err(ApiError::invalid(
+                    "prompt",
+                    "streaming takes one prompt; send a batch without `stream`",
+                ));
+            }
+            if self.logprobs.is_some() || self.echo == Some(true) {
+                return Err(ApiError::invalid(
+                    if self.logprobs.is_some() {
+                        "logprobs"
+                    } else {
+                        "echo"
+                    },
+                    "`logprobs` and `echo` are supported without streaming only",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The request for one prompt's ids, in the services' terms.
+    fn request(&self, prompt: Vec<u32>) -> Result<CompletionRequest, ApiError> {
+        let defaults = SamplingParams::default();
+        Ok(CompletionRequest {
+            prompt,
+            max_tokens: Some(TokenLimit {
+                field: "max_tokens",
+                value: self.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            }),
+            sampling: SamplingParams {
+                temperature: self.temperature.unwrap_or(defaults.temperature),
+                top_k: self.top_k.unwrap_or(defaults.top_k),
+                top_p: self.top_p.unwrap_or(defaults.top_p),
+                min_p: self.min_p.unwrap_or(defaults.min_p),
+                repeat_penalty: self.repeat_penalty.unwrap_or(defaults.repeat_penalty),
+                frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+                presence_penalty: self.presence_penalty.unwrap_or(0.0),
+                seed: match self.seed {
+                    Some(seed) if seed >= 0 => seed as u64,
+                    _ => rand::random(),
+                },
+                ..defaults
+            },
+            stop: stop_strings(self.stop.as_ref())?,
+            logprobs: self.logprobs,
+            score_prompt: self.echo == Some(true) && self.logprobs.is_some(),
+        })
+    }
+}
+
+/// The ids of `prompt`: text is tokenized as llama.cpp's server does (special tokens read).
+fn prompt_ids(codec: &ChatCodec, prompt: &Prompt) -> Result<Vec<u32>, ServiceError> {
+    match prompt {
+        Prompt::Text(text) => codec.tokenize(text, true, true),
+        Prompt::Ids(ids) => ids
+            .iter()
+            .map(|&id| {
+                u32::try_from(id).map_err(|_| ServiceError::TokenOutOfRange {
+                    id,
+                    vocab: codec.tokenizer().vocab_size(),
+                })
+            })
+            .collect(),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct TextCompletion {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: String,
+    choices: Vec<TextChoice>,
+    usage: WireUsage,
+}
+
+#[derive(Debug, Serialize)]
+struct TextChoice {
+    index: usize,
+    text: String,
+    logprobs: Option<WireLogprobs>,
+    finish_reason: Option<&'static str>,
+}
+
+/// OpenAI's legacy `logprobs` object: parallel lists, one entry per token; the first
+/// prompt token has no score (`null`).
+#[derive(Debug, Default, Serialize, PartialEq)]
+struct WireLogprobs {
+    tokens: Vec<String>,
+    token_logprobs: Vec<Option<f32>>,
+    top_logprobs: Vec<Option<TopLogprobs>>,
+    text_offset: Vec<usize>,
+}
+
+/// `{token text: logprob}`, most likely first. Written as f32 like `token_logprobs`, so a
+/// client comparing the two (lm-eval's greedy check) sees equal numbers for the same token.
+#[derive(Debug, Default, PartialEq)]
+struct TopLogprobs(Vec<(String, f32)>);
+
+impl Serialize for TopLogprobs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (token, logprob) in &self.0 {
+            map.serialize_entry(token, logprob)?;
+        }
+        map.end()
+    }
+}
+
+impl WireLogprobs {
+    fn push(&mut self, piece: String, score: Option<&TokenLogprobs>, codec: &ChatCodec) {
+        let offset = self.text_offset.last().copied().unwrap_or(0)
+            + self.tokens.last().map_or(0, |t| t.chars().count());
+        self.text_offset.push(offset);
+        self.tokens.push(piece);
+        self.token_logprobs.push(score.map(|s| s.logprob));
+        self.top_logprobs.push(score.map(|s| {
+            let mut top = TopLogprobs::default();
+            for &(id, logprob) in &s.top {
+                let piece = codec.piece(id);
+                if !top.0.iter().any(|(seen, _)| *seen == piece) {
+                    top.0.push((piece, logprob));
+                }
+            }
+            top
+        }));
+    }
+}
+
+/// One prompt's finished generation.
+struct Finished {
+    text: String,
+    done: Completion,
+}
+
+async fn run_one(
+    state: &AppState,
+    chat: crate::services::chat::PreparedChat,
+) -> Result<Finished, ApiError> {
+    let mut generation = state.engine().submit(chat)?;
+    let mut text = String::new();
+    while let Some(event) = generation.next().await {
+        match event {
+            GenerationEvent::Content(piece) | GenerationEvent::Reasoning(piece) => {
+                text.push_str(&piece)
+            }
+            GenerationEvent::ToolCall(_) => {}
+            GenerationEvent::Done(done) => return Ok(Finished { text, done }),
+            GenerationEvent::Failed(message) => {
+                return Err(ServiceError::Generation(message).into())
+            }
+        }
+    }
+    Err(ServiceError::EngineStopped.into())
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CompletionBody>,
+) -> Result<Response, ApiError> {
+    check_model(&state, body.model.as_deref())?;
+    let prompts = body.prompts()?;
+    body.refuse_unsupported(prompts.len())?;
+    let codec = state.engine().codec().clone();
+    let mut prepared = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
+        let codec = codec.clone();
+        let ids = blocking(move || prompt_ids(&codec, &prompt)).await?;
+        let request = body.request(ids.clone())?;
+        let codec = state.engine().codec().clone();
+        let chat = blocking(move || codec.prepare_completion(&request)).await?;
+        prepared.push((ids, chat));
+    }
+    let id = random_id("cmpl-");
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let model = state.engine().info().id.clone();
+    if body.stream == Some(true) {
+        let (_, chat) = prepared
+            .pop()
+            .ok_or_else(|| ApiError::bad_request("no prompt"))?;
+        let generation = state.engine().submit(chat)?;
+        return Ok(stream_one(generation, id, created, model).into_response());
+    }
+    let echo = body.echo == Some(true);
+    let mut choices = Vec::with_capacity(prepared.len());
+    let mut usage = Usage::default();
+    for (index, (ids, chat)) in prepared.into_iter().enumerate() {
+        let finished = run_one(&state, chat).await?;
+        let done = &finished.done;
+        usage.prompt_tokens += done.usage.prompt_tokens;
+        usage.completion_tokens += done.usage.completion_tokens;
+        let prompt_text = if echo {
+            codec.detokenize(&ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>())?
+        } else {
+            String::new()
+        };
+        let logprobs = body.logprobs.map(|_| {
+            let mut wire = WireLogprobs::default();
+            let scores = done.logprobs.clone().unwrap_or_default();
+            if echo {
+                wire.push(codec.piece(ids[0]), None, &codec);
+                for (&id, score) in ids[1..].iter().zip(&scores.prompt) {
+                    wire.push(codec.piece(id), Some(score), &codec);
+                }
+            }
+            for score in &scores.generated {
+                wire.push(codec.piece(score.id), Some(score), &codec);
+            }
+            wire
+        });
+        choices.push(TextChoice {
+            index,
+            text: prompt_text + &finished.text,
+            logprobs,
+            finish_reason: Some(done.finish_reason.as_str()),
+        });
+    }
+    Ok(Json(TextCompletion {
+        id,
+        object: "text_completion",
+        created,
+        model,
+        choices,
+        usage: usage.into(),
+    })
+    .into_response())
+}
+
+/// Streams one prompt's text as `text_completion` chunks, the last with its
+/// `finish_reason`, then `[DONE]`; a failure mid-way is sent as `{"error": …}`.
+fn stream_one(
+    generation: crate::services::GenerationStream,
+    id: String,
+    created: u64,
+    model: String,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let chunk = move |text: String, finish: Option<&'static str>| {
+        serde_json::json!({
+            "id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}],
+        })
+        .to_string()
+    };
+    let events = stream::unfold(Some(generation), move |state| {
+        let chunk = chunk.clone();
+        async move {
+            let mut generation = state?;
+            let payloads = match generation.next().await {
+                Some(GenerationEvent::Content(text) | GenerationEvent::Reasoning(text)) => {
+                    vec![chunk(text, None)]
+                }
+                Some(GenerationEvent::ToolCall(_)) => Vec::new(),
+                Some(GenerationEvent::Done(done)) => {
+                    let last = chunk(String::new(), Some(done.finish_reason.as_str()));
+                    return Some((vec![last, "[DONE]".to_owned()], None));
+                }
+                Some(GenerationEvent::Failed(message)) => {
+                    let err = ApiError::from(ServiceError::Generation(message));
+                    return Some((vec![err.body().to_string()], None));
+                }
+                None => {
+                    let err = ApiError::from(ServiceError::EngineStopped);
+                    return Some((vec![err.body().to_string()], None));
+                }
+            };
+            Some((payloads, Some(generation)))
+        }
+    })
+    .flat_map(stream::iter)
+    .map(|data| Ok(Event::default().data(data)));
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(value: Value) -> CompletionBody {
+        serde_json::from_value(value).expect("body")
+    }
+
+    #[test]
+    fn every_prompt_shape_is_read() {
+        let cases = [
+            (json!("hi"), vec![Prompt::Text("hi".into())]),
+            (
+                json!(["a", "b"]),
+                vec![Prompt::Text("a".into()), Prompt::Text("b".into())],
+            ),
+            (json!([1, 2, 3]), vec![Prompt::Ids(vec![1, 2, 3])]),
+            (
+                json!([[1], [2, 3]]),
+                vec![Prompt::Ids(vec![1]), Prompt::Ids(vec![2, 3])],
+            ),
+        ];
+        for (prompt, want) in cases {
+            assert_eq!(body(json!({ "prompt": prompt })).prompts().unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn bad_prompts_name_the_field() {
+        for prompt in [
+            json!([]),
+            json!(5),
+            json!([1, "a"]),
+            json!([[1.5]]),
+            json!({}),
+        ] {
+            let err = body(json!({ "prompt": prompt })).prompts().unwrap_err();
+            assert_eq!(err.param.as_deref(), Some("prompt"), "{prompt}");
+        }
+    }
+
+    #[test]
+    fn streaming_refuses_what_it_cannot_send() {
+        let b = body(json!({"prompt": "x", "stream": true, "logprobs": 1}));
+        assert_eq!(
+            b.refuse_unsupported(1).unwrap_err().param.as_deref(),
+            Some("logprobs")
+        );
+        let b = body(json!({"prompt": ["x", "y"], "stream": true}));
+        assert_eq!(
+            b.refuse_unsupported(2).unwrap_err().param.as_deref(),
+            Some("prompt")
+        );
+        let b = body(json!({"prompt": "x", "n": 2}));
+        assert_eq!(
+            b.refuse_unsupported(1).unwrap_err().param.as_deref(),
+            Some("n")
+        );
+    }
+}
