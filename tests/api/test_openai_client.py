@@ -226,3 +226,47 @@ def test_tiny_model_through_the_real_engine(tiny_server):
                        for c in chunks if c.choices)
     message = whole.choices[0].message
     assert streamed == (getattr(message, "reasoning_content", None) or "") + (message.content or "")
+
+
+def test_tool_choice_required_and_named_force_a_call(stub_server):
+    api = client(stub_server)
+    calculator = {"type": "function", "function": {
+        "name": "calculator",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}}
+    reply = api.chat.completions.create(model="smolbot-stub", messages=ask("Tell me a joke"),
+                                        tools=[WEATHER_TOOL, calculator],
+                                        tool_choice="required")
+    assert reply.choices[0].finish_reason == "tool_calls"
+    assert reply.choices[0].message.tool_calls[0].function.name == "get_weather"
+    named = api.chat.completions.create(
+        model="smolbot-stub", messages=ask("Tell me a joke"), tools=[WEATHER_TOOL, calculator],
+        tool_choice={"type": "function", "function": {"name": "calculator"}})
+    assert named.choices[0].message.tool_calls[0].function.name == "calculator"
+
+
+def test_chat_logprobs_and_penalties(stub_server):
+    reply = client(stub_server).chat.completions.create(
+        model="smolbot-stub", messages=ask("hi"), max_tokens=3, logprobs=True,
+        top_logprobs=2, presence_penalty=0.5, frequency_penalty=0.5)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == 3
+    assert all(entry.top_logprobs[0].token == entry.token for entry in content)
+
+
+def test_text_completion_scores_the_prompt_like_lm_eval_asks(tiny_server):
+    api = client(tiny_server)
+    model = api.models.list().data[0].id
+    reply = api.completions.create(model=model, prompt="The cat sat on the mat", echo=True,
+                                   logprobs=1, max_tokens=1, temperature=0, seed=1234)
+    choice = reply.choices[0]
+    assert choice.text.startswith("The cat sat on the mat")
+    lp = choice.logprobs
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert len(lp.tokens) == reply.usage.prompt_tokens + 1
+    assert all(x <= 0 for x in lp.token_logprobs[1:])
+    # Greedy: the generated token is the best of its alternatives.
+    assert lp.token_logprobs[-1] == max(lp.top_logprobs[-1].values())
+    text = api.completions.create(model=model, prompt="Once upon a", max_tokens=4,
+                                  temperature=0)
+    assert text.usage.completion_tokens <= 4
+    assert text.choices[0].finish_reason in ("length", "stop")
