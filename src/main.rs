@@ -1,11 +1,15 @@
-//! The `smolbot` command line: inspect, generate, perplexity and the synthetic-model maker.
+//! The `smolbot` command line: the server, the terminal chat, the model tools and downloads.
 
 mod cli;
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    let args = cli::Cli::parse();
+    let args = match cli::Cli::parse_with_config() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

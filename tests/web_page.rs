@@ -1,17 +1,20 @@
 //! The chat page driven through the router with `oneshot`: the page and its security headers,
 //! the static files, sending a message and reading its SSE stream of HTML fragments, stop,
-//! tool-call cards, the error paths, and that model or user text cannot inject markup.
+//! tool-call cards, the error paths, and that model or user text cannot inject markup; then
+//! the conversations behind it: their URLs, the sidebar (list, search, rename, delete),
+//! regenerate and edit, settings, slash commands, export, the context meter, and a
+//! conversation surviving a new server over the same data directory.
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
-use smolbot::services::{BackendSpec, Engine};
+use smolbot::services::{BackendSpec, Engine, SessionStore};
 use smolbot::web::{app, AppState};
 use tower::ServiceExt;
 
-async fn stub_app() -> Router {
-    let engine = Engine::start(
+async fn stub_engine() -> Engine {
+    Engine::start(
         BackendSpec::Stub(StubConfig {
             tokens_per_second: 0.0,
             context_length: STUB_CONTEXT_LENGTH,
@@ -19,8 +22,18 @@ async fn stub_app() -> Router {
         4,
     )
     .await
-    .expect("stub engine starts");
-    app(AppState::new(engine, None))
+    .expect("stub engine starts")
+}
+
+/// The app without a data directory: the page keeps conversations in memory.
+async fn stub_app() -> Router {
+    app(AppState::new(stub_engine().await, None))
+}
+
+/// The app over a store in `dir`, as `smolbot serve --data-dir dir` builds it.
+async fn stored_app(dir: &std::path::Path) -> Router {
+    let store = SessionStore::open(dir).await.expect("store opens");
+    app(AppState::new(stub_engine().await, None).with_sessions(store))
 }
 
 struct Reply {
@@ -35,6 +48,11 @@ impl Reply {
             .get(&name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_else(|| panic!("no {name} header"))
+    }
+
+    /// An HTMX response header, e.g. `hx-push-url`.
+    fn hx(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
@@ -81,6 +99,27 @@ async fn send_message(app: &Router, conversation: &str, message: &str, extra: &s
         encode(message)
     );
     call(app, form_request("/chat/send", &body, true)).await
+}
+
+async fn post(app: &Router, uri: &str, body: &str) -> Reply {
+    call(app, form_request(uri, body, true)).await
+}
+
+/// Starts a conversation with `message`, reads the answer to its end, and returns the
+/// conversation's id.
+async fn conversation_with(app: &Router, message: &str, extra: &str) -> String {
+    let sent = send_message(app, "", message, extra).await;
+    assert_eq!(sent.status, StatusCode::OK, "{}", sent.text);
+    let url = sent
+        .hx("hx-push-url")
+        .expect("a new conversation moves to its URL");
+    let id = url.strip_prefix("/c/").expect("/c/{id}").to_owned();
+    assert!(sent.text.contains(&format!(
+        r#"id="conversation-id" name="conversation" value="{id}" hx-swap-oob="true""#
+    )));
+    let streamed = get(app, &stream_url(&sent.text)).await;
+    assert!(streamed.text.contains("event: done"), "{}", streamed.text);
+    id
 }
 
 /// The stream URL in an exchange fragment.
@@ -132,7 +171,15 @@ async fn page_renders_with_a_strict_csp_and_no_inline_script() {
     assert!(page.text.contains("smolbot-stub · stub"));
     assert!(page.text.contains(r#"name="thinking" value="on" checked"#));
     assert!(page.text.contains(r#"<label for="message""#));
-    assert!(page.text.contains(r#"name="conversation" value="c_"#));
+    // A new chat has no conversation until its first message.
+    assert!(page
+        .text
+        .contains(r#"id="conversation-id" name="conversation" value="""#));
+    assert!(page.text.contains("0 / 65,536 tokens"), "the context meter");
+    assert!(page.text.contains(r#"id="theme-toggle""#));
+    assert!(page
+        .text
+        .contains(r#"<script src="/static/theme.js"></script>"#));
 }
 
 #[tokio::test]
@@ -147,6 +194,12 @@ async fn static_files_are_served_with_their_content_type() {
         ),
         ("/static/chat.js", "text/javascript", "requestSubmit"),
         ("/static/chat.css", "text/css", "prefers-color-scheme: dark"),
+        (
+            "/static/chat.css",
+            "text/css",
+            r#":root[data-theme="dark"]"#,
+        ),
+        ("/static/theme.js", "text/javascript", "localStorage"),
     ] {
         let reply = get(&app, path).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}");
@@ -165,8 +218,13 @@ async fn static_files_are_served_with_their_content_type() {
 #[tokio::test]
 async fn send_returns_the_exchange_and_the_stream_brings_the_answer() {
     let app = stub_app().await;
-    let sent = send_message(&app, "c_one", "Hello there", "&thinking=on").await;
+    let sent = send_message(&app, "", "Hello there", "&thinking=on").await;
     assert_eq!(sent.status, StatusCode::OK, "{}", sent.text);
+    let id = sent
+        .hx("hx-push-url")
+        .and_then(|url| url.strip_prefix("/c/"))
+        .expect("the new conversation's URL")
+        .to_owned();
     assert!(sent
         .header(header::CONTENT_SECURITY_POLICY)
         .contains("'self'"));
@@ -218,7 +276,12 @@ async fn send_returns_the_exchange_and_the_stream_brings_the_answer() {
 
     // The answer is over: the stream is gone, and the conversation takes the next message.
     assert_eq!(get(&app, &url).await.status, StatusCode::NOT_FOUND);
-    let again = send_message(&app, "c_one", "And again", "").await;
+    let again = send_message(&app, &id, "And again", "").await;
+    assert_eq!(
+        again.hx("hx-push-url"),
+        None,
+        "the conversation already has its URL"
+    );
     assert_eq!(again.status, StatusCode::OK, "{}", again.text);
     assert!(!again.text.contains("Thinking…"), "thinking off: no block");
     let second = get(&app, &stream_url(&again.text)).await;
@@ -230,7 +293,7 @@ async fn send_returns_the_exchange_and_the_stream_brings_the_answer() {
 async fn user_and_model_markup_is_inert() {
     let app = stub_app().await;
     let payload = "<img src=x onerror=alert(1)> <script>alert(2)</script>";
-    let sent = send_message(&app, "c_xss", payload, "&thinking=on").await;
+    let sent = send_message(&app, "", payload, "&thinking=on").await;
     assert_eq!(sent.status, StatusCode::OK);
     assert!(!sent.text.contains("<img"), "{}", sent.text);
     assert!(!sent.text.contains("<script"), "{}", sent.text);
@@ -245,7 +308,7 @@ async fn tool_calls_arrive_as_cards() {
     let app = stub_app().await;
     let sent = send_message(
         &app,
-        "c_tools",
+        "",
         "What is the weather in Lyon?",
         "&thinking=on&tools=on",
     )
@@ -271,10 +334,11 @@ async fn tool_calls_arrive_as_cards() {
 #[tokio::test]
 async fn stop_cancels_an_answer_and_frees_the_conversation() {
     let app = stub_app().await;
-    let sent = send_message(&app, "c_stop", "Hello", "").await;
+    let sent = send_message(&app, "", "Hello", "").await;
+    let conversation = sent.hx("hx-push-url").expect("url")["/c/".len()..].to_owned();
     let url = stream_url(&sent.text);
     let id = url.trim_start_matches("/chat/stream/");
-    let busy = send_message(&app, "c_stop", "Another", "").await;
+    let busy = send_message(&app, &conversation, "Another", "").await;
     assert_eq!(busy.status, StatusCode::CONFLICT, "{}", busy.text);
     assert!(busy.text.contains("still being written"));
     let stopped = call(&app, form_request(&format!("/chat/stop/{id}"), "", true)).await;
@@ -283,7 +347,9 @@ async fn stop_cancels_an_answer_and_frees_the_conversation() {
     let unknown = call(&app, form_request(&format!("/chat/stop/{id}"), "", true)).await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert_eq!(
-        send_message(&app, "c_stop", "Another", "").await.status,
+        send_message(&app, &conversation, "Another", "")
+            .await
+            .status,
         StatusCode::OK
     );
 }
@@ -311,6 +377,24 @@ async fn bad_sends_are_refused_in_words() {
             "conversation id",
         ),
         ("message=hi", true, StatusCode::BAD_REQUEST, "conversation"),
+        (
+            "conversation=conv_missing&message=hi",
+            true,
+            StatusCode::NOT_FOUND,
+            "no conversation `conv_missing`",
+        ),
+        (
+            "conversation=&message=%2Fbogus",
+            true,
+            StatusCode::BAD_REQUEST,
+            "unknown command `/bogus`",
+        ),
+        (
+            "conversation=&message=%2Ftemp+warm",
+            true,
+            StatusCode::BAD_REQUEST,
+            "/temp needs a number",
+        ),
     ];
     for (body, from_page, status, words) in cases {
         let reply = call(&app, form_request("/chat/send", body, from_page)).await;
@@ -322,4 +406,424 @@ async fn bad_sends_are_refused_in_words() {
         get(&app, "/chat/stream/a_missing").await.status,
         StatusCode::NOT_FOUND
     );
+}
+
+#[tokio::test]
+async fn a_conversation_has_its_own_url_with_its_messages() {
+    let app = stub_app().await;
+    let id = conversation_with(&app, "What is <b>NoPE</b>?", "&thinking=on").await;
+    let page = get(&app, &format!("/c/{id}")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(page
+        .text
+        .contains(&format!(r#"name="conversation" value="{id}""#)));
+    assert!(page
+        .text
+        .contains(r#"<div class="bubble">What is &lt;b&gt;NoPE&lt;&#x2f;b&gt;?</div>"#));
+    // The stored answer: its thoughts collapsed, its Markdown rendered, its line of stats.
+    assert!(page
+        .text
+        .contains(r#"<details class="thinking"><summary>Thoughts"#));
+    assert!(page.text.contains("<table>"), "{}", page.text);
+    assert!(page.text.contains(r#"class="stats""#));
+    assert!(page.text.contains(r#"class="regen""#));
+    // In the sidebar, titled from the first message and marked as the one shown.
+    assert!(page.text.contains(&format!(
+        r#"<a href="/c/{id}" aria-current="page">What is &lt;b&gt;NoPE&lt;&#x2f;b&gt;?</a>"#
+    )));
+    // The meter counts the conversation's tokens.
+    assert!(!page.text.contains("0 / 65,536 tokens"));
+    assert!(page.text.contains("/ 65,536 tokens"));
+    // The page tells that nothing is kept on disk.
+    assert!(page.text.contains("Kept in memory only"));
+}
+
+#[tokio::test]
+async fn unknown_conversations_are_404_pages_and_404_fragments() {
+    let app = stub_app().await;
+    for path in ["/c/conv_missing", "/c/bad%20id", "/c/conv_missing/export"] {
+        let reply = get(&app, path).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let page = get(&app, "/c/conv_missing").await;
+    assert!(page.header(header::CONTENT_TYPE).starts_with("text/html"));
+    assert!(page.text.contains("Conversation not found"));
+    assert!(page.text.contains("conv_missing"));
+    assert!(page
+        .header(header::CONTENT_SECURITY_POLICY)
+        .contains("'self'"));
+    for (uri, body) in [
+        ("/c/conv_missing/rename", "title=x"),
+        ("/c/conv_missing/delete", "conversation="),
+        ("/chat/regenerate", "conversation=conv_missing"),
+        ("/chat/edit", "conversation=conv_missing&message=hi"),
+        ("/chat/settings", "conversation=conv_missing&temperature=1"),
+        ("/chat/send", "conversation=conv_missing&message=%2Fexport"),
+    ] {
+        let reply = post(&app, uri, body).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{uri}: {}", reply.text);
+        assert!(
+            reply.text.contains("no conversation"),
+            "{uri}: {}",
+            reply.text
+        );
+    }
+    let edit = get(&app, "/chat/edit?conversation=conv_missing").await;
+    assert_eq!(edit.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_sidebar_lists_newest_first_and_searches_messages() {
+    let app = stub_app().await;
+    let first = conversation_with(&app, "Tell me about otters", "").await;
+    let second = conversation_with(&app, "Weather on Mars", "").await;
+    let list = get(&app, &format!("/chat/conversations?conversation={first}")).await;
+    assert_eq!(list.status, StatusCode::OK);
+    let otters = list
+        .text
+        .find("Tell me about otters")
+        .expect("first listed");
+    let mars = list.text.find("Weather on Mars").expect("second listed");
+    assert!(mars < otters, "newest first: {}", list.text);
+    assert!(list
+        .text
+        .contains(&format!(r#"<a href="/c/{first}" aria-current="page">"#)));
+    assert!(list.text.contains(&format!(r#"<a href="/c/{second}">"#)));
+    // Search finds titles and message text, case-insensitively.
+    let found = get(&app, "/chat/conversations?q=OTTERS").await;
+    assert!(found.text.contains("Tell me about otters"));
+    assert!(!found.text.contains("Weather on Mars"));
+    let none = get(&app, "/chat/conversations?q=zebra").await;
+    assert!(none.text.contains("No conversation matches “zebra”"));
+    let long = get(&app, &format!("/chat/conversations?q={}", "a".repeat(300))).await;
+    assert_eq!(long.status, StatusCode::BAD_REQUEST);
+    assert!(long.text.contains("at most 200"));
+}
+
+#[tokio::test]
+async fn rename_and_delete_from_the_sidebar() {
+    let app = stub_app().await;
+    let keep = conversation_with(&app, "Keep me", "").await;
+    let gone = conversation_with(&app, "Delete me", "").await;
+
+    let form = get(&app, &format!("/c/{keep}/rename")).await;
+    assert_eq!(form.status, StatusCode::OK);
+    assert!(form.text.contains(r#"name="title" value="Keep me""#));
+    let renamed = post(
+        &app,
+        &format!("/c/{keep}/rename"),
+        &format!("title=My+%3Cfavourite%3E&conversation={keep}"),
+    )
+    .await;
+    assert_eq!(renamed.status, StatusCode::OK, "{}", renamed.text);
+    assert!(
+        renamed.text.contains("My &lt;favourite&gt;"),
+        "{}",
+        renamed.text
+    );
+    assert!(renamed.text.contains("aria-current=\"page\""));
+    let empty = post(&app, &format!("/c/{keep}/rename"), "title=+++").await;
+    assert_eq!(empty.status, StatusCode::BAD_REQUEST);
+    assert!(empty.text.contains("title is empty"));
+    let forged = call(
+        &app,
+        form_request(&format!("/c/{keep}/rename"), "title=x", false),
+    )
+    .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+
+    // Deleting another conversation answers with the list; deleting the one shown moves
+    // the page to a new chat.
+    let other = post(
+        &app,
+        &format!("/c/{gone}/delete"),
+        &format!("conversation={keep}"),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert!(!other.text.contains("Delete me"));
+    assert!(other.text.contains("My &lt;favourite&gt;"));
+    assert_eq!(
+        get(&app, &format!("/c/{gone}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let current = post(
+        &app,
+        &format!("/c/{keep}/delete"),
+        &format!("conversation={keep}"),
+    )
+    .await;
+    assert_eq!(current.hx("hx-redirect"), Some("/"));
+    let again = post(&app, &format!("/c/{keep}/delete"), "").await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn regenerate_replaces_the_last_answer() {
+    let app = stub_app().await;
+    let id = conversation_with(&app, "Hello", "").await;
+    let regenerated = post(&app, "/chat/regenerate", &format!("conversation={id}")).await;
+    assert_eq!(regenerated.status, StatusCode::OK, "{}", regenerated.text);
+    // The transcript up to the question, then a new answer streaming.
+    assert_eq!(regenerated.text.matches(r#"class="msg user""#).count(), 1);
+    assert_eq!(
+        regenerated.text.matches(r#"class="msg assistant"#).count(),
+        1
+    );
+    assert!(regenerated.text.contains("msg assistant streaming"));
+    let busy = post(&app, "/chat/regenerate", &format!("conversation={id}")).await;
+    assert_eq!(busy.status, StatusCode::CONFLICT);
+    let streamed = get(&app, &stream_url(&regenerated.text)).await;
+    assert!(streamed.text.contains("event: done"));
+    let page = get(&app, &format!("/c/{id}")).await;
+    assert_eq!(
+        page.text
+            .matches(r#"<article class="msg assistant""#)
+            .count(),
+        1
+    );
+    assert_eq!(page.text.matches(r#"<article class="msg user""#).count(), 1);
+
+    // A conversation with no question has nothing to regenerate.
+    let settings = post(&app, "/chat/settings", "conversation=&temperature=0.5").await;
+    let empty = settings.hx("hx-push-url").expect("created")["/c/".len()..].to_owned();
+    let nothing = post(&app, "/chat/regenerate", &format!("conversation={empty}")).await;
+    assert_eq!(nothing.status, StatusCode::CONFLICT);
+    assert!(nothing.text.contains("no message to answer again"));
+}
+
+#[tokio::test]
+async fn edit_replaces_the_last_question_and_its_answer() {
+    let app = stub_app().await;
+    let id = conversation_with(&app, "Frist question", "").await;
+    let form = get(&app, &format!("/chat/edit?conversation={id}")).await;
+    assert_eq!(form.status, StatusCode::OK);
+    assert!(
+        form.text.contains(">Frist question</textarea>"),
+        "{}",
+        form.text
+    );
+    let empty = post(&app, "/chat/edit", &format!("conversation={id}&message=+")).await;
+    assert_eq!(empty.status, StatusCode::BAD_REQUEST);
+    let edited = post(
+        &app,
+        "/chat/edit",
+        &format!("conversation={id}&message=First+question"),
+    )
+    .await;
+    assert_eq!(edited.status, StatusCode::OK, "{}", edited.text);
+    assert!(!edited.text.contains("Frist"));
+    assert!(edited
+        .text
+        .contains(r#"<div class="bubble">First question</div>"#));
+    get(&app, &stream_url(&edited.text)).await;
+    let page = get(&app, &format!("/c/{id}")).await;
+    assert!(!page.text.contains("Frist question</div>"));
+    assert_eq!(page.text.matches(r#"<article class="msg user""#).count(), 1);
+    assert_eq!(
+        page.text
+            .matches(r#"<article class="msg assistant""#)
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn settings_are_checked_saved_and_reset() {
+    let app = stub_app().await;
+    let id = conversation_with(&app, "Hi", "").await;
+    for (body, words) in [
+        ("temperature=warm", "temperature must be a number"),
+        ("temperature=-1", "must be ≥ 0"),
+        ("top_p=2", "must be in (0, 1]"),
+        ("max_tokens=1.5", "max tokens must be a number"),
+        ("max_tokens=999999", "at most the model's context, 65536"),
+    ] {
+        let reply = post(&app, "/chat/settings", &format!("conversation={id}&{body}")).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            reply.text
+        );
+        assert!(reply.text.contains(words), "{body}: {}", reply.text);
+    }
+    let saved = post(
+        &app,
+        "/chat/settings",
+        &format!(
+            "conversation={id}&system_prompt=Answer+in+French.&temperature=0.3&top_p=0.9&max_tokens=64"
+        ),
+    )
+    .await;
+    assert_eq!(saved.status, StatusCode::OK, "{}", saved.text);
+    assert!(saved.text.contains("Saved."));
+    assert!(
+        saved.text.contains(r#"id="context-meter""#),
+        "the meter follows"
+    );
+    let page = get(&app, &format!("/c/{id}")).await;
+    assert!(page.text.contains(">Answer in French.</textarea>"));
+    assert!(page.text.contains(r#"value="0.3""#));
+    assert!(page.text.contains(r#"value="0.9""#));
+    assert!(page.text.contains(r#"value="64""#));
+    // The settings reach the model: max tokens caps the answer.
+    let sent = send_message(&app, &id, "Write a lot", "").await;
+    let streamed = get(&app, &stream_url(&sent.text)).await;
+    assert!(streamed.text.contains("· 64 tokens"), "{}", streamed.text);
+
+    let reset = post(&app, "/chat/settings/reset", &format!("conversation={id}")).await;
+    assert_eq!(reset.status, StatusCode::OK);
+    assert!(reset.text.contains("Back to the defaults."));
+    assert!(reset.text.contains(r#"name="thinking" value="on" checked"#));
+    let page = get(&app, &format!("/c/{id}")).await;
+    assert!(!page.text.contains("Answer in French."));
+    assert!(page.text.contains(r#"name="temperature" type="number""#));
+    assert!(!page.text.contains(r#"value="0.3""#));
+    let forged = call(
+        &app,
+        form_request("/chat/settings", &format!("conversation={id}"), false),
+    )
+    .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn slash_commands_change_the_conversation() {
+    let app = stub_app().await;
+    let id = conversation_with(&app, "Hello", "&thinking=on").await;
+
+    let help = send_message(&app, &id, "/help", "&thinking=on").await;
+    assert_eq!(help.status, StatusCode::OK);
+    // MiniJinja writes `/` as `&#x2f;`, which the browser shows as `/`.
+    let help_text = help.text.replace("&#x2f;", "/");
+    for command in [
+        "/new",
+        "/clear",
+        "/think",
+        "/no_think",
+        "/temp N",
+        "/system TEXT",
+        "/export",
+        "/status",
+    ] {
+        assert!(help_text.contains(command), "{command}: {help_text}");
+    }
+
+    let off = send_message(&app, &id, "/no_think", "&thinking=on").await;
+    assert!(off.text.contains("Thinking is off."));
+    assert!(off.text.contains(
+        r#"<input type="checkbox" id="thinking" name="thinking" value="on" hx-swap-oob="true">"#
+    ));
+    // The next message (sent with the box as the page now shows it) has no thinking.
+    let sent = send_message(&app, &id, "Next", "").await;
+    assert!(!sent.text.contains("Thinking…"));
+    let streamed = get(&app, &stream_url(&sent.text)).await;
+    assert!(!streamed.text.contains("event: reasoning"));
+    let on = send_message(&app, &id, "/think", "").await;
+    assert!(on.text.contains("Thinking is on."));
+    assert!(on.text.contains(r#"value="on" checked hx-swap-oob="true""#));
+
+    let temp = send_message(&app, &id, "/temp 0.25", "&thinking=on").await;
+    assert!(
+        temp.text.contains("Temperature set to 0.25."),
+        "{}",
+        temp.text
+    );
+    let system = send_message(&app, &id, "/system Be terse.", "&thinking=on").await;
+    assert!(system.text.contains("System prompt set."));
+    let status = send_message(&app, &id, "/status", "&thinking=on").await;
+    assert!(
+        status.text.contains("Model: smolbot-stub (stub)"),
+        "{}",
+        status.text
+    );
+    assert!(status.text.contains("of 65,536 tokens"));
+    assert!(status.text.contains("temperature 0.25"));
+    assert!(status.text.contains("System prompt: Be terse."));
+
+    let export = send_message(&app, &id, "/export", "").await;
+    assert!(export
+        .text
+        .contains(&format!(r#"href="/c/{id}/export?format=md" download"#)));
+    assert!(export
+        .text
+        .contains(&format!(r#"href="/c/{id}/export?format=json" download"#)));
+    let nothing = send_message(&app, "", "/export", "").await;
+    assert_eq!(nothing.status, StatusCode::CONFLICT);
+
+    let new = send_message(&app, &id, "/new", "").await;
+    assert_eq!(new.hx("hx-redirect"), Some("/"));
+    let clear = send_message(&app, &id, "/clear", "").await;
+    assert_eq!(clear.hx("hx-redirect"), Some(format!("/c/{id}").as_str()));
+    let page = get(&app, &format!("/c/{id}")).await;
+    assert!(!page.text.contains(r#"<article class="msg"#), "cleared");
+    assert!(page.text.contains("Be terse."), "settings stay");
+}
+
+#[tokio::test]
+async fn export_downloads_markdown_and_json() {
+    let app = stub_app().await;
+    let id = conversation_with(&app, "Export me", "").await;
+    let md = get(&app, &format!("/c/{id}/export?format=md")).await;
+    assert_eq!(md.status, StatusCode::OK);
+    assert!(md.header(header::CONTENT_TYPE).starts_with("text/markdown"));
+    assert_eq!(
+        md.header(header::CONTENT_DISPOSITION),
+        format!("attachment; filename=\"{id}.md\"")
+    );
+    assert!(md.text.contains("Export me"));
+    let json = get(&app, &format!("/c/{id}/export?format=json")).await;
+    assert!(json
+        .header(header::CONTENT_TYPE)
+        .starts_with("application/json"));
+    let document: serde_json::Value = serde_json::from_str(&json.text).expect("JSON");
+    assert_eq!(document["conversation"]["id"], id.as_str());
+    assert_eq!(document["messages"][0]["role"], "user");
+    assert_eq!(document["messages"][0]["content"], "Export me");
+    assert_eq!(document["messages"][1]["role"], "assistant");
+    let bad = get(&app, &format!("/c/{id}/export?format=pdf")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.text.contains("`format` must be `md` or `json`"));
+}
+
+#[tokio::test]
+async fn the_done_event_updates_the_context_meter() {
+    let app = stub_app().await;
+    let sent = send_message(&app, "", "Hello", "").await;
+    let streamed = get(&app, &stream_url(&sent.text)).await;
+    let events = sse_events(&streamed.text);
+    let (_, done) = events.iter().find(|(e, _)| e == "done").expect("done");
+    assert!(
+        done.contains(r#"<span id="context-meter" class="meter" hx-swap-oob="true""#),
+        "{done}"
+    );
+    assert!(done.contains("/ 65,536 tokens"), "{done}");
+}
+
+#[tokio::test]
+async fn conversations_survive_a_new_server_on_the_same_data_dir() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = {
+        let app = stored_app(dir.path()).await;
+        let id = conversation_with(&app, "Remember the otters", "").await;
+        let page = get(&app, &format!("/c/{id}")).await;
+        assert!(!page.text.contains("Kept in memory only"));
+        id
+    };
+    let app = stored_app(dir.path()).await;
+    let page = get(&app, &format!("/c/{id}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page
+        .text
+        .contains(r#"<div class="bubble">Remember the otters</div>"#));
+    assert!(page.text.contains("<table>"), "the answer was stored");
+    let home = get(&app, "/").await;
+    assert!(home
+        .text
+        .contains(&format!(r#"<a href="/c/{id}">Remember the otters</a>"#)));
+    // The page and the API share the store.
+    let api = get(&app, &format!("/api/conversations/{id}/messages")).await;
+    assert_eq!(api.status, StatusCode::OK);
+    assert!(api.text.contains("Remember the otters"));
 }

@@ -1,6 +1,8 @@
 //! Subcommands of the `smolbot` binary; each module is the glue for one of them.
 
 mod bench;
+mod chat;
+mod config;
 mod generate;
 mod inspect;
 mod perplexity;
@@ -10,10 +12,11 @@ mod serve;
 mod synth;
 mod tokenize;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -22,8 +25,26 @@ use clap::{Args, Parser, Subcommand};
     about = "A self-hosted chat server for SmolLM3-3B"
 )]
 pub struct Cli {
+    /// TOML file whose keys set the defaults of the serve and chat flags (`port = 8080`);
+    /// default: $XDG_CONFIG_HOME/smolbot/config.toml or ~/.config/smolbot/config.toml, if it
+    /// exists. Flags and environment variables win over it.
+    // Read by `config::locate` before clap runs; declared so that clap accepts and documents it.
+    #[allow(dead_code)]
+    #[arg(long, global = true, env = config::CONFIG_ENV, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// Parses the command line with the configuration file's settings as defaults; clap's
+    /// own errors (and `--help`) exit here as usual, a bad file is an error.
+    pub fn parse_with_config() -> anyhow::Result<Self> {
+        let args: Vec<OsString> = std::env::args_os().collect();
+        let command = config::apply(Self::command(), &args)?;
+        let matches = command.get_matches_from(args);
+        Self::from_arg_matches(&matches).map_err(|err| err.exit())
+    }
 }
 
 #[derive(Subcommand)]
@@ -48,6 +69,8 @@ enum Command {
     Pull(pull::PullArgs),
     /// List the GGUF models in the HF cache: repository, file, revision, size, path.
     List(pull::ListArgs),
+    /// Chat in the terminal, on the same engine and conversation store as the server.
+    Chat(chat::ChatArgs),
 }
 
 /// Options every model-running command shares.
@@ -88,5 +111,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Render(a) => render::run(a),
         Command::Pull(a) => pull::run_pull(a),
         Command::List(a) => pull::run_list(a),
+        Command::Chat(a) => chat::run(a),
     }
 }

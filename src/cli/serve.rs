@@ -1,74 +1,131 @@
 //! `smolbot serve`: the chat server — the OpenAI-compatible API over the real model or the
 //! stub. Glue only: parse the flags, start the engine, bind, serve until Ctrl-C or SIGTERM.
 
+use std::future::IntoFuture;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use clap::Args;
 use smolbot::services::engine::DEFAULT_QUEUE_CAPACITY;
 use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
 use smolbot::services::{BackendSpec, Engine};
+use smolbot::web::app::loading_gate;
 use smolbot::web::{app, AppState};
+
+/// Which model to run and how; `serve` and `chat` share them.
+#[derive(Args)]
+pub struct ModelArgs {
+    /// Path to the GGUF model file.
+    #[arg(long, short = 'm', env = "SMOLBOT_MODEL", conflicts_with = "stub")]
+    pub model: Option<PathBuf>,
+    /// Without --model: the model from the Hub's cache, downloaded on first use.
+    #[command(flatten)]
+    pub hub: super::pull::HubArgs,
+    /// Use the deterministic stub model (no weights) instead of a real one.
+    #[arg(long, env = "SMOLBOT_STUB")]
+    pub stub: bool,
+    /// Pace of the stub's output in tokens per second (0: as fast as possible).
+    #[arg(long, env = "SMOLBOT_STUB_TOKENS_PER_SECOND", default_value_t = 60.0)]
+    pub stub_tokens_per_second: f64,
+    /// CPU threads for the matrix kernels (default: all cores).
+    #[arg(long, env = "SMOLBOT_THREADS")]
+    pub threads: Option<usize>,
+    /// Run on the CPU even when built with CUDA.
+    #[arg(long, env = "SMOLBOT_CPU")]
+    pub cpu: bool,
+}
+
+impl ModelArgs {
+    /// Applies `--threads` and finds the model file, downloading it if needed. Call it on the
+    /// main thread before the async runtime starts: candle sizes its pools from
+    /// `RAYON_NUM_THREADS` at first use, and the download uses a blocking HTTP client.
+    pub fn prepare(&mut self) -> anyhow::Result<()> {
+        if let Some(n) = self.threads {
+            // Safe: no other thread exists yet.
+            unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
+        }
+        if self.model.is_none() && !self.stub {
+            self.model = Some(super::pull::resolve_for_serve(&self.hub)?);
+        }
+        Ok(())
+    }
+
+    /// What the engine loads; `alias` renames a real model in `/v1/models`.
+    pub fn spec(&self, alias: Option<String>) -> anyhow::Result<BackendSpec> {
+        Ok(match (&self.model, self.stub) {
+            (_, true) => BackendSpec::Stub(StubConfig {
+                tokens_per_second: self.stub_tokens_per_second,
+                context_length: STUB_CONTEXT_LENGTH,
+            }),
+            (Some(path), false) => BackendSpec::Gguf {
+                path: path.clone(),
+                force_cpu: self.cpu,
+                alias,
+            },
+            (None, false) => anyhow::bail!("give a model with --model FILE, or --stub"),
+        })
+    }
+}
+
+/// Starts the engine, with a spinner on a terminal: loading a 1.9 GB file takes a while and
+/// the engine reports no finer progress than "ready".
+pub async fn load_engine(spec: BackendSpec, queue_size: usize) -> anyhow::Result<Engine> {
+    let what = match &spec {
+        BackendSpec::Gguf { path, .. } => {
+            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            format!("{} ({})", path.display(), indicatif::HumanBytes(size))
+        }
+        _ => "the stub model".to_owned(),
+    };
+    tracing::info!("loading {what}");
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {what}"));
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]") {
+        spinner.set_style(style);
+    }
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let started = std::time::Instant::now();
+    let engine = Engine::start(spec, queue_size).await;
+    spinner.finish_and_clear();
+    let engine = engine.context("cannot start the model")?;
+    tracing::info!(
+        "loaded {} in {:.1} s",
+        engine.info().id,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(engine)
+}
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Path to the GGUF model file to serve.
-    #[arg(long, short = 'm', env = "SMOLBOT_MODEL", conflicts_with = "stub")]
-    model: Option<PathBuf>,
-    /// Without --model: the model from the Hub's cache, downloaded on first use.
     #[command(flatten)]
-    hub: super::pull::HubArgs,
-    /// Serve the deterministic stub model (no weights) instead of a real one.
-    #[arg(long, env = "SMOLBOT_STUB")]
-    stub: bool,
+    pub(super) model: ModelArgs,
     /// Address to listen on; 127.0.0.1 keeps the server to this machine.
     #[arg(long, env = "SMOLBOT_HOST", default_value = "127.0.0.1")]
-    host: String,
+    pub(super) host: String,
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "SMOLBOT_PORT", default_value_t = 3000)]
-    port: u16,
+    pub(super) port: u16,
     /// Require `Authorization: Bearer KEY` on `/v1/*`.
     #[arg(long, env = "SMOLBOT_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    pub(super) api_key: Option<String>,
     /// Name the model answers to in `/v1/models` (default: the file name without `.gguf`).
     #[arg(long, env = "SMOLBOT_MODEL_ALIAS")]
-    alias: Option<String>,
-    /// CPU threads for the matrix kernels (default: all cores).
-    #[arg(long, env = "SMOLBOT_THREADS")]
-    threads: Option<usize>,
-    /// Run on the CPU even when built with CUDA.
-    #[arg(long, env = "SMOLBOT_CPU")]
-    cpu: bool,
+    pub(super) alias: Option<String>,
     /// Requests that may wait for the model; more are refused with 503 and Retry-After.
     #[arg(long, env = "SMOLBOT_QUEUE_SIZE", default_value_t = DEFAULT_QUEUE_CAPACITY)]
-    queue_size: usize,
-    /// Pace of the stub's output in tokens per second (0: as fast as possible).
-    #[arg(long, env = "SMOLBOT_STUB_TOKENS_PER_SECOND", default_value_t = 60.0)]
-    stub_tokens_per_second: f64,
+    pub(super) queue_size: usize,
     /// Folder of the conversation database (default: $XDG_DATA_HOME/smolbot or
     /// ~/.local/share/smolbot).
     #[arg(long, env = "SMOLBOT_DATA_DIR")]
-    data_dir: Option<PathBuf>,
+    pub(super) data_dir: Option<PathBuf>,
 }
 
 pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
-    if let Some(n) = args.threads {
-        // Safe: called on the main thread before any other thread exists; candle sizes its
-        // pools from this variable at first use.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
-    }
-    // Before the async runtime: the download uses a blocking HTTP client.
-    if args.model.is_none() && !args.stub {
-        args.model = Some(super::pull::resolve_for_serve(&args.hub)?);
-    }
+    init_logging();
+    args.model.prepare()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -76,22 +133,21 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(serve(args))
 }
 
+/// Logs to stderr, `info` unless `RUST_LOG` says otherwise.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Binds first and loads the model behind a [`loading_gate`], so `/health` and the page
+/// answer "loading" while a large file loads instead of leaving the port closed.
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let spec = match (&args.model, args.stub) {
-        (_, true) => BackendSpec::Stub(StubConfig {
-            tokens_per_second: args.stub_tokens_per_second,
-            context_length: STUB_CONTEXT_LENGTH,
-        }),
-        (Some(path), false) => BackendSpec::Gguf {
-            path: path.clone(),
-            force_cpu: args.cpu,
-            alias: args.alias.clone(),
-        },
-        (None, false) => anyhow::bail!("give a model with --model FILE, or --stub"),
-    };
-    let engine = Engine::start(spec, args.queue_size)
-        .await
-        .context("cannot start the model")?;
+    let spec = args.model.spec(args.alias.clone())?;
     let data_dir = args
         .data_dir
         .clone()
@@ -102,22 +158,53 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("conversations are kept in {}", sessions.path().display());
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
-        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}:{} (is another server using the port? pick another \
+                 with --port)",
+                args.host, args.port
+            )
+        })?;
     let address = listener.local_addr()?;
-    let info = engine.info();
-    tracing::info!(
-        "serving {} ({} tokens of context) on http://{address}",
-        info.id,
-        info.context_length
+    let api_key = args.api_key.filter(|key| !key.is_empty());
+    if let Some(warning) = exposure_warning(address.ip(), api_key.is_some()) {
+        eprintln!("{warning}");
+    }
+    let ready = Arc::new(OnceLock::new());
+    let mut server = tokio::spawn(
+        axum::serve(listener, loading_gate(Arc::clone(&ready)))
+            .with_graceful_shutdown(shutdown_signal())
+            .into_future(),
     );
-    axum::serve(
-        listener,
-        app(AppState::new(engine, args.api_key).with_sessions(sessions)),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("the server failed")?;
+    // Not "on http://…": scripts wait for that line of the ready server.
+    tracing::info!("listening at {address} while the model loads");
+    let engine = tokio::select! {
+        engine = load_engine(spec, args.queue_size) => engine?,
+        stopped = &mut server => {
+            stopped.context("the server failed")?.context("the server failed")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let (id, context_length) = (engine.info().id.clone(), engine.info().context_length);
+    let _ = ready.set(app(AppState::new(engine, api_key).with_sessions(sessions)));
+    // Only once the full app answers: scripts start their requests on this line.
+    tracing::info!("serving {id} ({context_length} tokens of context) on http://{address}");
+    server
+        .await
+        .context("the server failed")?
+        .context("the server failed")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The warning for a server that anyone on the network can use: listening beyond loopback
+/// with no API key.
+fn exposure_warning(ip: IpAddr, has_key: bool) -> Option<String> {
+    (!ip.is_loopback() && !has_key).then(|| {
+        format!(
+            "warning: listening on {ip} without --api-key: anyone who can reach this machine \
+             can use the model. Set --api-key (or SMOLBOT_API_KEY), or listen on 127.0.0.1."
+        )
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM, so the server stops accepting and finishes what it sends.
@@ -141,4 +228,19 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exposure_warning;
+
+    #[test]
+    fn warns_only_beyond_loopback_without_a_key() {
+        let warning = exposure_warning("0.0.0.0".parse().unwrap(), false).expect("a warning");
+        assert!(warning.contains("0.0.0.0") && warning.contains("--api-key"));
+        assert!(exposure_warning("0.0.0.0".parse().unwrap(), true).is_none());
+        assert!(exposure_warning("127.0.0.1".parse().unwrap(), false).is_none());
+        assert!(exposure_warning("::1".parse().unwrap(), false).is_none());
+        assert!(exposure_warning("192.168.1.5".parse().unwrap(), false).is_some());
+    }
 }

@@ -36,6 +36,11 @@ pub enum InferenceError {
     ContextFull { needed: usize, limit: usize },
     #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
     TokenOutOfRange { id: u32, vocab: usize },
+    #[error(
+        "the cache holds {cached} tokens but the prompt has {prompt}: at least one prompt token \
+         must be left to run (and scoring the prompt needs an empty cache)"
+    )]
+    CacheMismatch { cached: usize, prompt: usize },
     #[error("the prompt is empty: at least one token is needed to generate from")]
     EmptyPrompt,
     #[error("invalid sampling setting: {0}")]

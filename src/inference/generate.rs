@@ -44,6 +44,11 @@ pub struct GenerationStats {
     pub stop: StopReason,
     /// Scores of the prompt's tokens after the first, when the request asked for them.
     pub prompt_logprobs: Vec<TokenLogprobs>,
+    /// Prompt tokens the cache already held, so not run again.
+    pub cached_tokens: usize,
+    /// What the cache holds afterwards: the prompt and every token fed after it. The next
+    /// prompt that starts with these can reuse the cache.
+    pub tokens: Vec<u32>,
 }
 
 impl GenerationStats {
@@ -142,6 +147,10 @@ pub fn generate_with(
 }
 
 /// The token loop with everything it can report: prefill progress, log-probabilities.
+///
+/// `cache` may already hold the first `cache.len()` tokens of `prompt` (a conversation's
+/// earlier turns); only the rest is run. At least one prompt token must be left to run, as its
+/// logits choose the first new token.
 pub fn generate_observed(
     model: &Transformer,
     cache: &mut SequenceCache,
@@ -151,10 +160,17 @@ pub fn generate_observed(
 ) -> Result<GenerationStats> {
     let mut sampler = Sampler::new(request.sampling.clone())?;
     let limit = model.config().context_length;
-    if cache.len() + prompt.len() >= limit {
+    if prompt.len() >= limit {
         return Err(InferenceError::ContextFull {
-            needed: cache.len() + prompt.len() + 1,
+            needed: prompt.len() + 1,
             limit,
+        });
+    }
+    let cached = cache.len();
+    if cached >= prompt.len() || (cached > 0 && request.prompt_logprobs.is_some()) {
+        return Err(InferenceError::CacheMismatch {
+            cached,
+            prompt: prompt.len(),
         });
     }
     let started = Instant::now();
@@ -165,6 +181,8 @@ pub fn generate_observed(
         generation_time: Duration::ZERO,
         stop: StopReason::Cancelled,
         prompt_logprobs: Vec::new(),
+        cached_tokens: cached,
+        tokens: Vec::new(),
     };
     let total = prompt.len();
     let prefilled = match request.prompt_logprobs {
@@ -175,6 +193,7 @@ pub fn generate_observed(
     };
     stats.prompt_time = started.elapsed();
     let Some((prompt_logprobs, mut row)) = prefilled else {
+        stats.tokens = prompt[..cache.len()].to_vec();
         return Ok(stats);
     };
     stats.prompt_logprobs = prompt_logprobs;
@@ -207,11 +226,13 @@ pub fn generate_observed(
     stats.generated_tokens = generated;
     stats.generation_time = started.elapsed();
     stats.stop = stop;
+    history.truncate(cache.len());
+    stats.tokens = history;
     Ok(stats)
 }
 
-/// Runs `prompt` into `cache` step by step; the last position's logits, or `None` when the
-/// sink cancelled.
+/// Runs what `cache` lacks of `prompt` step by step; the last position's logits, or `None`
+/// when the sink cancelled.
 fn prefill(
     model: &Transformer,
     cache: &mut SequenceCache,
@@ -219,8 +240,8 @@ fn prefill(
     sink: &mut dyn TokenSink,
 ) -> Result<Option<Vec<f32>>> {
     let mut last = None;
-    let mut done = 0;
-    for step in prompt.chunks(PREFILL_STEP) {
+    let mut done = cache.len();
+    for step in prompt[done..].chunks(PREFILL_STEP) {
         last = Some(model.forward(step, cache, false)?);
         done += step.len();
         if sink.prefilled(done, prompt.len()).is_break() {

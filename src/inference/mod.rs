@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod logprobs;
 pub mod model;
 pub mod perplexity;
+pub mod prefix_cache;
 pub mod rope;
 pub mod sampling;
 

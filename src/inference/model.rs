@@ -85,6 +85,46 @@ impl SequenceCache {
         self.layers.iter_mut().for_each(KvCache::reset);
         self.len = 0;
     }
+
+    /// Forgets every position from `len` on, keeping the first `len` (a shared prefix of the
+    /// next prompt). candle's cache cannot shrink in place, so the kept part is copied back:
+    /// about 0.1 s for 2,000 positions of SmolLM3-3B.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.len {
+            return Ok(());
+        }
+        if len == 0 {
+            self.clear();
+            return Ok(());
+        }
+        for kv in &mut self.layers {
+            // A real copy: appending a view of the cache's own storage back into it would
+            // read and write the same buffer.
+            let (Some(k), Some(v)) = (kv.k()?, kv.v()?) else {
+                continue;
+            };
+            let k = k.narrow(2, 0, len)?.contiguous()?.copy()?;
+            let v = v.narrow(2, 0, len)?.contiguous()?.copy()?;
+            kv.reset();
+            kv.append(&k, &v)?;
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// Bytes the cache holds allocated (it grows in steps, so at least `len` positions).
+    pub fn allocated_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|kv| {
+                [kv.k_cache(), kv.v_cache()]
+                    .iter()
+                    .filter_map(|c| c.all_data().as_ref())
+                    .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+                    .sum::<usize>()
+            })
+            .sum()
+    }
 }
 
 /// How weight matrices are held in memory.

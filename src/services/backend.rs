@@ -14,7 +14,8 @@ use super::stub::{StubConfig, StubModel};
 use crate::inference::generate::{
     generate_observed, GenerationRequest, GenerationStats, TokenSink,
 };
-use crate::inference::GgufFile;
+use crate::inference::prefix_cache::{PrefixCache, DEFAULT_BUDGET_BYTES};
+use crate::inference::{GgufFile, InferenceError};
 use crate::smollm3::chat_template::ChatTemplate;
 use crate::smollm3::prompt::{model_template, special_token_kwargs};
 use crate::smollm3::{LoadedModel, Smollm3Error};
@@ -93,7 +94,10 @@ impl BackendSpec {
                     context_length,
                 );
                 Ok(LoadedBackend {
-                    model: Box::new(GgufModel { model }),
+                    model: Box::new(GgufModel {
+                        model,
+                        prefixes: PrefixCache::new(DEFAULT_BUDGET_BYTES),
+                    }),
                     codec,
                     info: ModelInfo {
                         id,
@@ -132,9 +136,11 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The real model: a fresh KV cache per request, the shared token loop.
+/// The real model and the KV caches of its recent generations, which the next turn of the
+/// same conversation reuses.
 struct GgufModel {
     model: LoadedModel,
+    prefixes: PrefixCache,
 }
 
 impl TokenModel for GgufModel {
@@ -145,8 +151,21 @@ impl TokenModel for GgufModel {
         sink: &mut dyn TokenSink,
     ) -> Result<GenerationStats, ServiceError> {
         let transformer = &self.model.transformer;
-        let mut cache = transformer.new_cache();
-        generate_observed(transformer, &mut cache, prompt, request, sink)
-            .map_err(|err| ServiceError::Generation(err.to_string()))
+        let generation_error = |err: InferenceError| ServiceError::Generation(err.to_string());
+        // Scoring a prompt needs every position's logits, so it runs from scratch.
+        let reuse = request.prompt_logprobs.is_none();
+        let mut cache = if reuse {
+            self.prefixes
+                .take(transformer, prompt)
+                .map_err(generation_error)?
+        } else {
+            transformer.new_cache()
+        };
+        let stats = generate_observed(transformer, &mut cache, prompt, request, sink)
+            .map_err(generation_error)?;
+        if reuse {
+            self.prefixes.put(stats.tokens.clone(), cache);
+        }
+        Ok(stats)
     }
 }

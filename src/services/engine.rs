@@ -220,7 +220,8 @@ fn run_job(
             completion_tokens: stats.generated_tokens,
         },
         timings: Timings {
-            prompt_tokens: stats.prompt_tokens,
+            prompt_tokens: stats.prompt_tokens - stats.cached_tokens,
+            cached_tokens: stats.cached_tokens,
             prompt_time: stats.prompt_time,
             predicted_tokens: stats.generated_tokens,
             predicted_time: stats.generation_time,

@@ -63,7 +63,10 @@ pub struct Usage {
 /// How long the prompt and the answer took (llama.cpp server's `timings`).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Timings {
+    /// Prompt tokens run for this request (the rest came from a kept cache).
     pub prompt_tokens: usize,
+    /// Prompt tokens a kept cache already held (llama.cpp's `cache_n`).
+    pub cached_tokens: usize,
     pub prompt_time: Duration,
     pub predicted_tokens: usize,
     pub predicted_time: Duration,

@@ -146,6 +146,8 @@ impl TokenModel for StubModel {
                 generation_time: Duration::ZERO,
                 stop: StopReason::Cancelled,
                 prompt_logprobs,
+                cached_tokens: 0,
+                tokens: Vec::new(),
             });
         }
         let started = Instant::now();
@@ -182,6 +184,8 @@ impl TokenModel for StubModel {
             generation_time: started.elapsed(),
             stop,
             prompt_logprobs,
+            cached_tokens: 0,
+            tokens: Vec::new(),
         })
     }
 }

@@ -5,7 +5,8 @@
 //! - `static/htmx.min.js`: htmx.org 2.0.11 (`dist/htmx.min.js`)
 //! - `static/sse.min.js`: htmx-ext-sse 2.2.4 (`dist/sse.min.js`)
 //!
-//! `chat.js` and `chat.css` are ours.
+//! `chat.js`, `theme.js` and `chat.css` are ours. `theme.js` is tiny and loaded without
+//! `defer`, so a theme chosen earlier applies before the first paint (no flash of the other).
 
 use axum::extract::Request;
 use axum::http::{header, HeaderValue};
@@ -37,6 +38,10 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route(
             "/static/chat.js",
             get(|| asset(JAVASCRIPT, include_str!("static/chat.js"))),
+        )
+        .route(
+            "/static/theme.js",
+            get(|| asset(JAVASCRIPT, include_str!("static/theme.js"))),
         )
         .route(
             "/static/chat.css",

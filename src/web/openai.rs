@@ -500,6 +500,8 @@ impl From<Usage> for WireUsage {
 /// llama.cpp server's `timings` object.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct WireTimings {
+    /// Prompt tokens reused from the kept cache.
+    pub cache_n: usize,
     pub prompt_n: usize,
     pub prompt_ms: f64,
     pub prompt_per_token_ms: f64,
@@ -523,6 +525,7 @@ impl From<Timings> for WireTimings {
         };
         let (prompt_ms, predicted_ms) = (ms(t.prompt_time), ms(t.predicted_time));
         Self {
+            cache_n: t.cached_tokens,
             prompt_n: t.prompt_tokens,
             prompt_ms,
             prompt_per_token_ms: per_token(prompt_ms, t.prompt_tokens),

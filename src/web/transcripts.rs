@@ -1,21 +1,22 @@
-//! Where the chat page keeps each conversation's messages between turns, so a follow-up
-//! question is sent with what came before.
+//! The chat page's conversations, kept in the [`SessionStore`]: ids as the page carries them,
+//! the request sent to the model from a stored conversation, and stored messages as the
+//! templates show them.
 //!
-//! The page reaches its conversations only through [`Transcripts`], so the in-memory store
-//! here (lost on restart, enough for one browser tab's conversation) can be swapped for the
-//! persistent session store without touching the page handlers.
+//! The page goes to the same store as `/api/conversations`, so a conversation started on the
+//! page can be read, exported or continued through the API and the other way round. A server
+//! without a data directory gives the page an in-memory store ([`SessionStore::in_memory`]):
+//! one code path, with persistence the only difference.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use serde::Serialize;
+use serde_json::Value as Json;
 
-use crate::services::chat::ChatMessage;
-
-/// Conversations the in-memory store keeps; the oldest is forgotten first. 256 open tabs is
-/// far beyond one person's use and bounds memory if a script opens pages in a loop.
-pub const MAX_CONVERSATIONS: usize = 256;
+use super::markdown::render_markdown;
+use crate::inference::sampling::SamplingParams;
+use crate::services::chat::{ChatMessage, ChatRequest, Role, TokenLimit};
+use crate::services::sessions::{ConversationSettings, MessageStatus, StoredMessage};
 
 /// A conversation's id as the page carries it: 1 to 64 of `[A-Za-z0-9_-]`, so it is safe in
-/// a URL, an HTML attribute and a log line.
+/// a URL, an HTML attribute and a log line. The store's ids (`conv_` and 16 letters) fit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ConversationId(String);
 
@@ -34,59 +35,167 @@ impl ConversationId {
     }
 }
 
-/// The page's view of conversation storage.
-pub trait Transcripts: Send + Sync {
-    /// The messages of `conversation`, oldest first; empty for one never seen.
-    fn history(&self, conversation: &ConversationId) -> Vec<ChatMessage>;
-    /// Adds `message` at the end of `conversation`, starting it if new.
-    fn append(&self, conversation: &ConversationId, message: ChatMessage);
+/// Whether a stored message goes back to the model: failed answers and empty leftovers
+/// would only confuse it.
+fn usable(message: &StoredMessage) -> bool {
+    let finished = matches!(
+        message.status,
+        MessageStatus::Complete | MessageStatus::Stopped
+    );
+    finished && !(message.content.is_empty() && message.tool_calls.is_none())
 }
 
-/// Conversations in memory, at most [`MAX_CONVERSATIONS`] of them.
-#[derive(Default)]
-pub struct MemoryTranscripts {
-    inner: Mutex<MemoryInner>,
-}
-
-#[derive(Default)]
-struct MemoryInner {
-    messages: HashMap<ConversationId, Vec<ChatMessage>>,
-    /// Conversations in the order they started, to forget the oldest.
-    order: VecDeque<ConversationId>,
-}
-
-impl Transcripts for MemoryTranscripts {
-    fn history(&self, conversation: &ConversationId) -> Vec<ChatMessage> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner
-            .messages
-            .get(conversation)
-            .cloned()
-            .unwrap_or_default()
+/// The request for the model: the conversation's settings, its usable history, and `next`
+/// (a new user message) when there is one; a regenerated answer has none, as its question is
+/// already the last message of `history`.
+pub fn chat_request(
+    settings: &ConversationSettings,
+    history: &[StoredMessage],
+    next: Option<&str>,
+    tools: Vec<Json>,
+) -> ChatRequest {
+    let mut messages = Vec::with_capacity(history.len() + 2);
+    if let Some(system) = settings
+        .system_prompt
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    {
+        messages.push(ChatMessage::new(Role::System, system));
     }
-
-    fn append(&self, conversation: &ConversationId, message: ChatMessage) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if !inner.messages.contains_key(conversation) {
-            while inner.order.len() >= MAX_CONVERSATIONS {
-                if let Some(oldest) = inner.order.pop_front() {
-                    inner.messages.remove(&oldest);
-                }
-            }
-            inner.order.push_back(conversation.clone());
-        }
-        inner
-            .messages
-            .entry(conversation.clone())
-            .or_default()
-            .push(message);
+    for message in history.iter().filter(|m| usable(m)) {
+        messages.push(ChatMessage {
+            role: message.role,
+            content: message.content.clone(),
+            tool_calls: message.calls(),
+        });
     }
+    if let Some(text) = next {
+        messages.push(ChatMessage::new(Role::User, text));
+    }
+    let defaults = SamplingParams::default();
+    ChatRequest {
+        messages,
+        tools,
+        enable_thinking: Some(thinking(settings)),
+        max_tokens: settings.max_tokens.map(|value| TokenLimit {
+            field: "max_tokens",
+            value,
+        }),
+        sampling: SamplingParams {
+            temperature: settings.temperature.unwrap_or(defaults.temperature),
+            top_p: settings.top_p.unwrap_or(defaults.top_p),
+            // A fresh seed per answer, so Regenerate gives another answer.
+            seed: rand::random(),
+            ..defaults
+        },
+        ..ChatRequest::default()
+    }
+}
+
+/// The conversation's thinking switch; SmolLM3 thinks unless told not to.
+pub fn thinking(settings: &ConversationSettings) -> bool {
+    settings.thinking.unwrap_or(true)
+}
+
+/// A tool call as its card shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolView {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A stored message as the page shows it. `html` is sanitised Markdown; everything else is
+/// text that the templates escape.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageView {
+    pub role: &'static str,
+    pub text: String,
+    pub html: String,
+    pub reasoning: Option<String>,
+    pub tools: Vec<ToolView>,
+    pub note: Option<&'static str>,
+    pub stats: Option<String>,
+}
+
+/// The line under an answer: time to first token is not stored, so only rate and count.
+fn stats_line(message: &StoredMessage) -> Option<String> {
+    let tokens = message.stats.completion_tokens?;
+    let rate = message
+        .stats
+        .generation_ms
+        .filter(|ms| *ms > 0.0)
+        .map(|ms| tokens as f64 * 1000.0 / ms);
+    Some(match rate {
+        Some(rate) => format!("{rate:.1} tokens/s · {tokens} tokens"),
+        None => format!("{tokens} tokens"),
+    })
+}
+
+/// The messages the page shows: user and assistant turns (system and tool messages, which
+/// only an API client can add, are left out).
+pub fn views(messages: &[StoredMessage]) -> Vec<MessageView> {
+    messages
+        .iter()
+        .filter_map(|message| match message.role {
+            Role::User => Some(MessageView {
+                role: "user",
+                text: message.content.clone(),
+                html: String::new(),
+                reasoning: None,
+                tools: Vec::new(),
+                note: None,
+                stats: None,
+            }),
+            Role::Assistant => Some(MessageView {
+                role: "assistant",
+                text: message.content.clone(),
+                html: render_markdown(&message.content),
+                reasoning: message
+                    .reasoning
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .map(str::to_owned),
+                tools: message
+                    .calls()
+                    .into_iter()
+                    .map(|call| ToolView {
+                        arguments: serde_json::to_string_pretty(&call.arguments)
+                            .unwrap_or_else(|_| call.arguments.to_string()),
+                        name: call.name,
+                    })
+                    .collect(),
+                note: match message.status {
+                    MessageStatus::Complete => None,
+                    MessageStatus::Stopped | MessageStatus::Generating => Some("Stopped."),
+                    MessageStatus::Failed => Some("Failed."),
+                },
+                stats: stats_line(message),
+            }),
+            Role::System | Role::Tool => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::chat::Role;
+    use crate::services::sessions::MessageStats;
+
+    fn stored(role: Role, content: &str, status: MessageStatus) -> StoredMessage {
+        StoredMessage {
+            id: 1,
+            role,
+            content: content.into(),
+            reasoning: None,
+            tool_calls: None,
+            tool_call_id: None,
+            status,
+            finish_reason: None,
+            stats: MessageStats::default(),
+            created_at: 0,
+        }
+    }
 
     #[test]
     fn ids_are_checked() {
@@ -97,18 +206,39 @@ mod tests {
     }
 
     #[test]
-    fn messages_come_back_in_order_and_old_conversations_go() {
-        let store = MemoryTranscripts::default();
-        let first = ConversationId::parse("first").expect("id");
-        store.append(&first, ChatMessage::new(Role::User, "hi"));
-        store.append(&first, ChatMessage::new(Role::Assistant, "hello"));
-        let history = store.history(&first);
-        assert_eq!(history.len(), 2);
-        assert_eq!(history[1].content, "hello");
-        for i in 0..MAX_CONVERSATIONS {
-            let id = ConversationId::parse(&format!("c{i}")).expect("id");
-            store.append(&id, ChatMessage::new(Role::User, "x"));
-        }
-        assert!(store.history(&first).is_empty());
+    fn requests_carry_settings_and_skip_failed_answers() {
+        let settings = ConversationSettings {
+            system_prompt: Some("Be brief.".into()),
+            temperature: Some(0.2),
+            thinking: Some(false),
+            ..ConversationSettings::default()
+        };
+        let history = [
+            stored(Role::User, "hi", MessageStatus::Complete),
+            stored(Role::Assistant, "broken", MessageStatus::Failed),
+            stored(Role::Assistant, "hello", MessageStatus::Stopped),
+        ];
+        let request = chat_request(&settings, &history, Some("again"), Vec::new());
+        let texts: Vec<&str> = request
+            .messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect();
+        assert_eq!(texts, ["Be brief.", "hi", "hello", "again"]);
+        assert_eq!(request.enable_thinking, Some(false));
+        assert_eq!(request.sampling.temperature, 0.2);
+    }
+
+    #[test]
+    fn views_render_answers_and_mark_unfinished_ones() {
+        let views = views(&[
+            stored(Role::System, "hidden", MessageStatus::Complete),
+            stored(Role::User, "<b>hi</b>", MessageStatus::Complete),
+            stored(Role::Assistant, "**bold**", MessageStatus::Stopped),
+        ]);
+        assert_eq!(views.len(), 2);
+        assert_eq!(views[0].text, "<b>hi</b>");
+        assert!(views[1].html.contains("<strong>bold</strong>"));
+        assert_eq!(views[1].note, Some("Stopped."));
     }
 }

@@ -2,7 +2,9 @@
 // against `smolbot serve --stub` on a free local port. Covers what handler tests cannot see:
 // HTMX and the SSE extension swapping the streamed fragments, the Thinking block collapsing,
 // Stop (Esc) mid-stream, markup from the user staying inert under the CSP, a failed send
-// keeping the typed text, the server dying mid-stream, and a phone-sized screen.
+// keeping the typed text, the server dying mid-stream, and a phone-sized screen; then the
+// stored conversations: reload and server restart find them, rename and delete in the
+// sidebar, regenerate, slash commands and their menu, and the light and dark themes.
 //
 // Needs `target/debug/smolbot` (or SMOLBOT_BIN) and /usr/bin/chromium (or CHROMIUM);
 // screenshots go to target/screenshots/.
@@ -24,11 +26,27 @@ const SHOTS = join(ROOT, "target", "screenshots");
 const STARTUP_MS = 60_000;
 const ANSWER_MS = 30_000;
 
-/** Starts `smolbot serve --stub --port 0` and resolves with its URL once it listens. */
-function startServer(tokensPerSecond) {
+/** A fresh data directory, removed when the tests end. */
+const dataDirs = [];
+function newDataDir() {
+  const dir = mkdtempSync(join(tmpdir(), "smolbot-data-"));
+  dataDirs.push(dir);
+  return dir;
+}
+
+/**
+ * Starts `smolbot serve --stub --port 0` keeping conversations in `dataDir` and resolves
+ * with its URL once it listens.
+ */
+function startServer(tokensPerSecond, dataDir = newDataDir()) {
   return new Promise((resolvePromise, reject) => {
     const child = spawn(BINARY, ["serve", "--stub", "--port", "0", "--host", "127.0.0.1"], {
-      env: { ...process.env, SMOLBOT_STUB_TOKENS_PER_SECOND: String(tokensPerSecond), RUST_LOG: "info" },
+      env: {
+        ...process.env,
+        SMOLBOT_STUB_TOKENS_PER_SECOND: String(tokensPerSecond),
+        SMOLBOT_DATA_DIR: dataDir,
+        RUST_LOG: "info",
+      },
       stdio: ["ignore", "ignore", "pipe"],
     });
     let log = "";
@@ -75,24 +93,33 @@ after(async () => {
   if (context) await context.close();
   if (server) server.child.kill();
   if (profile) rmSync(profile, { recursive: true, force: true });
+  for (const dir of dataDirs) rmSync(dir, { recursive: true, force: true });
 });
 
-/** A fresh tab on the chat page that fails the test on any script error or dialog. */
-async function openPage(viewport) {
+/**
+ * A fresh tab on the chat page that fails the test on any script error or unexpected dialog;
+ * `confirm` lists the confirmation dialogs the test expects, which are accepted.
+ */
+async function openPage(viewport, { confirm = [], url = server.url } = {}) {
   const page = await context.newPage();
   if (viewport) await page.setViewportSize(viewport);
   const problems = [];
   page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
   page.on("dialog", (dialog) => {
-    problems.push(`dialog: ${dialog.message()}`);
-    dialog.dismiss();
+    const expected = confirm.find((pattern) => pattern.test(dialog.message()));
+    if (expected && dialog.type() === "confirm") {
+      dialog.accept();
+    } else {
+      problems.push(`dialog: ${dialog.message()}`);
+      dialog.dismiss();
+    }
   });
   page.on("console", (msg) => {
     if (msg.type() === "error" && !/Failed to load resource/.test(msg.text())) {
       problems.push(`console: ${msg.text()}`);
     }
   });
-  await page.goto(server.url + "/");
+  await page.goto(url + "/");
   await page.waitForFunction(() => window.htmx && document.querySelector("#composer"));
   return { page, problems };
 }
@@ -226,4 +253,196 @@ test("the server dying mid-stream is reported and what streamed stays", async ()
     own.child.kill("SIGKILL");
     await page.close();
   }
+});
+
+/** Sends `text` in a new chat, waits for the whole answer, and returns the page's path. */
+async function chatWith(page, text) {
+  await send(page, text);
+  await page.locator(".meta .stats").last().waitFor({ timeout: ANSWER_MS });
+  await page.waitForURL(/\/c\/conv_\w+$/);
+  return new URL(page.url()).pathname;
+}
+
+test("a reload finds the conversation in the sidebar with its messages", async () => {
+  const { page, problems } = await openPage();
+  const path = await chatWith(page, "Remember the otters");
+  assert.equal(await page.inputValue("#conversation-id"), path.slice(3));
+  await page.reload();
+  await page.waitForFunction(() => window.htmx);
+  const current = page.locator('#conversation-list a[aria-current="page"]');
+  assert.equal(await current.textContent(), "Remember the otters");
+  assert.equal(await current.getAttribute("href"), path);
+  assert.equal(await page.locator(".msg.user .bubble").textContent(), "Remember the otters");
+  assert.equal(await page.locator(".msg.assistant .answer table").count(), 1);
+  assert.equal(await page.locator(".msg.assistant details.thinking:not([open])").count(), 1);
+  assert.match(await page.locator("#context-meter").textContent(), /[1-9][\d,]* \/ 65,536 tokens/);
+  // A follow-up goes to the same conversation.
+  await send(page, "And the beavers?");
+  await page.locator(".meta .stats").nth(1).waitFor({ timeout: ANSWER_MS });
+  assert.equal(new URL(page.url()).pathname, path);
+  await page.screenshot({ path: join(SHOTS, "7-reloaded.png") });
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("a restarted server keeps the conversation", async () => {
+  const dir = newDataDir();
+  const first = await startServer(200, dir);
+  let path;
+  try {
+    const { page, problems } = await openPage(undefined, { url: first.url });
+    path = await chatWith(page, "Survive a restart");
+    assert.deepEqual(problems, []);
+    await page.close();
+  } finally {
+    first.child.removeAllListeners("exit");
+    first.child.kill();
+  }
+  const second = await startServer(200, dir);
+  try {
+    const { page, problems } = await openPage(undefined, { url: second.url });
+    await page.locator("#conversation-list a", { hasText: "Survive a restart" }).click();
+    await page.waitForURL(second.url + path);
+    assert.equal(await page.locator(".msg.user .bubble").textContent(), "Survive a restart");
+    assert.equal(await page.locator(".msg.assistant .answer table").count(), 1);
+    assert.deepEqual(problems, []);
+    await page.close();
+  } finally {
+    second.child.removeAllListeners("exit");
+    second.child.kill();
+  }
+});
+
+test("rename and delete in the sidebar", async () => {
+  const { page, problems } = await openPage(undefined, { confirm: [/^Delete “Delete this one”\?/] });
+  await chatWith(page, "Delete this one");
+  await page.goto(server.url + "/");
+  const path = await chatWith(page, "Rename this one");
+  const item = page.locator("#conversation-list li", { hasText: "Rename this one" });
+  await item.getByRole("button", { name: /^Rename/ }).click();
+  const title = page.locator("#conversation-list input[name=title]");
+  await title.fill("Otters <3");
+  await title.press("Enter");
+  await page.locator('#conversation-list a[aria-current="page"]', { hasText: "Otters <3" }).waitFor();
+  await page.screenshot({ path: join(SHOTS, "8-renamed.png") });
+
+  const doomed = page.locator("#conversation-list li", { hasText: "Delete this one" });
+  await doomed.getByRole("button", { name: /^Delete/ }).click();
+  await doomed.waitFor({ state: "detached" });
+  await page.reload();
+  await page.waitForFunction(() => window.htmx);
+  assert.equal(await page.locator("#conversation-list li", { hasText: "Delete this one" }).count(), 0);
+  assert.equal(await page.locator('#conversation-list a[aria-current="page"]').textContent(), "Otters <3");
+  // Searching by message text finds the renamed conversation.
+  await page.fill("#search", "rename THIS");
+  await page.waitForFunction(() => document.querySelectorAll("#conversation-list a").length === 1);
+  assert.equal(await page.locator("#conversation-list a").getAttribute("href"), path);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("regenerate replaces the last answer", async () => {
+  const { page, problems } = await openPage();
+  await chatWith(page, "Hello again");
+  assert.equal(await page.locator(".msg.assistant .regen").count(), 1);
+  await page.locator(".msg.assistant .regen").click();
+  await page.locator(".msg.assistant.streaming").waitFor();
+  await page.locator(".meta .stats").waitFor({ timeout: ANSWER_MS });
+  assert.equal(await page.locator(".msg.assistant").count(), 1);
+  assert.equal(await page.locator(".msg.user").count(), 1);
+  await page.reload();
+  await page.waitForFunction(() => window.htmx);
+  assert.equal(await page.locator(".msg.assistant").count(), 1);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("edit the last question and send it again; copy a message", async () => {
+  const { page, problems } = await openPage();
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: server.url });
+  const path = await chatWith(page, "Waht is NoPE?");
+  await page.locator(".msg.user .edit").click();
+  const box = page.locator("form.editing textarea");
+  assert.equal(await box.inputValue(), "Waht is NoPE?");
+  await box.fill("What is NoPE?");
+  await page.locator("form.editing button[type=submit]").click();
+  await page.locator(".msg.assistant.streaming").waitFor();
+  await page.locator(".meta .stats").waitFor({ timeout: ANSWER_MS });
+  assert.equal(await page.locator(".msg.user .bubble").textContent(), "What is NoPE?");
+  assert.equal(await page.locator(".msg.user").count(), 1);
+  assert.equal(await page.locator(".msg.assistant").count(), 1);
+  assert.equal(new URL(page.url()).pathname, path);
+
+  await page.locator(".msg.user .copy-msg").click();
+  await page.locator(".msg.user .copy-msg", { hasText: "Copied" }).waitFor();
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), "What is NoPE?");
+  await page.locator(".msg.assistant .copy-msg").click();
+  await page.locator(".msg.assistant .copy-msg", { hasText: "Copied" }).waitFor();
+  assert.match(await page.evaluate(() => navigator.clipboard.readText()), /What is NoPE\?/);
+  await page.reload();
+  await page.waitForFunction(() => window.htmx);
+  assert.equal(await page.locator(".msg.user .bubble").textContent(), "What is NoPE?");
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("slash commands: the menu, /help, and /no_think removing the thinking block", async () => {
+  const { page, problems } = await openPage();
+  await page.locator("#message").pressSequentially("/");
+  await page.locator("#slash-menu:not([hidden])").waitFor();
+  assert.ok((await page.locator("#slash-menu li:not([hidden])").count()) >= 9);
+  await page.locator("#message").pressSequentially("he");
+  assert.equal(await page.locator("#slash-menu li:not([hidden])").count(), 1);
+  await page.screenshot({ path: join(SHOTS, "9-slash-menu.png") });
+  await page.press("#message", "Enter");
+  assert.equal(await page.inputValue("#message"), "/help", "Enter completes the command");
+  await page.press("#message", "Enter");
+  await page.locator(".notice li", { hasText: "/no_think" }).waitFor();
+  assert.equal(await page.inputValue("#message"), "");
+
+  await send(page, "/no_think");
+  await page.locator(".notice", { hasText: "Thinking is off." }).waitFor();
+  assert.equal(await page.isChecked("#thinking"), false, "the box follows the command");
+  await send(page, "No thoughts please");
+  await page.locator(".meta .stats").waitFor({ timeout: ANSWER_MS });
+  assert.equal(await page.locator(".msg.assistant details.thinking").count(), 0);
+  await page.reload();
+  await page.waitForFunction(() => window.htmx);
+  assert.equal(await page.isChecked("#thinking"), false, "stored with the conversation");
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("light and dark themes, switched and remembered", async () => {
+  const { page, problems } = await openPage();
+  await chatWith(page, "Show me both themes");
+  const theme = () => page.evaluate(() => document.documentElement.dataset.theme || "system");
+  const background = () => page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  assert.equal(await theme(), "system");
+  await page.click("#theme-toggle");
+  assert.equal(await theme(), "light");
+  const light = await background();
+  await page.locator("details.settings-panel summary").click();
+  await page.screenshot({ path: join(SHOTS, "10-light.png"), fullPage: true });
+  await page.click("#theme-toggle");
+  assert.equal(await theme(), "dark");
+  assert.notEqual(await background(), light);
+  await page.screenshot({ path: join(SHOTS, "11-dark.png"), fullPage: true });
+  await page.reload();
+  await page.waitForFunction(() => window.htmx);
+  assert.equal(await theme(), "dark", "the choice is kept in localStorage");
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.click("#sidebar-toggle");
+  await page.waitForFunction(() => document.body.classList.contains("sidebar-open"));
+  assert.ok(await page.locator("#conversation-list").isVisible());
+  // The sidebar slides in; the screenshot waits until it is in place.
+  await page.waitForFunction(() => getComputedStyle(document.getElementById("sidebar")).transform === "none");
+  await page.screenshot({ path: join(SHOTS, "12-phone-dark-sidebar.png") });
+  await page.mouse.click(330, 20); // beside the sidebar, on the header
+  await page.waitForFunction(() => !document.body.classList.contains("sidebar-open"));
+  assert.equal(await page.getAttribute("#sidebar-toggle", "aria-expanded"), "false");
+  await page.click("#theme-toggle");
+  assert.equal(await theme(), "system");
+  assert.deepEqual(problems, []);
+  await page.close();
 });

@@ -809,5 +809,48 @@ fn update_message(
     get_message(c, id)
 }
 
+/// What the chat page needs beyond the API's operations.
+impl SessionStore {
+    /// A store that lives in memory only: the chat page's fallback when the server runs
+    /// without a data directory, so the page has one code path whether or not it persists.
+    pub fn in_memory() -> Result<Self, ServiceError> {
+        let mut connection =
+            Connection::open_in_memory().map_err(storage("open an in-memory database"))?;
+        connection
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(storage("configure the in-memory database"))?;
+        migrate(&mut connection)?;
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+            path: Arc::new(PathBuf::from(":memory:")),
+        })
+    }
+
+    /// Deletes the messages of `conversation` from message `from` on (all of them with
+    /// `from` = 0), for regenerating or editing the end of a conversation, or clearing it.
+    /// Returns how many were deleted.
+    pub async fn truncate(&self, conversation: String, from: i64) -> Result<usize, ServiceError> {
+        self.with(move |c| {
+            get(c, &conversation)?;
+            let now = change_time(c)?;
+            let tx = c.transaction().map_err(storage("start a transaction"))?;
+            let deleted = tx
+                .execute(
+                    "DELETE FROM messages WHERE conversation_id = ?1 AND id >= ?2",
+                    params![conversation, from],
+                )
+                .map_err(storage("delete messages"))?;
+            tx.execute(
+                "UPDATE conversations SET updated_at = ?2 WHERE id = ?1",
+                params![conversation, now],
+            )
+            .map_err(storage("delete messages"))?;
+            tx.commit().map_err(storage("delete messages"))?;
+            Ok(deleted)
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,9 @@
 // smolbot chat page: the few things HTMX does not do on its own — keys (Enter sends,
 // Shift+Enter new line, Esc stops), clearing the input only once the server took the
-// message, showing failed requests and lost streams, copy buttons, and keeping the newest
-// text in view. Loaded as a file because the Content-Security-Policy forbids inline script.
+// message, showing failed requests and lost streams, copy buttons, the slash-command menu,
+// the theme switch, the sidebar on a phone, and keeping the newest text in view. Loaded as a
+// file because the Content-Security-Policy forbids inline script. Commands themselves run
+// on the server (POST /chat/send); this only helps typing them.
 (function () {
   "use strict";
 
@@ -44,6 +46,73 @@
     updateSend();
   }
 
+  // The slash-command menu: shown while the first word typed starts with "/".
+  var menu = document.getElementById("slash-menu");
+  var items = Array.prototype.slice.call(menu.querySelectorAll("li"));
+
+  function visibleItems() {
+    return items.filter(function (item) { return !item.hidden; });
+  }
+
+  function select(item) {
+    items.forEach(function (other) { other.setAttribute("aria-selected", other === item ? "true" : "false"); });
+    if (item) input.setAttribute("aria-activedescendant", item.id);
+    else input.removeAttribute("aria-activedescendant");
+  }
+
+  function hideMenu() {
+    menu.hidden = true;
+    select(null);
+  }
+
+  function updateMenu() {
+    var value = input.value;
+    if (value.charAt(0) !== "/" || /\s/.test(value)) return hideMenu();
+    items.forEach(function (item) { item.hidden = item.dataset.command.indexOf(value) !== 0; });
+    var shown = visibleItems();
+    if (shown.length === 0) return hideMenu();
+    menu.hidden = false;
+    if (shown.indexOf(items.filter(function (i) { return i.getAttribute("aria-selected") === "true"; })[0]) < 0) {
+      select(shown[0]);
+    }
+  }
+
+  function complete(item) {
+    input.value = item.dataset.insert;
+    hideMenu();
+    input.focus();
+  }
+
+  input.addEventListener("input", updateMenu);
+
+  menu.addEventListener("mousedown", function (event) {
+    var item = event.target.closest("li");
+    if (!item) return;
+    event.preventDefault();
+    complete(item);
+  });
+
+  input.addEventListener("keydown", function (event) {
+    if (menu.hidden) return;
+    var shown = visibleItems();
+    var current = shown.filter(function (i) { return i.getAttribute("aria-selected") === "true"; })[0];
+    var index = shown.indexOf(current);
+    if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+      event.preventDefault();
+      var step = event.key === "ArrowDown" ? 1 : -1;
+      select(shown[(index + step + shown.length) % shown.length]);
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation();
+      hideMenu();
+    } else if ((event.key === "Tab" || event.key === "Enter") && current &&
+               input.value !== current.dataset.command) {
+      event.preventDefault();
+      event.stopImmediatePropagation();
+      complete(current);
+    }
+  });
+
   input.addEventListener("keydown", function (event) {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
@@ -72,6 +141,15 @@
   document.body.addEventListener("htmx:afterRequest", function (event) {
     if (event.detail.elt === form && event.detail.successful) {
       input.value = "";
+      hideMenu();
+      updateSend();
+      toBottom();
+    }
+  });
+
+  // Regenerate and edit replace the whole transcript.
+  document.body.addEventListener("htmx:afterSwap", function (event) {
+    if (event.detail.target === messages) {
       updateSend();
       toBottom();
     }
@@ -111,16 +189,88 @@
     if (document.body.dataset.stick) toBottom();
   });
 
+  function copied(button, text) {
+    if (!navigator.clipboard) return;
+    var label = button.textContent;
+    navigator.clipboard.writeText(text).then(function () {
+      button.textContent = "Copied";
+      setTimeout(function () { button.textContent = label; }, 1500);
+    }, function () {
+      button.textContent = "Copy failed";
+    });
+  }
+
+  // Copy a whole message: the user's text as typed, an answer as its rendered text.
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest ? event.target.closest("button.copy-msg") : null;
+    if (!button) return;
+    var message = button.closest(".msg");
+    var body = message && message.querySelector(".bubble, .answer");
+    if (body) copied(button, body.innerText);
+  });
+
+  // Theme: follows the system until the button stores light or dark; a third press goes back.
+  var themeButton = document.getElementById("theme-toggle");
+  var THEMES = [
+    { name: "", icon: "◐", label: "Theme: follows the system. Switch to light" },
+    { name: "light", icon: "☀", label: "Theme: light. Switch to dark" },
+    { name: "dark", icon: "☾", label: "Theme: dark. Switch to follow the system" }
+  ];
+
+  function showTheme() {
+    var current = document.documentElement.dataset.theme || "";
+    var theme = THEMES.filter(function (t) { return t.name === current; })[0] || THEMES[0];
+    themeButton.textContent = theme.icon;
+    themeButton.setAttribute("aria-label", theme.label);
+    themeButton.title = theme.label;
+  }
+
+  themeButton.addEventListener("click", function () {
+    var current = document.documentElement.dataset.theme || "";
+    var index = THEMES.map(function (t) { return t.name; }).indexOf(current);
+    var next = THEMES[(index + 1) % THEMES.length].name;
+    if (next) document.documentElement.dataset.theme = next;
+    else delete document.documentElement.dataset.theme;
+    try {
+      if (next) localStorage.setItem("smolbot-theme", next);
+      else localStorage.removeItem("smolbot-theme");
+    } catch (e) {
+      // Storage disabled: the choice lasts for this page only.
+    }
+    showTheme();
+  });
+  showTheme();
+
+  // The sidebar slides in over the chat on a narrow screen.
+  var sidebarButton = document.getElementById("sidebar-toggle");
+  var sidebar = document.getElementById("sidebar");
+
+  function showSidebar(open) {
+    document.body.classList.toggle("sidebar-open", open);
+    sidebarButton.setAttribute("aria-expanded", open ? "true" : "false");
+    sidebarButton.setAttribute("aria-label", open ? "Hide conversations" : "Show conversations");
+  }
+
+  sidebarButton.addEventListener("click", function (event) {
+    event.stopPropagation();
+    showSidebar(!document.body.classList.contains("sidebar-open"));
+  });
+
+  // A tap beside the open sidebar, or Esc, closes it.
+  document.addEventListener("click", function (event) {
+    if (document.body.classList.contains("sidebar-open") && !sidebar.contains(event.target)) {
+      showSidebar(false);
+    }
+  });
+
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape" && document.body.classList.contains("sidebar-open")) showSidebar(false);
+  });
+
   document.addEventListener("click", function (event) {
     var button = event.target.closest ? event.target.closest("button.copy") : null;
     if (!button) return;
     var pre = button.parentElement.querySelector("pre");
-    if (!pre || !navigator.clipboard) return;
-    navigator.clipboard.writeText(pre.innerText).then(function () {
-      button.textContent = "Copied";
-      setTimeout(function () { button.textContent = "Copy"; }, 1500);
-    }, function () {
-      button.textContent = "Copy failed";
-    });
+    if (pre) copied(button, pre.innerText);
   });
 })();
