@@ -13,25 +13,16 @@ use common::http::*;
 use common::*;
 use serde_json::{json, Value};
 use smolbot::inference::generate::{
-    generate_observed, GenerationRequest, Sampled, StopReason, TokenAction, TokenSink, PREFILL_STEP,
+    generate_observed, GenerationRequest, PrefillProgress, Sampled, StopReason, TokenAction,
+    TokenSink, PREFILL_STEP,
 };
 use smolbot::inference::perplexity::token_nll;
 use smolbot::inference::sampling::SamplingParams;
-use smolbot::services::{BackendSpec, Engine};
 use smolbot::smollm3::LoadedModel;
 use smolbot::web::{app, AppState};
 
 async fn model_app(path: &std::path::Path) -> Router {
-    let engine = Engine::start(
-        BackendSpec::Gguf {
-            path: path.to_path_buf(),
-            force_cpu: true,
-            alias: None,
-        },
-        4,
-    )
-    .await
-    .expect("model loads");
+    let engine = common::gguf_engine(path).await;
     app(AppState::new(engine, None))
 }
 
@@ -141,15 +132,19 @@ async fn tiny_model_scores_are_the_same_alone_and_batched_and_as_text() {
     );
 }
 
-/// Stops at the first prefill report.
+/// Stops at the first prefill report after some work.
 struct CancelInPrefill {
     reports: Vec<(usize, usize)>,
 }
 
 impl TokenSink for CancelInPrefill {
-    fn prefilled(&mut self, done: usize, total: usize) -> ControlFlow<()> {
-        self.reports.push((done, total));
-        ControlFlow::Break(())
+    fn prefilled(&mut self, progress: PrefillProgress) -> ControlFlow<()> {
+        self.reports.push((progress.done, progress.total));
+        if progress.done > 0 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     }
 
     fn token(&mut self, _: Sampled) -> TokenAction {
@@ -174,6 +169,9 @@ fn prefill_reports_progress_and_can_be_cancelled_between_steps() {
         generate_observed(&model.transformer, &mut cache, &prompt, &request, &mut sink).unwrap();
     assert_eq!(stats.stop, StopReason::Cancelled);
     assert_eq!(stats.generated_tokens, 0);
-    assert_eq!(sink.reports, vec![(PREFILL_STEP, prompt.len())]);
+    assert_eq!(
+        sink.reports,
+        vec![(0, prompt.len()), (PREFILL_STEP, prompt.len())]
+    );
     assert_eq!(cache.len(), PREFILL_STEP, "only the first step ran");
 }

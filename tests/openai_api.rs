@@ -465,16 +465,7 @@ async fn tokenize_detokenize_and_pieces_agree() {
 
 #[tokio::test]
 async fn real_engine_answers_on_the_tiny_model() {
-    let engine = Engine::start(
-        BackendSpec::Gguf {
-            path: common::tiny_model().to_path_buf(),
-            force_cpu: true,
-            alias: None,
-        },
-        4,
-    )
-    .await
-    .expect("tiny model loads");
+    let engine = common::gguf_engine(common::tiny_model()).await;
     let id = engine.info().id.clone();
     let app = app(AppState::new(engine, None));
     let body = json!({"model": id, "messages": user("Hello"), "max_tokens": 6,
@@ -686,4 +677,43 @@ async fn vllm_style_tokenizer_endpoints_serve_lm_eval() {
         .json();
     assert_eq!(text["prompt"], "Paris is nice");
     assert_eq!(text["content"], "Paris is nice");
+}
+
+#[tokio::test]
+async fn metrics_and_status_follow_the_requests() {
+    let app = stub_app().await;
+    let before = get(&app, "/metrics").await;
+    assert_eq!(before.status, StatusCode::OK);
+    assert!(before.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(before.text.lines().any(|l| l == "smolbot_requests_total 0"));
+    let reply = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": user("hi"), "max_tokens": 5}),
+    )
+    .await
+    .json();
+    assert_eq!(reply["usage"]["completion_tokens"], 5);
+    let after = get(&app, "/metrics").await.text;
+    for line in [
+        "smolbot_requests_total 1",
+        "smolbot_generated_tokens_total 5",
+        "smolbot_time_to_first_token_seconds_count 1",
+        "smolbot_queue_depth 0",
+    ] {
+        assert!(after.lines().any(|l| l == line), "missing {line}:\n{after}");
+    }
+    let prompt_tokens = reply["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(after
+        .lines()
+        .any(|l| l == format!("smolbot_prompt_tokens_total {prompt_tokens}")));
+    let status = get(&app, "/api/status").await.json();
+    assert_eq!(status["model"], "smolbot-stub");
+    assert_eq!(status["stub"], true);
+    assert_eq!(status["state"], "ready");
+    assert_eq!(status["requests"], 1);
+    assert_eq!(status["queue"]["waiting"], 0);
 }

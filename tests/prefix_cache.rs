@@ -11,21 +11,11 @@ use serde_json::{json, Value};
 use smolbot::inference::generate::{generate_with, GenerationRequest, TokenAction};
 use smolbot::inference::prefix_cache::PrefixCache;
 use smolbot::inference::sampling::SamplingParams;
-use smolbot::services::{BackendSpec, Engine};
 use smolbot::smollm3::LoadedModel;
 use smolbot::web::{app, AppState};
 
 async fn smollm2_app() -> Router {
-    let engine = Engine::start(
-        BackendSpec::Gguf {
-            path: smollm2_model(),
-            force_cpu: true,
-            alias: None,
-        },
-        4,
-    )
-    .await
-    .expect("model loads");
+    let engine = common::gguf_engine(&smollm2_model()).await;
     app(AppState::new(engine, None))
 }
 

@@ -6,7 +6,7 @@ the same tokens through `/v1/completions` (summed continuation logprobs).
     smolbot serve --model models/SmolLM2-135M-Instruct.Q4_1.gguf --port 8089 &
     python scripts/lm_eval/check.py http://127.0.0.1:8089
 
-Needs `pip install lm_eval` (no torch, no transformers: the tokenizer is the server's own,
+Needs `pip install "lm_eval[api]"` (no torch, no transformers: the tokenizer is the server's own,
 through lm-eval's `remote` backend).
 """
 

@@ -7,8 +7,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Args;
-use smolbot::inference::generate::{generate, GenerationRequest};
+use smolbot::inference::generate::{generate, GenerationRequest, GenerationStats};
+use smolbot::inference::prefix_cache::{PrefixCache, DEFAULT_BUDGET_BYTES};
 use smolbot::inference::sampling::SamplingParams;
+use smolbot::inference::SequenceCache;
 use smolbot::smollm3::LoadedModel;
 
 use super::EngineArgs;
@@ -23,9 +25,74 @@ pub struct BenchArgs {
     /// Tokens generated after the prompt (end tokens do not stop the run).
     #[arg(long, default_value_t = 128)]
     gen_tokens: usize,
+    /// Also measure time to first token of a conversation's second turn after a history of
+    /// this many tokens, with the kept KV cache and without (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    history: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// New tokens of a turn in the time-to-first-token comparison: a short user message.
+const TURN_TOKENS: usize = 64;
+
+/// Times to first token, in seconds: a fresh short prompt, turn 2 reusing turn 1's cache,
+/// and turn 2 run from scratch.
+struct TurnTimes {
+    fresh_short: f64,
+    reused: f64,
+    from_scratch: f64,
+    cached_tokens: usize,
+}
+
+/// Seconds from the start of `prompt` to its first sampled token, and the run's stats.
+fn first_token(
+    model: &LoadedModel,
+    cache: &mut SequenceCache,
+    prompt: &[u32],
+    max_tokens: usize,
+) -> anyhow::Result<(f64, GenerationStats)> {
+    let request = GenerationRequest {
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        ..GenerationRequest::default()
+    };
+    let started = Instant::now();
+    let mut first = None;
+    let stats = generate(&model.transformer, cache, prompt, &request, |_| {
+        first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+        ControlFlow::Continue(())
+    })?;
+    Ok((first.unwrap_or_default(), stats))
+}
+
+fn turn_times(model: &LoadedModel, prompt: &[u32], history: usize) -> anyhow::Result<TurnTimes> {
+    let tokens = |n: usize, salt: usize| -> Vec<u32> {
+        prompt.iter().cycle().skip(salt).take(n).copied().collect()
+    };
+    let (fresh_short, _) = first_token(
+        model,
+        &mut model.transformer.new_cache(),
+        &tokens(TURN_TOKENS, 7),
+        1,
+    )?;
+    let mut kept = PrefixCache::new(DEFAULT_BUDGET_BYTES);
+    let turn_1 = tokens(history, 0);
+    let mut cache = kept.take(&model.transformer, &turn_1)?;
+    let (_, stats) = first_token(model, &mut cache, &turn_1, 32)?;
+    let mut turn_2 = stats.tokens.clone();
+    kept.put(stats.tokens, cache);
+    turn_2.extend(tokens(TURN_TOKENS, 13));
+    let mut cache = kept.take(&model.transformer, &turn_2)?;
+    let (reused, stats) = first_token(model, &mut cache, &turn_2, 1)?;
+    let (from_scratch, _) = first_token(model, &mut model.transformer.new_cache(), &turn_2, 1)?;
+    Ok(TurnTimes {
+        fresh_short,
+        reused,
+        from_scratch,
+        cached_tokens: stats.cached_tokens,
+    })
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -48,7 +115,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let stats = generate(&model.transformer, &mut cache, &prompt, &request, |_| {
         ControlFlow::Continue(())
     })?;
-    let rss_mb = peak_rss_bytes().map(|b| b as f64 / 1e6);
+    let turns = (args.history > 0)
+        .then(|| turn_times(&model, &prompt, args.history))
+        .transpose()?;
+    let rss_mb = smolbot::inference::device::peak_rss_bytes().map(|b| b as f64 / 1e6);
     let file_mb = std::fs::metadata(&args.engine.model)?.len() as f64 / 1e6;
     let threads = candle_core::utils::get_num_threads();
     if args.json {
@@ -64,6 +134,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 "gen_tok_s": stats.generation_tok_per_s(),
                 "peak_rss_mb": rss_mb,
                 "file_mb": file_mb,
+                "turn2": turns.as_ref().map(|t| serde_json::json!({
+                    "history_tokens": args.history,
+                    "new_tokens": TURN_TOKENS,
+                    "cached_tokens": t.cached_tokens,
+                    "ttft_fresh_short_s": t.fresh_short,
+                    "ttft_reused_s": t.reused,
+                    "ttft_from_scratch_s": t.from_scratch,
+                })),
             })
         );
     } else {
@@ -82,14 +160,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if let Some(mb) = rss_mb {
             println!("peak RSS:    {mb:.0} MB (file {file_mb:.0} MB)");
         }
+        if let Some(t) = turns {
+            println!(
+                "time to first token: fresh {TURN_TOKENS}-token prompt {:.3} s; turn 2 after \
+                 {} history tokens: {:.3} s reusing {} cached tokens ({:.2}× the fresh prompt), \
+                 {:.3} s from scratch",
+                t.fresh_short,
+                args.history,
+                t.reused,
+                t.cached_tokens,
+                t.reused / t.fresh_short,
+                t.from_scratch
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// High-water mark of resident memory (Linux `VmHWM`); `None` elsewhere.
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

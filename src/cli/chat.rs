@@ -349,6 +349,7 @@ async fn stream(
             };
         };
         match event {
+            Some(GenerationEvent::Progress(_)) => {}
             Some(GenerationEvent::Reasoning(text)) => {
                 if !in_reasoning && answer.reasoning.is_empty() {
                     in_reasoning = true;

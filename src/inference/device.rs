@@ -23,3 +23,11 @@ pub fn describe(device: &Device) -> &'static str {
         Device::Metal(_) => "metal",
     }
 }
+
+/// High-water mark of this process's resident memory (Linux `VmHWM`); `None` elsewhere.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

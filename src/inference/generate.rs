@@ -18,8 +18,9 @@ use super::model::{SequenceCache, Transformer};
 use super::sampling::{Sampler, SamplingParams};
 
 /// Prompt tokens run between two progress reports (and chances to cancel). At 2 threads the
-/// 3B model prefills about 25 tokens/s, so 128 tokens bound a cancel's delay to about 5 s;
-/// measured with `smolbot bench`, prompt speed at 128 is within noise of 512.
+/// 3B model prefills about 20 tokens/s, so 128 tokens bound a cancel's delay to about 6 s.
+/// `smolbot bench` with 128-token steps: 0.84× llama.cpp's prompt speed in the same run
+/// (0.91× with one 512-token pass last session, on a quieter machine) — worth re-measuring.
 pub const PREFILL_STEP: usize = 128;
 
 /// Why generation ended.
@@ -81,6 +82,16 @@ pub struct GenerationRequest {
     pub prompt_logprobs: Option<usize>,
 }
 
+/// How much of the prompt is in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefillProgress {
+    /// Prompt tokens in the cache, the reused ones included.
+    pub done: usize,
+    pub total: usize,
+    /// Prompt tokens a kept cache held before this request started.
+    pub cached: usize,
+}
+
 /// A sampled token, with its log-probabilities when the request asked for them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampled {
@@ -91,9 +102,10 @@ pub struct Sampled {
 /// Whoever watches a generation: sees the prefill's progress and every sampled token, and
 /// steers it with the return values.
 pub trait TokenSink {
-    /// `done` of `total` prompt tokens are in the cache; `Break` cancels the generation.
-    fn prefilled(&mut self, done: usize, total: usize) -> ControlFlow<()> {
-        let _ = (done, total);
+    /// How far the prompt is (reported before the first step and after each); `Break`
+    /// cancels the generation.
+    fn prefilled(&mut self, progress: PrefillProgress) -> ControlFlow<()> {
+        let _ = progress;
         ControlFlow::Continue(())
     }
 
@@ -184,10 +196,18 @@ pub fn generate_observed(
         cached_tokens: cached,
         tokens: Vec::new(),
     };
-    let total = prompt.len();
+    let progress = |done| PrefillProgress {
+        done,
+        total: prompt.len(),
+        cached,
+    };
+    if sink.prefilled(progress(cached)).is_break() {
+        stats.tokens = prompt[..cached].to_vec();
+        return Ok(stats);
+    }
     let prefilled = match request.prompt_logprobs {
         Some(top_n) => score_prompt(model, cache, prompt, top_n, |done| {
-            sink.prefilled(done, total)
+            sink.prefilled(progress(done))
         })?,
         None => prefill(model, cache, prompt, sink)?.map(|last| (Vec::new(), last)),
     };
@@ -240,11 +260,17 @@ fn prefill(
     sink: &mut dyn TokenSink,
 ) -> Result<Option<Vec<f32>>> {
     let mut last = None;
-    let mut done = cache.len();
+    let cached = cache.len();
+    let mut done = cached;
     for step in prompt[done..].chunks(PREFILL_STEP) {
         last = Some(model.forward(step, cache, false)?);
         done += step.len();
-        if sink.prefilled(done, prompt.len()).is_break() {
+        let progress = PrefillProgress {
+            done,
+            total: prompt.len(),
+            cached,
+        };
+        if sink.prefilled(progress).is_break() {
             return Ok(None);
         }
     }

@@ -31,6 +31,11 @@ pub trait TokenModel {
         request: &GenerationRequest,
         sink: &mut dyn TokenSink,
     ) -> Result<GenerationStats, ServiceError>;
+
+    /// Bytes of KV cache kept between requests (for the metrics).
+    fn kept_cache_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// Which backend to start, and how.
@@ -57,6 +62,8 @@ pub struct ModelInfo {
     /// Seconds since the Unix epoch when the model was loaded.
     pub created: u64,
     pub is_stub: bool,
+    /// Where the model runs ("cpu", "cuda"; "none" for the stub).
+    pub device: &'static str,
 }
 
 /// A backend, loaded: the token source (kept on the engine thread) and the text side
@@ -104,6 +111,7 @@ impl BackendSpec {
                         context_length,
                         created: now(),
                         is_stub: false,
+                        device: crate::inference::device::describe(&device),
                     },
                 })
             }
@@ -121,6 +129,7 @@ impl BackendSpec {
                         context_length: config.context_length,
                         created: now(),
                         is_stub: true,
+                        device: "none",
                     },
                     model: Box::new(stub),
                     codec,
@@ -167,5 +176,9 @@ impl TokenModel for GgufModel {
             self.prefixes.put(stats.tokens.clone(), cache);
         }
         Ok(stats)
+    }
+
+    fn kept_cache_bytes(&self) -> usize {
+        self.prefixes.bytes()
     }
 }

@@ -25,10 +25,28 @@ pub enum GenerationEvent {
     Content(String),
     /// A complete, valid tool call from the answer.
     ToolCall(ToolCall),
+    /// Where the request stands before its first token: waiting in line, or reading its
+    /// prompt. Informational; consumers that show no progress skip it.
+    Progress(Progress),
     /// The generation ended; always the last event of a successful run.
     Done(Completion),
     /// The generation failed after it started; the last event.
     Failed(String),
+}
+
+/// Progress before the first token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Waiting for the engine with `ahead` requests before this one (the running one
+    /// included).
+    Queued { ahead: usize },
+    /// Reading the prompt: `done` of `total` tokens are in the cache, `cached` of them were
+    /// reused from an earlier turn.
+    Prefill {
+        done: usize,
+        total: usize,
+        cached: usize,
+    },
 }
 
 /// Why the answer ended, in OpenAI's terms.

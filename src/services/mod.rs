@@ -1,13 +1,14 @@
 //! Shared services between the web layer and the engine: the engine actor that owns the
 //! model (`engine`), the chat pipeline from request to prompt tokens (`chat`), the typed
-//! event stream of a generation (`events`), the real and stub backends, and persistent
-//! conversations (`sessions`). Nothing here knows HTTP.
+//! event stream of a generation (`events`), the real and stub backends, persistent
+//! conversations (`sessions`) and the engine's counters (`metrics`). Nothing here knows HTTP.
 
 pub mod backend;
 pub mod chat;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod metrics;
 pub mod sessions;
 pub mod stub;
 

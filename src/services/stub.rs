@@ -21,7 +21,8 @@ use super::backend::TokenModel;
 use super::chat::tool_call_json;
 use super::error::ServiceError;
 use crate::inference::generate::{
-    GenerationRequest, GenerationStats, Sampled, StopReason, TokenAction, TokenSink,
+    GenerationRequest, GenerationStats, PrefillProgress, Sampled, StopReason, TokenAction,
+    TokenSink,
 };
 use crate::inference::logprobs::TokenLogprobs;
 use crate::inference::{GgufFile, InferenceError};
@@ -138,7 +139,12 @@ impl TokenModel for StubModel {
         let prompt_logprobs = request.prompt_logprobs.map_or_else(Vec::new, |n| {
             prompt[1..].iter().map(|&id| certain(id, n)).collect()
         });
-        if sink.prefilled(prompt.len(), prompt.len()).is_break() {
+        let progress = PrefillProgress {
+            done: prompt.len(),
+            total: prompt.len(),
+            cached: 0,
+        };
+        if sink.prefilled(progress).is_break() {
             return Ok(GenerationStats {
                 prompt_tokens: prompt.len(),
                 prompt_time,

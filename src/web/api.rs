@@ -21,6 +21,7 @@ use super::json::ApiJson;
 use super::openai::{ChatCompletionRequest, ReplyCollector, ResponseMeta};
 use super::sse::{chat_stream, ChunkWriter};
 use crate::services::events::GenerationEvent;
+use crate::services::metrics::QueueState;
 use crate::services::ServiceError;
 
 /// Routes under `/v1`, which an API key protects when one is set.
@@ -38,6 +39,8 @@ pub fn utility_routes() -> Router<AppState> {
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route("/tokenizer_info", get(tokenizer_info))
+        .route("/metrics", get(metrics))
+        .route("/api/status", get(status))
         .route("/apply-template", post(apply_template))
 }
 
@@ -112,6 +115,7 @@ async fn chat_completions(
             GenerationEvent::Reasoning(text) => reply.reasoning(&text),
             GenerationEvent::Content(text) => reply.content(&text),
             GenerationEvent::ToolCall(call) => reply.tool_call(&call),
+            GenerationEvent::Progress(_) => {}
             GenerationEvent::Done(done) => {
                 let codec = state.engine().codec();
                 return Ok(Json(reply.finish(meta, done, |id| codec.piece(id))).into_response());
@@ -135,6 +139,43 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
             "owned_by": "smolbot",
             "meta": { "n_ctx_train": info.context_length, "stub": info.is_stub }
         }]
+    }))
+}
+
+/// Prometheus text format: the engine's counters, queue and latency histograms.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let (waiting, running) = state.engine().load();
+    let text = state
+        .engine()
+        .metrics()
+        .prometheus(QueueState { waiting, running });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// What the page's status badge shows: model, device, uptime, queue, memory.
+async fn status(State(state): State<AppState>) -> Json<Value> {
+    let engine = state.engine();
+    let info = engine.info();
+    let (waiting, running) = engine.load();
+    let metrics = engine.metrics();
+    Json(json!({
+        "model": info.id,
+        "stub": info.is_stub,
+        "context_length": info.context_length,
+        "device": info.device,
+        "state": if running { "busy" } else { "ready" },
+        "uptime_s": metrics.uptime().as_secs(),
+        "queue": { "waiting": waiting, "running": usize::from(running) },
+        "requests": metrics.requests(),
+        "kv_cache_bytes": metrics.kv_cache_bytes(),
+        "peak_rss_bytes": crate::inference::device::peak_rss_bytes(),
     }))
 }
 

@@ -266,7 +266,7 @@ async fn run_one(
             GenerationEvent::Content(piece) | GenerationEvent::Reasoning(piece) => {
                 text.push_str(&piece)
             }
-            GenerationEvent::ToolCall(_) => {}
+            GenerationEvent::ToolCall(_) | GenerationEvent::Progress(_) => {}
             GenerationEvent::Done(done) => return Ok(Finished { text, done }),
             GenerationEvent::Failed(message) => {
                 return Err(ServiceError::Generation(message).into())
@@ -374,7 +374,7 @@ fn stream_one(
                 Some(GenerationEvent::Content(text) | GenerationEvent::Reasoning(text)) => {
                     vec![chunk(text, None)]
                 }
-                Some(GenerationEvent::ToolCall(_)) => Vec::new(),
+                Some(GenerationEvent::ToolCall(_) | GenerationEvent::Progress(_)) => Vec::new(),
                 Some(GenerationEvent::Done(done)) => {
                     let last = chunk(String::new(), Some(done.finish_reason.as_str()));
                     return Some((vec![last, "[DONE]".to_owned()], None));

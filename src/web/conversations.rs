@@ -29,7 +29,7 @@ use super::error::{ApiError, ErrorKind};
 use super::json::ApiJson;
 use crate::inference::sampling::SamplingParams;
 use crate::services::chat::{ChatMessage, ChatRequest, Role, TokenLimit};
-use crate::services::events::GenerationEvent;
+use crate::services::events::{GenerationEvent, Progress};
 use crate::services::sessions::{
     from_jsonl, to_jsonl, to_markdown, tool_calls_json, ConversationPatch, ConversationSettings,
     MessageStats, MessageStatus, MessageUpdate, NewMessage, StoredMessage,
@@ -368,6 +368,7 @@ async fn record(
             break (MessageStatus::Failed, None, MessageStats::default());
         };
         let end = match &event {
+            GenerationEvent::Progress(_) => None,
             GenerationEvent::Reasoning(text) => {
                 answer.reasoning.push_str(text);
                 None
@@ -467,6 +468,9 @@ fn sse(
                     ),
                     false,
                 ),
+                Update::Event(GenerationEvent::Progress(progress)) => {
+                    (("progress", progress_json(progress)), false)
+                }
                 Update::Event(GenerationEvent::Done(_)) => continue,
                 Update::Event(GenerationEvent::Failed(message)) => {
                     let err = ApiError::from(ServiceError::Generation(message));
@@ -482,4 +486,16 @@ fn sse(
     });
     let events = futures_util::StreamExt::chain(stream::once(async move { Ok(first) }), rest);
     Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// A progress event as the conversation stream sends it.
+fn progress_json(progress: Progress) -> serde_json::Value {
+    match progress {
+        Progress::Queued { ahead } => json!({ "queued": { "ahead": ahead } }),
+        Progress::Prefill {
+            done,
+            total,
+            cached,
+        } => json!({ "prefill": { "done": done, "total": total, "cached": cached } }),
+    }
 }

@@ -49,7 +49,7 @@ use super::openai::random_id;
 use super::transcripts::{self, ConversationId, MessageView};
 use crate::inference::sampling::SamplingParams;
 use crate::services::chat::{ChatRequest, Role};
-use crate::services::events::{Completion, GenerationEvent};
+use crate::services::events::{Completion, GenerationEvent, Progress};
 use crate::services::sessions::{
     to_markdown, tool_calls_json, Conversation, ConversationPatch, ConversationSettings,
     MessageStats, MessageStatus, NewMessage, StoredMessage,
@@ -1416,6 +1416,7 @@ async fn stream(
             stop: Arc::clone(&answer.stop),
             sent_at: answer.sent_at,
             first_token_at: None,
+            progress_shown: false,
             reasoning: String::new(),
             reasoning_open: answer.thinking,
             content: String::new(),
@@ -1472,6 +1473,8 @@ struct AnswerWriter {
     stop: Arc<Notify>,
     sent_at: Instant,
     first_token_at: Option<Instant>,
+    /// A queue or prefill notice is on the page, to be cleared by the first token.
+    progress_shown: bool,
     reasoning: String,
     /// The Thinking block is open and still takes reasoning.
     reasoning_open: bool,
@@ -1487,8 +1490,16 @@ impl AnswerWriter {
         let mut out = Vec::new();
         let mut content_changed = false;
         for event in batch {
+            if let Some(GenerationEvent::Progress(progress)) = event {
+                out.push(sse("progress", progress_html(progress)));
+                self.progress_shown = true;
+                continue;
+            }
             if self.first_token_at.is_none() {
                 self.first_token_at = Some(Instant::now());
+            }
+            if std::mem::take(&mut self.progress_shown) {
+                out.push(sse("progress", "<span></span>".to_owned()));
             }
             match event {
                 Some(GenerationEvent::Reasoning(text)) => {
@@ -1532,6 +1543,7 @@ impl AnswerWriter {
                 Some(GenerationEvent::Failed(message)) => {
                     return (self.failed(out, content_changed, &message), true);
                 }
+                Some(GenerationEvent::Progress(_)) => {}
                 None => {
                     let message = ServiceError::EngineStopped.to_string();
                     return (self.failed(out, content_changed, &message), true);
@@ -1695,6 +1707,31 @@ impl Drop for AnswerWriter {
                 self.state.live().remove(&self.id);
             }
         }
+    }
+}
+
+/// Where a waiting answer stands, for its status line.
+fn progress_html(progress: Progress) -> String {
+    let n = |v: usize| crate::services::error::thousands(v);
+    match progress {
+        Progress::Queued { ahead } => format!(
+            "<span>Waiting for the model: {ahead} request{} ahead</span>",
+            if ahead == 1 { "" } else { "s" }
+        ),
+        Progress::Prefill {
+            done,
+            total,
+            cached,
+        } => format!(
+            "<span>Reading the prompt: {} / {} tokens{}</span>",
+            n(done),
+            n(total),
+            if cached > 0 {
+                format!(", {} reused", n(cached))
+            } else {
+                String::new()
+            }
+        ),
     }
 }
 

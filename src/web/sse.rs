@@ -107,6 +107,7 @@ impl ChunkWriter {
                     .collect();
                 (chunks, false)
             }
+            GenerationEvent::Progress(_) => (Vec::new(), false),
             GenerationEvent::Done(done) => (self.finish(done), true),
             GenerationEvent::Failed(message) => (
                 vec![Self::error(ApiError {

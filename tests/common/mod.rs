@@ -97,3 +97,18 @@ pub fn smolbot(args: &[&str]) -> std::process::Output {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// The engine over a GGUF file on the CPU, with a queue of 4: what the end-to-end tests of
+/// the real model start.
+pub async fn gguf_engine(path: &Path) -> smolbot::services::Engine {
+    smolbot::services::Engine::start(
+        smolbot::services::BackendSpec::Gguf {
+            path: path.to_path_buf(),
+            force_cpu: true,
+            alias: None,
+        },
+        4,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{} loads: {e}", path.display()))
+}
