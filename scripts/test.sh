@@ -9,8 +9,8 @@ trap 'rm -rf "$SMOLBOT_DATA_DIR"' EXIT
 scripts/fetch_models.sh
 cargo test --all-targets 2>&1
 # The OpenAI-compatible API through the official `openai` client against `smolbot serve`
-# (stub and tiny synthetic model); needs the binary built.
-cargo build 2>&1
+# (stub and tiny synthetic model); `cargo test` above built target/debug/smolbot for the
+# integration tests (a separate `cargo build` would recompile dependencies with other features).
 PYTHONDONTWRITEBYTECODE=1 python3 -m pytest -q -p no:cacheprovider tests/api 2>&1
 # The chat page in headless Debian chromium via playwright-core (set up by .ci/run);
 # screenshots land in target/screenshots/.
