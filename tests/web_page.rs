@@ -827,3 +827,27 @@ async fn conversations_survive_a_new_server_on_the_same_data_dir() {
     assert_eq!(api.status, StatusCode::OK);
     assert!(api.text.contains("Remember the otters"));
 }
+
+#[tokio::test]
+async fn the_badge_polls_its_state_and_thinking_counts_its_tokens() {
+    let app = stub_app().await;
+    let badge = get(&app, "/chat/status").await;
+    assert_eq!(badge.status, StatusCode::OK);
+    assert!(badge.text.contains("smolbot-stub · stub"), "{}", badge.text);
+    assert!(badge.text.contains(r#"hx-get="/chat/status""#));
+    let sent = send_message(&app, "", "Hello there", "&thinking=on").await;
+    let streamed = get(&app, &stream_url(&sent.text)).await;
+    let summary = streamed
+        .text
+        .split("Thought for ")
+        .nth(1)
+        .and_then(|rest| rest.split("</summary>").next())
+        .expect("a closed thinking block");
+    let tokens: usize = summary
+        .split(" · ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no token count in {summary:?}"));
+    assert!(tokens > 5, "{summary}");
+}

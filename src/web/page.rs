@@ -210,6 +210,7 @@ fn templates() -> &'static Environment<'static> {
         let mut env = Environment::new();
         let sources = [
             ("page.html", include_str!("templates/page.html")),
+            ("badge.html", include_str!("templates/badge.html")),
             ("not_found.html", include_str!("templates/not_found.html")),
             ("messages.html", include_str!("templates/messages.html")),
             (
@@ -270,6 +271,17 @@ pub struct PageState {
 }
 
 impl PageState {
+    /// The badge's word: "stub" for the fake model, else "busy" while a generation runs or
+    /// waits, else "ready".
+    fn badge_state(&self) -> &'static str {
+        let (waiting, running) = self.engine.load();
+        match (self.engine.info().is_stub, running || waiting > 0) {
+            (true, _) => "stub",
+            (false, true) => "busy",
+            (false, false) => "ready",
+        }
+    }
+
     /// A page over `engine`, keeping conversations in `store`.
     pub fn new(engine: Engine, store: SessionStore, persistent: bool) -> Self {
         Self {
@@ -326,6 +338,7 @@ pub fn routes_with<S: Clone + Send + Sync + 'static>(state: Arc<PageState>) -> R
         .route("/chat/settings/reset", post(reset_settings))
         .route("/chat/stream/{id}", get(stream))
         .route("/chat/stop/{id}", post(stop))
+        .route("/chat/status", get(badge))
         .merge(assets::routes())
         .layer(middleware::from_fn(assets::security_headers))
         .with_state(state)
@@ -474,6 +487,16 @@ fn commands() -> Vec<Value> {
         .collect()
 }
 
+/// `GET /chat/status`: the status badge, which the page polls so "busy" shows while the
+/// model works for anyone.
+async fn badge(State(state): State<Arc<PageState>>) -> Result<Html<String>, PageError> {
+    let info = state.engine.info();
+    Ok(Html(render(
+        "badge.html",
+        context! { model => info.id.as_str(), state => state.badge_state() },
+    )?))
+}
+
 /// The sidebar's items, newest first; with `query`, only the matching conversations.
 async fn sidebar_items(
     state: &PageState,
@@ -612,7 +635,7 @@ async fn render_page(
         "page.html",
         context! {
             model => info.id.as_str(),
-            state => if info.is_stub { "stub" } else { "ready" },
+            state => state.badge_state(),
             conversation => id.as_str(),
             title => title,
             persistent => state.persistent,
@@ -1589,10 +1612,22 @@ impl AnswerWriter {
         let seconds = self
             .first_token_at
             .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        // Re-tokenizing the reasoning (a few hundred tokens, well under a millisecond) is
+        // simpler than threading a count through the event stream.
+        let tokens = self
+            .state
+            .engine
+            .codec()
+            .tokenize(&self.reasoning, false, false)
+            .map_or(0, |ids| ids.len());
         out.push(self.fragment(
             "thinking",
             "thinking.html",
-            context! { seconds => format!("{seconds:.1}"), reasoning => self.reasoning.trim() },
+            context! {
+                seconds => format!("{seconds:.1}"),
+                tokens => tokens,
+                reasoning => self.reasoning.trim(),
+            },
         ));
     }
 
