@@ -387,12 +387,7 @@ async fn stream(
                 break Ending {
                     status: MessageStatus::Complete,
                     finish_reason: Some(done.finish_reason.as_str().to_owned()),
-                    stats: MessageStats {
-                        prompt_tokens: i64::try_from(done.usage.prompt_tokens).ok(),
-                        completion_tokens: i64::try_from(done.usage.completion_tokens).ok(),
-                        prompt_ms: Some(done.timings.prompt_time.as_secs_f64() * 1000.0),
-                        generation_ms: Some(done.timings.predicted_time.as_secs_f64() * 1000.0),
-                    },
+                    stats: MessageStats::from(&done),
                 };
             }
             Some(GenerationEvent::Failed(message)) => {

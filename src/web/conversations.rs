@@ -27,7 +27,6 @@ use tokio::sync::mpsc;
 use super::app::AppState;
 use super::error::{ApiError, ErrorKind};
 use super::json::ApiJson;
-use crate::inference::sampling::SamplingParams;
 use crate::services::chat::{ChatMessage, ChatRequest, Role, TokenLimit};
 use crate::services::events::{GenerationEvent, Progress};
 use crate::services::sessions::{
@@ -249,7 +248,6 @@ fn chat_request(
         }
     }
     messages.push(ChatMessage::new(Role::User, content));
-    let defaults = SamplingParams::default();
     ChatRequest {
         messages,
         enable_thinking: settings.thinking,
@@ -257,12 +255,7 @@ fn chat_request(
             field: "settings.max_tokens",
             value,
         }),
-        sampling: SamplingParams {
-            temperature: settings.temperature.unwrap_or(defaults.temperature),
-            top_p: settings.top_p.unwrap_or(defaults.top_p),
-            seed: rand::random(),
-            ..defaults
-        },
+        sampling: settings.sampling(),
         ..ChatRequest::default()
     }
 }
@@ -385,12 +378,7 @@ async fn record(
             GenerationEvent::Done(done) => Some((
                 MessageStatus::Complete,
                 Some(done.finish_reason.as_str().to_owned()),
-                MessageStats {
-                    prompt_tokens: i64::try_from(done.usage.prompt_tokens).ok(),
-                    completion_tokens: i64::try_from(done.usage.completion_tokens).ok(),
-                    prompt_ms: Some(done.timings.prompt_time.as_secs_f64() * 1000.0),
-                    generation_ms: Some(done.timings.predicted_time.as_secs_f64() * 1000.0),
-                },
+                MessageStats::from(done),
             )),
             GenerationEvent::Failed(_) => {
                 Some((MessageStatus::Failed, None, MessageStats::default()))

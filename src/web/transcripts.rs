@@ -11,7 +11,6 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use super::markdown::render_markdown;
-use crate::inference::sampling::SamplingParams;
 use crate::services::chat::{ChatMessage, ChatRequest, Role, TokenLimit};
 use crate::services::sessions::{ConversationSettings, MessageStatus, StoredMessage};
 
@@ -72,7 +71,6 @@ pub fn chat_request(
     if let Some(text) = next {
         messages.push(ChatMessage::new(Role::User, text));
     }
-    let defaults = SamplingParams::default();
     ChatRequest {
         messages,
         tools,
@@ -81,13 +79,7 @@ pub fn chat_request(
             field: "max_tokens",
             value,
         }),
-        sampling: SamplingParams {
-            temperature: settings.temperature.unwrap_or(defaults.temperature),
-            top_p: settings.top_p.unwrap_or(defaults.top_p),
-            // A fresh seed per answer, so Regenerate gives another answer.
-            seed: rand::random(),
-            ..defaults
-        },
+        sampling: settings.sampling(),
         ..ChatRequest::default()
     }
 }

@@ -69,6 +69,18 @@ pub struct ConversationSettings {
 }
 
 impl ConversationSettings {
+    /// The sampling settings for the next answer: the stored ones over the defaults, and a
+    /// fresh seed, so asking again gives another answer.
+    pub fn sampling(&self) -> crate::inference::sampling::SamplingParams {
+        let defaults = crate::inference::sampling::SamplingParams::default();
+        crate::inference::sampling::SamplingParams {
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            top_p: self.top_p.unwrap_or(defaults.top_p),
+            seed: rand::random(),
+            ..defaults
+        }
+    }
+
     /// Refuses values no generation could use, naming the field, so a bad setting fails when
     /// it is saved rather than at the next message.
     pub fn check(&self) -> Result<(), ServiceError> {
@@ -150,6 +162,18 @@ pub struct MessageStats {
     pub completion_tokens: Option<i64>,
     pub prompt_ms: Option<f64>,
     pub generation_ms: Option<f64>,
+}
+
+impl From<&crate::services::events::Completion> for MessageStats {
+    /// The stats a finished generation leaves on its stored answer.
+    fn from(done: &crate::services::events::Completion) -> Self {
+        Self {
+            prompt_tokens: i64::try_from(done.usage.prompt_tokens).ok(),
+            completion_tokens: i64::try_from(done.usage.completion_tokens).ok(),
+            prompt_ms: Some(done.timings.prompt_time.as_secs_f64() * 1000.0),
+            generation_ms: Some(done.timings.predicted_time.as_secs_f64() * 1000.0),
+        }
+    }
 }
 
 /// A stored message.
