@@ -7,9 +7,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Args;
-use smolbot::inference::generate::{generate, GenerationRequest, GenerationStats};
+use smolbot::inference::generate::{
+    generate, GenerationRequest, GenerationStats, Sampled, TokenAction, TokenSink,
+};
 use smolbot::inference::prefix_cache::{PrefixCache, DEFAULT_BUDGET_BYTES};
 use smolbot::inference::sampling::SamplingParams;
+use smolbot::inference::sequence::{step, Sequence};
 use smolbot::inference::SequenceCache;
 use smolbot::smollm3::LoadedModel;
 
@@ -29,6 +32,10 @@ pub struct BenchArgs {
     /// this many tokens, with the kept KV cache and without (0 skips it).
     #[arg(long, default_value_t = 0)]
     history: usize,
+    /// Also measure total generation throughput with this many sequences decoding together
+    /// (batched), against one sequence alone in the same run (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    parallel: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -95,6 +102,61 @@ fn turn_times(model: &LoadedModel, prompt: &[u32], history: usize) -> anyhow::Re
     })
 }
 
+/// Prompt length of each sequence in the parallel measurement: short, so decoding dominates.
+const PARALLEL_PROMPT_TOKENS: usize = 32;
+
+/// Generated tokens per second over all sequences: `n` sequences started together, each
+/// with its own short prompt and `gen_tokens` to write, timed from start to the last token.
+fn throughput(
+    model: &LoadedModel,
+    prompt: &[u32],
+    n: usize,
+    gen_tokens: usize,
+) -> anyhow::Result<f64> {
+    let transformer = &model.transformer;
+    let request = GenerationRequest {
+        max_tokens: gen_tokens,
+        sampling: SamplingParams::greedy(),
+        ..GenerationRequest::default()
+    };
+    let started = Instant::now();
+    let mut seqs = (0..n)
+        .map(|i| {
+            let own: Vec<u32> = prompt
+                .iter()
+                .cycle()
+                .skip(i * 11)
+                .take(PARALLEL_PROMPT_TOKENS)
+                .copied()
+                .collect();
+            Sequence::new(transformer, transformer.new_cache(), &own, &request)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut sinks: Vec<Discard> = (0..n).map(|_| Discard).collect();
+    while seqs.iter().any(|s| !s.is_finished()) {
+        let mut running: Vec<(&mut Sequence, &mut dyn TokenSink)> = seqs
+            .iter_mut()
+            .zip(sinks.iter_mut())
+            .map(|(s, k)| (s, k as &mut dyn TokenSink))
+            .collect();
+        step(transformer, &mut running)?;
+    }
+    let generated: usize = seqs
+        .into_iter()
+        .map(|s| s.finish().0.generated_tokens)
+        .sum();
+    Ok(generated as f64 / started.elapsed().as_secs_f64())
+}
+
+/// A sink that takes every token.
+struct Discard;
+
+impl TokenSink for Discard {
+    fn token(&mut self, _: Sampled) -> TokenAction {
+        TokenAction::Continue
+    }
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let device = args.engine.device();
     let started = Instant::now();
@@ -117,6 +179,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     })?;
     let turns = (args.history > 0)
         .then(|| turn_times(&model, &prompt, args.history))
+        .transpose()?;
+    let parallel = (args.parallel > 0)
+        .then(|| -> anyhow::Result<(f64, f64)> {
+            let one = throughput(&model, &prompt, 1, args.gen_tokens)?;
+            let many = throughput(&model, &prompt, args.parallel, args.gen_tokens)?;
+            Ok((one, many))
+        })
         .transpose()?;
     let rss_mb = smolbot::inference::device::peak_rss_bytes().map(|b| b as f64 / 1e6);
     let file_mb = std::fs::metadata(&args.engine.model)?.len() as f64 / 1e6;
@@ -141,6 +210,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     "ttft_fresh_short_s": t.fresh_short,
                     "ttft_reused_s": t.reused,
                     "ttft_from_scratch_s": t.from_scratch,
+                })),
+                "parallel": parallel.map(|(one, many)| serde_json::json!({
+                    "sequences": args.parallel,
+                    "prompt_tokens_each": PARALLEL_PROMPT_TOKENS,
+                    "one_tok_s": one,
+                    "together_tok_s": many,
+                    "ratio": many / one,
                 })),
             })
         );
@@ -171,6 +247,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 t.cached_tokens,
                 t.reused / t.fresh_short,
                 t.from_scratch
+            );
+        }
+        if let Some((one, many)) = parallel {
+            println!(
+                "parallel:    {} sequences together {many:.2} tok/s in all, one alone \
+                 {one:.2} tok/s ({:.2}×)",
+                args.parallel,
+                many / one
             );
         }
     }

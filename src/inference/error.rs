@@ -43,6 +43,8 @@ pub enum InferenceError {
     CacheMismatch { cached: usize, prompt: usize },
     #[error("the prompt is empty: at least one token is needed to generate from")]
     EmptyPrompt,
+    #[error("a batched step needs one token per sequence: {tokens} tokens for {caches} caches")]
+    BatchShape { tokens: usize, caches: usize },
     #[error("invalid sampling setting: {0}")]
     Sampling(String),
     #[error("tensor computation failed: {0}")]

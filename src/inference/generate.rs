@@ -10,12 +10,13 @@
 //! after its client has gone.
 
 use std::ops::ControlFlow;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::error::{InferenceError, Result};
-use super::logprobs::{row_logprobs, score_prompt, TokenLogprobs};
+use super::error::Result;
+use super::logprobs::TokenLogprobs;
 use super::model::{SequenceCache, Transformer};
-use super::sampling::{Sampler, SamplingParams};
+use super::sampling::SamplingParams;
+use super::sequence::{step, Sequence};
 
 /// Prompt tokens run between two progress reports (and chances to cancel). At 2 threads the
 /// 3B model prefills about 20 tokens/s, so 128 tokens bound a cancel's delay to about 6 s.
@@ -162,7 +163,8 @@ pub fn generate_with(
 ///
 /// `cache` may already hold the first `cache.len()` tokens of `prompt` (a conversation's
 /// earlier turns); only the rest is run. At least one prompt token must be left to run, as its
-/// logits choose the first new token.
+/// logits choose the first new token. This is [`Sequence`] stepped alone; afterwards `cache`
+/// holds `stats.tokens` (after an error, nothing).
 pub fn generate_observed(
     model: &Transformer,
     cache: &mut SequenceCache,
@@ -170,112 +172,12 @@ pub fn generate_observed(
     request: &GenerationRequest,
     sink: &mut dyn TokenSink,
 ) -> Result<GenerationStats> {
-    let mut sampler = Sampler::new(request.sampling.clone())?;
-    let limit = model.config().context_length;
-    if prompt.len() >= limit {
-        return Err(InferenceError::ContextFull {
-            needed: prompt.len() + 1,
-            limit,
-        });
+    let owned = std::mem::replace(cache, model.new_cache());
+    let mut seq = Sequence::new(model, owned, prompt, request)?;
+    while !seq.is_finished() {
+        step(model, &mut [(&mut seq, &mut *sink)])?;
     }
-    let cached = cache.len();
-    if cached >= prompt.len() || (cached > 0 && request.prompt_logprobs.is_some()) {
-        return Err(InferenceError::CacheMismatch {
-            cached,
-            prompt: prompt.len(),
-        });
-    }
-    let started = Instant::now();
-    let mut stats = GenerationStats {
-        prompt_tokens: prompt.len(),
-        prompt_time: Duration::ZERO,
-        generated_tokens: 0,
-        generation_time: Duration::ZERO,
-        stop: StopReason::Cancelled,
-        prompt_logprobs: Vec::new(),
-        cached_tokens: cached,
-        tokens: Vec::new(),
-    };
-    let progress = |done| PrefillProgress {
-        done,
-        total: prompt.len(),
-        cached,
-    };
-    if sink.prefilled(progress(cached)).is_break() {
-        stats.tokens = prompt[..cached].to_vec();
-        return Ok(stats);
-    }
-    let prefilled = match request.prompt_logprobs {
-        Some(top_n) => score_prompt(model, cache, prompt, top_n, |done| {
-            sink.prefilled(progress(done))
-        })?,
-        None => prefill(model, cache, prompt, sink)?.map(|last| (Vec::new(), last)),
-    };
-    stats.prompt_time = started.elapsed();
-    let Some((prompt_logprobs, mut row)) = prefilled else {
-        stats.tokens = prompt[..cache.len()].to_vec();
-        return Ok(stats);
-    };
-    stats.prompt_logprobs = prompt_logprobs;
-    let mut history: Vec<u32> = prompt.to_vec();
-    let started = Instant::now();
-    let mut generated = 0;
-    let stop = loop {
-        if generated >= request.max_tokens {
-            break StopReason::MaxTokens;
-        }
-        let next = sampler.sample(&row, &history);
-        if request.stop_tokens.contains(&next) {
-            break StopReason::EndToken;
-        }
-        generated += 1;
-        history.push(next);
-        let logprobs = request.logprobs.map(|n| row_logprobs(&row, next, n));
-        let mut feed = vec![next];
-        match sink.token(Sampled { id: next, logprobs }) {
-            TokenAction::Continue => {}
-            TokenAction::Stop => break StopReason::Cancelled,
-            TokenAction::Inject(tokens) => feed.extend(tokens),
-        }
-        if cache.len() + feed.len() > limit {
-            break StopReason::ContextFull;
-        }
-        history.extend_from_slice(&feed[1..]);
-        row = model.forward(&feed, cache, false)?.squeeze(0)?.to_vec1()?;
-    };
-    stats.generated_tokens = generated;
-    stats.generation_time = started.elapsed();
-    stats.stop = stop;
-    history.truncate(cache.len());
-    stats.tokens = history;
+    let (stats, used) = seq.finish();
+    *cache = used;
     Ok(stats)
-}
-
-/// Runs what `cache` lacks of `prompt` step by step; the last position's logits, or `None`
-/// when the sink cancelled.
-fn prefill(
-    model: &Transformer,
-    cache: &mut SequenceCache,
-    prompt: &[u32],
-    sink: &mut dyn TokenSink,
-) -> Result<Option<Vec<f32>>> {
-    let mut last = None;
-    let cached = cache.len();
-    let mut done = cached;
-    for step in prompt[done..].chunks(PREFILL_STEP) {
-        last = Some(model.forward(step, cache, false)?);
-        done += step.len();
-        let progress = PrefillProgress {
-            done,
-            total: prompt.len(),
-            cached,
-        };
-        if sink.prefilled(progress).is_break() {
-            return Ok(None);
-        }
-    }
-    match last {
-        Some(logits) => Ok(Some(logits.squeeze(0)?.to_vec1()?)),
-        None => Err(InferenceError::EmptyPrompt),
-    }
 }

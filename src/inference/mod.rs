@@ -15,6 +15,7 @@ pub mod perplexity;
 pub mod prefix_cache;
 pub mod rope;
 pub mod sampling;
+pub mod sequence;
 
 pub use config::{RopeScaling, TransformerConfig};
 pub use error::InferenceError;

@@ -246,6 +246,69 @@ impl Transformer {
         Ok(Tensor::cat(&rows, 0)?)
     }
 
+    /// One decode step of several sequences at once: `tokens[i]` is run after what
+    /// `caches[i]` holds. The weight matmuls see all rows together, so each weight block is
+    /// read once per step instead of once per sequence (candle tiles the rows); attention
+    /// runs per sequence over its own cache. Returns `(sequences, vocab)` f32 logits, row `i`
+    /// the same as `forward(&[tokens[i]], caches[i], false)` would give.
+    pub fn forward_batch(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut SequenceCache],
+    ) -> Result<Tensor> {
+        let b = tokens.len();
+        if b != caches.len() || b == 0 {
+            return Err(InferenceError::BatchShape {
+                tokens: b,
+                caches: caches.len(),
+            });
+        }
+        for cache in caches.iter() {
+            let needed = cache.len + 1;
+            if needed > self.cfg.context_length {
+                return Err(InferenceError::ContextFull {
+                    needed,
+                    limit: self.cfg.context_length,
+                });
+            }
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(InferenceError::TokenOutOfRange {
+                id,
+                vocab: self.cfg.vocab_size,
+            });
+        }
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embed.embedding(&ids)?.unsqueeze(0)?;
+        let tables = caches
+            .iter()
+            .map(|cache| self.rope.tables(cache.len, 1, &self.device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn_norm.forward(&x)?;
+            let (q, k, v) = self.project(layer, &h)?;
+            let mut outs = Vec::with_capacity(b);
+            for (i, cache) in caches.iter_mut().enumerate() {
+                let row = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(2, i, 1)?.contiguous()?) };
+                let (cos, sin) = &tables[i];
+                let kv = &mut cache.layers[l];
+                outs.push(self.attend(layer, row(&q)?, row(&k)?, &row(&v)?, kv, cos, sin, None)?);
+            }
+            let attn = layer.wo.forward(&Tensor::cat(&outs, 1)?)?;
+            x = (x + attn)?;
+            let h = layer.ffn_norm.forward(&x)?;
+            let ffn = layer.down.forward(
+                &(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?,
+            )?;
+            x = (x + ffn)?;
+        }
+        for cache in caches.iter_mut() {
+            cache.len += 1;
+        }
+        let x = self.norm.forward(&x)?;
+        Ok(self.lm_head.forward(&x)?.squeeze(0)?.to_dtype(DType::F32)?)
+    }
+
     fn forward_chunk(
         &self,
         tokens: &[u32],
@@ -279,6 +342,23 @@ impl Transformer {
         Ok(Some(logits))
     }
 
+    /// Q, K and V of every row of `h`, as `(1, heads, rows, head_dim)`.
+    fn project(&self, layer: &Layer, h: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let cfg = &self.cfg;
+        let (_, t, _) = h.dims3()?;
+        let heads = |w: &QMatMul, n: usize| -> Result<Tensor> {
+            Ok(w.forward(h)?
+                .reshape((1, t, n, cfg.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        Ok((
+            heads(&layer.wq, cfg.n_head)?,
+            heads(&layer.wk, cfg.n_head_kv)?,
+            heads(&layer.wv, cfg.n_head_kv)?,
+        ))
+    }
+
     fn attention(
         &self,
         layer: &Layer,
@@ -288,22 +368,33 @@ impl Transformer {
         sin: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
+        let (q, k, v) = self.project(layer, h)?;
+        let out = self.attend(layer, q, k, &v, kv, cos, sin, mask)?;
+        Ok(layer.wo.forward(&out)?)
+    }
+
+    /// Attention of one sequence's new rows (`q`, `k`, `v` as `(1, heads, t, head_dim)`)
+    /// over its cache, which takes the new keys and values; `(1, t, q_dim)` before the output
+    /// projection.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        layer: &Layer,
+        mut q: Tensor,
+        mut k: Tensor,
+        v: &Tensor,
+        kv: &mut KvCache,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let (_, t, _) = h.dims3()?;
-        let heads = |w: &QMatMul, n: usize| -> Result<Tensor> {
-            Ok(w.forward(h)?
-                .reshape((1, t, n, cfg.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let mut q = heads(&layer.wq, cfg.n_head)?;
-        let mut k = heads(&layer.wk, cfg.n_head_kv)?;
-        let v = heads(&layer.wv, cfg.n_head_kv)?;
+        let t = q.dim(2)?;
         if layer.use_rope {
             q = self.apply_rope(&q, cos, sin)?;
             k = self.apply_rope(&k, cos, sin)?;
         }
-        let (k, v) = kv.append(&k, &v)?;
+        let (k, v) = kv.append(&k, v)?;
         let n_rep = cfg.n_head / cfg.n_head_kv;
         // Query heads sharing a KV head are stacked as extra rows, so K and V are never copied.
         let q = q.reshape((1, cfg.n_head_kv, n_rep * t, cfg.head_dim))?;
@@ -318,12 +409,11 @@ impl Transformer {
             scores = scores.broadcast_add(&mask)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs
+        Ok(probs
             .matmul(&v)?
             .reshape((1, cfg.n_head, t, cfg.head_dim))?
             .transpose(1, 2)?
-            .reshape((1, t, cfg.q_dim()))?;
-        Ok(layer.wo.forward(&out)?)
+            .reshape((1, t, cfg.q_dim()))?)
     }
 
     fn apply_rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {

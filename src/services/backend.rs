@@ -11,31 +11,50 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::chat::ChatCodec;
 use super::error::ServiceError;
 use super::stub::{StubConfig, StubModel};
-use crate::inference::generate::{
-    generate_observed, GenerationRequest, GenerationStats, TokenSink,
-};
+use crate::inference::generate::{GenerationRequest, GenerationStats, TokenSink};
 use crate::inference::prefix_cache::{PrefixCache, DEFAULT_BUDGET_BYTES};
+use crate::inference::sequence::{step, Sequence};
 use crate::inference::{GgufFile, InferenceError};
 use crate::smollm3::chat_template::ChatTemplate;
 use crate::smollm3::prompt::{model_template, special_token_kwargs};
 use crate::smollm3::{LoadedModel, Smollm3Error};
 use serde_json::Map;
 
-/// A model as the engine thread sees it: runs the token loop for one request.
+/// A model as the engine thread sees it: runs several generations a step at a time.
 pub trait TokenModel {
-    /// Generates after `prompt`, telling `sink` the prefill's progress and each new token;
-    /// the sink may stop it at either.
-    fn generate(
+    /// One generation in progress.
+    type Sequence;
+
+    /// Starts a generation after `prompt` (checked here; nothing runs yet).
+    fn begin(
         &mut self,
         prompt: &[u32],
         request: &GenerationRequest,
-        sink: &mut dyn TokenSink,
-    ) -> Result<GenerationStats, ServiceError>;
+    ) -> Result<Self::Sequence, ServiceError>;
+
+    /// Advances every unfinished sequence by one step, telling its sink the prefill's
+    /// progress or its new token; the sink may stop it at either.
+    fn step(
+        &mut self,
+        running: &mut [(&mut Self::Sequence, &mut dyn TokenSink)],
+    ) -> Result<(), ServiceError>;
+
+    fn is_finished(&self, seq: &Self::Sequence) -> bool;
+
+    /// Ends a sequence (an unfinished one as cancelled) and returns its counts.
+    fn finish(&mut self, seq: Self::Sequence) -> GenerationStats;
 
     /// Bytes of KV cache kept between requests (for the metrics).
     fn kept_cache_bytes(&self) -> usize {
         0
     }
+}
+
+/// The loaded token source; an enum rather than a trait object because [`TokenModel`]
+/// names its sequence type.
+pub enum TokenSource {
+    Gguf(Box<GgufModel>),
+    Stub(Box<StubModel>),
 }
 
 /// Which backend to start, and how.
@@ -69,7 +88,7 @@ pub struct ModelInfo {
 /// A backend, loaded: the token source (kept on the engine thread) and the text side
 /// (shared with request handlers).
 pub struct LoadedBackend {
-    pub model: Box<dyn TokenModel>,
+    pub model: TokenSource,
     pub codec: ChatCodec,
     pub info: ModelInfo,
 }
@@ -101,10 +120,10 @@ impl BackendSpec {
                     context_length,
                 );
                 Ok(LoadedBackend {
-                    model: Box::new(GgufModel {
+                    model: TokenSource::Gguf(Box::new(GgufModel {
                         model,
                         prefixes: PrefixCache::new(DEFAULT_BUDGET_BYTES),
-                    }),
+                    })),
                     codec,
                     info: ModelInfo {
                         id,
@@ -131,7 +150,7 @@ impl BackendSpec {
                         is_stub: true,
                         device: "none",
                     },
-                    model: Box::new(stub),
+                    model: TokenSource::Stub(Box::new(stub)),
                     codec,
                 })
             }
@@ -147,38 +166,58 @@ fn now() -> u64 {
 
 /// The real model and the KV caches of its recent generations, which the next turn of the
 /// same conversation reuses.
-struct GgufModel {
+pub struct GgufModel {
     model: LoadedModel,
     prefixes: PrefixCache,
 }
 
 impl TokenModel for GgufModel {
-    fn generate(
+    type Sequence = Sequence;
+
+    fn begin(
         &mut self,
         prompt: &[u32],
         request: &GenerationRequest,
-        sink: &mut dyn TokenSink,
-    ) -> Result<GenerationStats, ServiceError> {
+    ) -> Result<Sequence, ServiceError> {
         let transformer = &self.model.transformer;
-        let generation_error = |err: InferenceError| ServiceError::Generation(err.to_string());
         // Scoring a prompt needs every position's logits, so it runs from scratch.
         let reuse = request.prompt_logprobs.is_none();
-        let mut cache = if reuse {
+        let cache = if reuse {
             self.prefixes
                 .take(transformer, prompt)
                 .map_err(generation_error)?
         } else {
             transformer.new_cache()
         };
-        let stats = generate_observed(transformer, &mut cache, prompt, request, sink)
-            .map_err(generation_error)?;
+        Sequence::new(transformer, cache, prompt, request).map_err(generation_error)
+    }
+
+    fn step(
+        &mut self,
+        running: &mut [(&mut Sequence, &mut dyn TokenSink)],
+    ) -> Result<(), ServiceError> {
+        step(&self.model.transformer, running).map_err(generation_error)
+    }
+
+    fn is_finished(&self, seq: &Sequence) -> bool {
+        seq.is_finished()
+    }
+
+    fn finish(&mut self, seq: Sequence) -> GenerationStats {
+        // A scored prompt's cache was started empty on purpose; the others are kept.
+        let reuse = !seq.scores_prompt();
+        let (stats, cache) = seq.finish();
         if reuse {
             self.prefixes.put(stats.tokens.clone(), cache);
         }
-        Ok(stats)
+        stats
     }
 
     fn kept_cache_bytes(&self) -> usize {
         self.prefixes.bytes()
     }
+}
+
+fn generation_error(err: InferenceError) -> ServiceError {
+    ServiceError::Generation(err.to_string())
 }

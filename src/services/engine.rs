@@ -1,35 +1,61 @@
-//! The engine actor: one OS thread owns the model and runs one generation at a time.
+//! The engine actor: one OS thread owns the model and runs up to `parallel` generations
+//! together (continuous batching: a finished one's place is taken by the next in line at
+//! once, and the decoding ones share each forward pass; see [`crate::inference::sequence`]).
 //!
 //! Requests arrive on a bounded queue, each with its own event sender. A full queue is
 //! refused at once ([`ServiceError::QueueFull`]) rather than left to hang. A request whose
 //! receiver was dropped (the client went away) is skipped if still queued and stopped within
-//! one token if running. Loading happens on the engine thread too; its outcome comes back on
+//! one token (or one prompt step) if running. Loading happens on the engine thread too; its outcome comes back on
 //! a oneshot before [`Engine::start`] returns. Nothing here blocks a tokio worker: the
 //! thread is a plain OS thread and the only async parts are channel ends.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::backend::{BackendSpec, ModelInfo, TokenModel};
+use super::backend::{BackendSpec, ModelInfo, TokenModel, TokenSource};
 use super::chat::{ChatCodec, PreparedChat};
 use super::error::ServiceError;
 use super::events::{
     Completion, FinishReason, GenerationEvent, Logprobs, Progress, ReplyParser, Timings, Usage,
 };
 use super::metrics::{GenerationRecord, Metrics};
-use crate::inference::generate::{PrefillProgress, Sampled, StopReason, TokenAction, TokenSink};
+use crate::inference::generate::{
+    GenerationStats, PrefillProgress, Sampled, StopReason, TokenAction, TokenSink,
+};
 use crate::inference::logprobs::TokenLogprobs;
 use crate::smollm3::{GgufTokenizer, Smollm3Error};
 
 /// Requests that may wait for the model by default.
 /// 16 keeps the wait of the last one in line under a few minutes at SmolLM3-3B's CPU speed.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 16;
+
+/// Generations the engine runs together by default, like llama.cpp's `--parallel 4`.
+/// `smolbot bench --parallel 4` measures what it buys on this machine.
+pub const DEFAULT_PARALLEL: usize = 4;
+
+/// How much work the engine takes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// Requests that may wait for a free place; more are refused.
+    pub queue_capacity: usize,
+    /// Generations run together.
+    pub parallel: usize,
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        Self {
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            parallel: DEFAULT_PARALLEL,
+        }
+    }
+}
 
 /// One request for the engine thread.
 struct Job {
@@ -43,16 +69,16 @@ struct Job {
 struct Line {
     next_ticket: u64,
     waiting: VecDeque<(u64, mpsc::UnboundedSender<GenerationEvent>)>,
-    running: bool,
+    /// Generations running now.
+    running: usize,
 }
 
 impl Line {
     /// Tells every waiting request its place (dropping those whose client left).
     fn announce(&mut self) {
         self.waiting.retain(|(_, events)| !events.is_closed());
-        let running = usize::from(self.running);
         for (i, (_, events)) in self.waiting.iter().enumerate() {
-            let ahead = i + running;
+            let ahead = i + self.running;
             let _ = events.send(GenerationEvent::Progress(Progress::Queued { ahead }));
         }
     }
@@ -62,7 +88,7 @@ impl Line {
 #[derive(Clone)]
 pub struct Engine {
     jobs: SyncSender<Job>,
-    capacity: usize,
+    limits: EngineLimits,
     info: Arc<ModelInfo>,
     codec: Arc<ChatCodec>,
     line: Arc<Mutex<Line>>,
@@ -82,10 +108,23 @@ impl GenerationStream {
 }
 
 impl Engine {
-    /// Starts the engine thread, loads the backend there and waits until it is ready.
+    /// Starts an engine that runs one generation at a time, with `queue_capacity` requests
+    /// allowed to wait (what most tests want: a predictable line).
     pub async fn start(spec: BackendSpec, queue_capacity: usize) -> Result<Self, ServiceError> {
-        let capacity = queue_capacity.max(1);
-        let (jobs, queue) = sync_channel::<Job>(capacity);
+        let limits = EngineLimits {
+            queue_capacity,
+            parallel: 1,
+        };
+        Self::start_with(spec, limits).await
+    }
+
+    /// Starts the engine thread, loads the backend there and waits until it is ready.
+    pub async fn start_with(spec: BackendSpec, limits: EngineLimits) -> Result<Self, ServiceError> {
+        let limits = EngineLimits {
+            queue_capacity: limits.queue_capacity.max(1),
+            parallel: limits.parallel.max(1),
+        };
+        let (jobs, queue) = sync_channel::<Job>(limits.queue_capacity);
         let (ready_tx, ready_rx) = oneshot::channel();
         let line = Arc::new(Mutex::new(Line::default()));
         let metrics = Arc::new(Metrics::default());
@@ -103,8 +142,13 @@ impl Engine {
                             let shared = Shared {
                                 line: &engine_line,
                                 metrics: &engine_metrics,
+                                tokenizer: codec.tokenizer(),
+                                parallel: limits.parallel,
                             };
-                            run(backend.model, codec.tokenizer(), queue, shared);
+                            match backend.model {
+                                TokenSource::Gguf(model) => run(*model, queue, shared),
+                                TokenSource::Stub(model) => run(*model, queue, shared),
+                            }
                         }
                     }
                     Err(err) => {
@@ -116,7 +160,7 @@ impl Engine {
         let (info, codec) = ready_rx.await.map_err(|_| ServiceError::EngineStopped)??;
         Ok(Self {
             jobs,
-            capacity,
+            limits,
             info,
             codec,
             line,
@@ -131,8 +175,18 @@ impl Engine {
 
     /// Requests waiting for the engine, and whether it is generating now.
     pub fn load(&self) -> (usize, bool) {
+        let (waiting, running) = self.queue();
+        (waiting, running > 0)
+    }
+
+    /// Requests waiting for the engine, and how many generations run now.
+    pub fn queue(&self) -> (usize, usize) {
         let line = lock(&self.line);
         (line.waiting.len(), line.running)
+    }
+
+    pub fn limits(&self) -> EngineLimits {
+        self.limits
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -163,7 +217,7 @@ impl Engine {
                 Ok(GenerationStream { events: receiver })
             }
             Err(TrySendError::Full(_)) => Err(ServiceError::QueueFull {
-                capacity: self.capacity,
+                capacity: self.limits.queue_capacity,
             }),
             Err(TrySendError::Disconnected(_)) => Err(ServiceError::EngineStopped),
         }
@@ -174,61 +228,166 @@ fn lock(line: &Mutex<Line>) -> std::sync::MutexGuard<'_, Line> {
     line.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// What the engine thread shares with the handles.
+/// What the engine thread shares with the handles, and its settings.
 #[derive(Clone, Copy)]
 struct Shared<'a> {
     line: &'a Mutex<Line>,
     metrics: &'a Metrics,
+    tokenizer: &'a GgufTokenizer,
+    parallel: usize,
 }
 
-/// The engine thread's loop: one job after the other until every handle is gone.
-fn run(
-    mut model: Box<dyn TokenModel>,
-    tokenizer: &GgufTokenizer,
-    queue: Receiver<Job>,
-    Shared { line, metrics }: Shared<'_>,
-) {
-    while let Ok(job) = queue.recv() {
-        {
-            let mut line = lock(line);
-            line.waiting.retain(|(ticket, _)| *ticket != job.ticket);
-            line.running = !job.events.is_closed();
-            line.announce();
+/// A generation the engine is running.
+struct Active<'t, S> {
+    seq: S,
+    sink: JobSink<'t>,
+    /// The request asked for log-probabilities (of its prompt or its tokens).
+    wants_logprobs: bool,
+}
+
+/// The engine thread's loop: takes requests while there is room, advances every running
+/// generation by one step, and ends those that finished — until every handle is gone and
+/// nothing runs.
+fn run<M: TokenModel>(mut model: M, queue: Receiver<Job>, shared: Shared<'_>) {
+    let mut active: Vec<Active<'_, M::Sequence>> = Vec::new();
+    loop {
+        while active.len() < shared.parallel {
+            let job = if active.is_empty() {
+                match queue.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            } else {
+                match queue.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            };
+            if let Some(started) = admit(&mut model, job, shared, active.len()) {
+                active.push(started);
+            }
         }
-        if job.events.is_closed() {
+        let outcome = {
+            let mut running: Vec<(&mut M::Sequence, &mut dyn TokenSink)> = active
+                .iter_mut()
+                .map(|a| (&mut a.seq, &mut a.sink as &mut dyn TokenSink))
+                .collect();
+            std::panic::catch_unwind(AssertUnwindSafe(|| model.step(&mut running)))
+        };
+        let failure = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(err.to_string()),
+            Err(_) => Some("the model crashed while generating; see the server log".to_owned()),
+        };
+        if let Some(failure) = failure {
+            for gone in active.drain(..) {
+                let _ = model.finish(gone.seq);
+                end(&model, shared, gone.sink.events, Err(failure.clone()));
+            }
             continue;
         }
-        let events = job.events.clone();
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            run_job(model.as_mut(), tokenizer, job, metrics)
-        }));
-        lock(line).running = false;
-        metrics.set_kv_cache_bytes(model.kept_cache_bytes());
-        // `Done` goes out only now, so a client that reads it finds the engine idle.
-        let failure = match outcome {
-            Ok(Ok(done)) => {
-                if let Some(done) = done {
-                    let _ = events.send(GenerationEvent::Done(done));
-                }
-                continue;
+        let mut i = 0;
+        while i < active.len() {
+            if model.is_finished(&active[i].seq) {
+                let done = active.swap_remove(i);
+                let stats = model.finish(done.seq);
+                let events = done.sink.events.clone();
+                let result = complete(done.sink, stats, done.wants_logprobs, shared.metrics);
+                end(
+                    &model,
+                    shared,
+                    events,
+                    result.map_err(|err| err.to_string()),
+                );
+            } else {
+                i += 1;
             }
-            Ok(Err(err)) => err.to_string(),
-            Err(_) => "the model crashed while generating; see the server log".to_owned(),
-        };
-        tracing::error!("generation failed: {failure}");
-        metrics.record(GenerationRecord {
-            failed: true,
-            ..GenerationRecord::default()
-        });
-        let _ = events.send(GenerationEvent::Failed(failure));
+        }
+    }
+}
+
+/// Moves `job` from the line into the running set (or drops it when its client left, or
+/// fails it when the model refuses its prompt).
+fn admit<'t, M: TokenModel>(
+    model: &mut M,
+    job: Job,
+    shared: Shared<'t>,
+    running: usize,
+) -> Option<Active<'t, M::Sequence>> {
+    let alive = !job.events.is_closed();
+    {
+        let mut line = lock(shared.line);
+        line.waiting.retain(|(ticket, _)| *ticket != job.ticket);
+        line.running = running + usize::from(alive);
+        line.announce();
+    }
+    if !alive {
+        return None;
+    }
+    let Job { chat, events, .. } = job;
+    let mut sink = JobSink {
+        events,
+        parser: ReplyParser::new(shared.tokenizer, &chat.reply),
+        failure: None,
+        logprobs: Vec::new(),
+        started: Instant::now(),
+        first_token: None,
+    };
+    for &id in &chat.reply.prefix {
+        if sink.read(id).is_break() {
+            break;
+        }
+    }
+    let wants_logprobs =
+        chat.generation.logprobs.is_some() || chat.generation.prompt_logprobs.is_some();
+    match model.begin(&chat.prompt, &chat.generation) {
+        Ok(seq) => Some(Active {
+            seq,
+            sink,
+            wants_logprobs,
+        }),
+        Err(err) => {
+            lock(shared.line).running = running;
+            end(model, shared, sink.events, Err(err.to_string()));
+            None
+        }
+    }
+}
+
+/// Tells a generation's client how it ended, once the engine's counts no longer include it
+/// (so a client that reads `Done` finds the engine free).
+fn end<M: TokenModel>(
+    model: &M,
+    shared: Shared<'_>,
+    events: mpsc::UnboundedSender<GenerationEvent>,
+    result: Result<Option<Completion>, String>,
+) {
+    {
+        let mut line = lock(shared.line);
+        line.running = line.running.saturating_sub(1);
+    }
+    shared.metrics.set_kv_cache_bytes(model.kept_cache_bytes());
+    match result {
+        Ok(Some(done)) => {
+            let _ = events.send(GenerationEvent::Done(done));
+        }
+        Ok(None) => {}
+        Err(failure) => {
+            tracing::error!("generation failed: {failure}");
+            shared.metrics.record(GenerationRecord {
+                failed: true,
+                ..GenerationRecord::default()
+            });
+            let _ = events.send(GenerationEvent::Failed(failure));
+        }
     }
 }
 
 /// The engine's view of one running generation: parses each token into events, stops when
 /// the client is gone, the answer hit a stop string or its output is malformed.
-struct JobSink<'a> {
-    events: &'a mpsc::UnboundedSender<GenerationEvent>,
-    parser: ReplyParser<'a>,
+struct JobSink<'t> {
+    events: mpsc::UnboundedSender<GenerationEvent>,
+    parser: ReplyParser<'t>,
     failure: Option<Smollm3Error>,
     logprobs: Vec<TokenLogprobs>,
     started: Instant,
@@ -283,29 +442,14 @@ impl TokenSink for JobSink<'_> {
     }
 }
 
-/// Runs one generation, streaming its events; returns the closing summary (`None` when the
-/// client left), which the caller sends once the engine is marked idle.
-fn run_job(
-    model: &mut dyn TokenModel,
-    tokenizer: &GgufTokenizer,
-    job: Job,
+/// Closes a finished generation: records it, sends the parser's last events and returns
+/// the closing summary (`None` when the client left), which [`end`] sends.
+fn complete(
+    sink: JobSink<'_>,
+    stats: GenerationStats,
+    wants_logprobs: bool,
     metrics: &Metrics,
 ) -> Result<Option<Completion>, ServiceError> {
-    let Job { chat, events, .. } = job;
-    let mut sink = JobSink {
-        events: &events,
-        parser: ReplyParser::new(tokenizer, &chat.reply),
-        failure: None,
-        logprobs: Vec::new(),
-        started: Instant::now(),
-        first_token: None,
-    };
-    for &id in &chat.reply.prefix {
-        if sink.read(id).is_break() {
-            break;
-        }
-    }
-    let stats = model.generate(&chat.prompt, &chat.generation, &mut sink)?;
     metrics.record(GenerationRecord {
         prompt_tokens: stats.prompt_tokens,
         cached_tokens: stats.cached_tokens,
@@ -323,15 +467,13 @@ fn run_job(
     let mut tool_calls = sink.parser.tool_calls();
     for event in sink.parser.finish().map_err(ServiceError::Output)? {
         tool_calls += usize::from(matches!(event, GenerationEvent::ToolCall(_)));
-        let _ = events.send(event);
+        let _ = sink.events.send(event);
     }
     let finish_reason = match stats.stop {
         StopReason::MaxTokens | StopReason::ContextFull => FinishReason::Length,
         StopReason::EndToken | StopReason::Cancelled if tool_calls > 0 => FinishReason::ToolCalls,
         StopReason::EndToken | StopReason::Cancelled => FinishReason::Stop,
     };
-    let wants_logprobs =
-        chat.generation.logprobs.is_some() || chat.generation.prompt_logprobs.is_some();
     Ok(Some(Completion {
         finish_reason,
         usage: Usage {

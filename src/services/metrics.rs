@@ -107,7 +107,7 @@ impl Default for Metrics {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct QueueState {
     pub waiting: usize,
-    pub running: bool,
+    pub running: usize,
 }
 
 impl Metrics {
@@ -199,7 +199,7 @@ impl Metrics {
             "smolbot_active_sequences",
             "gauge",
             "Generations running now.",
-            f64::from(u8::from(queue.running)),
+            queue.running as f64,
         );
         metric(
             "smolbot_kv_cache_bytes",
@@ -250,7 +250,7 @@ mod tests {
         });
         let text = m.prometheus(QueueState {
             waiting: 2,
-            running: true,
+            running: 1,
         });
         for line in [
             "smolbot_requests_total 1",

@@ -13,6 +13,6 @@ pub mod sessions;
 pub mod stub;
 
 pub use backend::{BackendSpec, ModelInfo};
-pub use engine::{Engine, GenerationStream};
+pub use engine::{Engine, EngineLimits, GenerationStream};
 pub use error::ServiceError;
 pub use sessions::SessionStore;

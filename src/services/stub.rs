@@ -89,6 +89,8 @@ pub struct StubModel {
     tokenizer: GgufTokenizer,
     /// Time between two tokens; `None` for no waiting.
     pace: Option<Duration>,
+    /// When the last paced step was due.
+    next_due: Option<Instant>,
     context_length: usize,
 }
 
@@ -99,6 +101,7 @@ impl StubModel {
         Ok(Self {
             tokenizer: stub_tokenizer()?,
             pace,
+            next_due: None,
             context_length: config.context_length,
         })
     }
@@ -108,13 +111,71 @@ impl StubModel {
     }
 }
 
+/// A stub generation: the reply it will write, token by token.
+pub struct StubSequence {
+    /// The reply's ids then the end token, still to write.
+    reply: std::vec::IntoIter<u32>,
+    request: GenerationRequest,
+    prompt_len: usize,
+    stats: GenerationStats,
+    /// The prompt was reported as read; tokens follow.
+    reading_done: bool,
+    started: Instant,
+    finished: bool,
+}
+
+impl StubSequence {
+    fn end(&mut self, stop: StopReason) {
+        self.stats.stop = stop;
+        self.stats.generation_time = self.started.elapsed();
+        self.finished = true;
+    }
+
+    /// One step: the prompt's (instant) reading, or the next token.
+    fn advance(&mut self, limit: usize, sink: &mut dyn TokenSink) {
+        if !self.reading_done {
+            self.reading_done = true;
+            let progress = PrefillProgress {
+                done: self.prompt_len,
+                total: self.prompt_len,
+                cached: 0,
+            };
+            self.stats.prompt_time = self.started.elapsed();
+            self.started = Instant::now();
+            if sink.prefilled(progress).is_break() {
+                self.end(StopReason::Cancelled);
+            }
+            return;
+        }
+        let request = &self.request;
+        if self.stats.generated_tokens >= request.max_tokens {
+            return self.end(StopReason::MaxTokens);
+        }
+        let Some(next) = self.reply.next() else {
+            return self.end(StopReason::EndToken);
+        };
+        if request.stop_tokens.contains(&next) {
+            return self.end(StopReason::EndToken);
+        }
+        self.stats.generated_tokens += 1;
+        let logprobs = request.logprobs.map(|n| certain(next, n));
+        if sink.token(Sampled { id: next, logprobs }) == TokenAction::Stop {
+            return self.end(StopReason::Cancelled);
+        }
+        if self.prompt_len + self.stats.generated_tokens >= limit {
+            self.end(StopReason::ContextFull);
+        }
+    }
+}
+
 impl TokenModel for StubModel {
-    fn generate(
+    type Sequence = StubSequence;
+
+    fn begin(
         &mut self,
         prompt: &[u32],
         request: &GenerationRequest,
-        sink: &mut dyn TokenSink,
-    ) -> Result<GenerationStats, ServiceError> {
+    ) -> Result<StubSequence, ServiceError> {
         let limit = self.context_length;
         if prompt.len() >= limit {
             return Err(ServiceError::Generation(
@@ -125,74 +186,75 @@ impl TokenModel for StubModel {
                 .to_string(),
             ));
         }
-        let started = Instant::now();
         let prompt_text = self
             .tokenizer
             .decode(prompt)
             .map_err(ServiceError::Tokenize)?;
         let reply = compose_reply(&prompt_text);
-        let ids = self
+        let mut ids = self
             .tokenizer
             .encode(&reply, true)
             .map_err(ServiceError::Tokenize)?;
-        let prompt_time = started.elapsed();
+        ids.extend(request.stop_tokens.first().copied());
         let prompt_logprobs = request.prompt_logprobs.map_or_else(Vec::new, |n| {
             prompt[1..].iter().map(|&id| certain(id, n)).collect()
         });
-        let progress = PrefillProgress {
-            done: prompt.len(),
-            total: prompt.len(),
-            cached: 0,
-        };
-        if sink.prefilled(progress).is_break() {
-            return Ok(GenerationStats {
+        Ok(StubSequence {
+            reply: ids.into_iter(),
+            request: request.clone(),
+            prompt_len: prompt.len(),
+            stats: GenerationStats {
                 prompt_tokens: prompt.len(),
-                prompt_time,
+                prompt_time: Duration::ZERO,
                 generated_tokens: 0,
                 generation_time: Duration::ZERO,
                 stop: StopReason::Cancelled,
                 prompt_logprobs,
                 cached_tokens: 0,
                 tokens: Vec::new(),
-            });
-        }
-        let started = Instant::now();
-        let mut next_due = started;
-        let mut ids = ids.into_iter().chain(request.stop_tokens.first().copied());
-        let mut generated = 0;
-        let stop = loop {
-            if generated >= request.max_tokens {
-                break StopReason::MaxTokens;
-            }
-            let Some(next) = ids.next() else {
-                break StopReason::EndToken;
-            };
-            if let Some(pace) = self.pace {
-                next_due += pace;
-                std::thread::sleep(next_due.saturating_duration_since(Instant::now()));
-            }
-            if request.stop_tokens.contains(&next) {
-                break StopReason::EndToken;
-            }
-            generated += 1;
-            let logprobs = request.logprobs.map(|n| certain(next, n));
-            if sink.token(Sampled { id: next, logprobs }) == TokenAction::Stop {
-                break StopReason::Cancelled;
-            }
-            if prompt.len() + generated >= limit {
-                break StopReason::ContextFull;
-            }
-        };
-        Ok(GenerationStats {
-            prompt_tokens: prompt.len(),
-            prompt_time,
-            generated_tokens: generated,
-            generation_time: started.elapsed(),
-            stop,
-            prompt_logprobs,
-            cached_tokens: 0,
-            tokens: Vec::new(),
+            },
+            reading_done: false,
+            started: Instant::now(),
+            finished: false,
         })
+    }
+
+    /// Writes one token for every sequence past its prompt, after waiting for the pace (one
+    /// wait per step, as a batched model spends one forward pass on all of them).
+    fn step(
+        &mut self,
+        running: &mut [(&mut StubSequence, &mut dyn TokenSink)],
+    ) -> Result<(), ServiceError> {
+        let writing = running
+            .iter()
+            .any(|(seq, _)| seq.reading_done && !seq.finished);
+        if let (Some(pace), true) = (self.pace, writing) {
+            let now = Instant::now();
+            // Keeps the average pace across steps, without a burst after an idle spell.
+            let due = match self.next_due {
+                Some(due) if due + pace + pace >= now => due + pace,
+                _ => now + pace,
+            };
+            std::thread::sleep(due.saturating_duration_since(now));
+            self.next_due = Some(due);
+        }
+        for (seq, sink) in running.iter_mut() {
+            if !seq.finished {
+                seq.advance(self.context_length, &mut **sink);
+            }
+        }
+        Ok(())
+    }
+
+    fn is_finished(&self, seq: &StubSequence) -> bool {
+        seq.finished
+    }
+
+    fn finish(&mut self, mut seq: StubSequence) -> GenerationStats {
+        if !seq.finished {
+            seq.end(StopReason::Cancelled);
+        }
+        seq.stats
     }
 }
 

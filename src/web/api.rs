@@ -144,7 +144,7 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
 
 /// Prometheus text format: the engine's counters, queue and latency histograms.
 async fn metrics(State(state): State<AppState>) -> Response {
-    let (waiting, running) = state.engine().load();
+    let (waiting, running) = state.engine().queue();
     let text = state
         .engine()
         .metrics()
@@ -163,16 +163,20 @@ async fn metrics(State(state): State<AppState>) -> Response {
 async fn status(State(state): State<AppState>) -> Json<Value> {
     let engine = state.engine();
     let info = engine.info();
-    let (waiting, running) = engine.load();
+    let (waiting, running) = engine.queue();
     let metrics = engine.metrics();
     Json(json!({
         "model": info.id,
         "stub": info.is_stub,
         "context_length": info.context_length,
         "device": info.device,
-        "state": if running { "busy" } else { "ready" },
+        "state": if running > 0 { "busy" } else { "ready" },
         "uptime_s": metrics.uptime().as_secs(),
-        "queue": { "waiting": waiting, "running": usize::from(running) },
+        "queue": {
+            "waiting": waiting,
+            "running": running,
+            "parallel": engine.limits().parallel,
+        },
         "requests": metrics.requests(),
         "kv_cache_bytes": metrics.kv_cache_bytes(),
         "peak_rss_bytes": crate::inference::device::peak_rss_bytes(),
