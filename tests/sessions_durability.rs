@@ -2,11 +2,15 @@
 //! binary over HTTP on 127.0.0.1, SIGKILLed in the middle of a generation, then started
 //! again on the same data directory. Every earlier message must be there unchanged, and the
 //! answer that was cut off must be kept as `stopped` (or be absent).
+//!
+//! SIGTERM is the graceful path: the server stops accepting, lets the answer in flight
+//! finish or stops it within its grace period, flushes the store and exits with status 0;
+//! the answer is then stored, complete or stopped, never lost and never left `generating`.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -15,29 +19,42 @@ use serde_json::{json, Value};
 struct Server {
     child: Child,
     port: u16,
+    log: std::path::PathBuf,
 }
 
 impl Server {
     fn start(data_dir: &Path, log_name: &str) -> Self {
+        Self::start_paced(data_dir, log_name, 25)
+    }
+
+    /// A server whose stub writes `tokens_per_second`.
+    fn start_paced(data_dir: &Path, log_name: &str, tokens_per_second: u32) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let log = std::fs::File::create(data_dir.join(log_name)).expect("log file");
+        let log_path = data_dir.join(log_name);
+        let log = std::fs::File::create(&log_path).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_smolbot"))
             .args(["serve", "--stub", "--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
             .arg("--data-dir")
             .arg(data_dir)
-            // Slow enough that a full answer takes seconds, so the kill lands mid-answer.
-            .args(["--stub-tokens-per-second", "25"])
+            // At 25, slow enough that a full answer takes seconds, so the kill lands
+            // mid-answer.
+            .arg("--stub-tokens-per-second")
+            .arg(tokens_per_second.to_string())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start smolbot serve");
-        let server = Self { child, port };
+        let server = Self {
+            child,
+            port,
+            log: log_path,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok((200, _)) = server.try_request("GET", "/health", None) {
@@ -101,6 +118,30 @@ impl Server {
         let value = serde_json::from_str(&text)
             .unwrap_or_else(|err| panic!("{method} {path}: {err}: {text}"));
         (status, value)
+    }
+
+    fn sigterm(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed: {sent}");
+    }
+
+    /// Waits at most `bound` for the process to exit; its exit status.
+    fn wait_exit(mut self, bound: Duration) -> ExitStatus {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the server") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit within {bound:?}; log: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn kill(mut self) {
@@ -205,4 +246,135 @@ fn sigkill_mid_generation_loses_no_earlier_message() {
     );
     assert_eq!(status, 200, "{reply}");
     server.kill();
+}
+
+/// Reads `stream` until `needle` has arrived, for at most 30 s.
+fn read_until(stream: &mut TcpStream, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} within 30 s: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        let n = stream.read(&mut buffer).expect("read the stream");
+        assert!(
+            n > 0,
+            "the stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Starts a long streamed answer on a server whose stub writes `tokens_per_second`, sends
+/// SIGTERM a moment into it, and checks what the issue asks of a graceful shutdown: no new
+/// connections, exit status 0 within the grace period, every earlier message kept and the
+/// answer stored (complete or stopped, with its text; never lost, never left
+/// `generating`). Returns the answer's stored status.
+fn sigterm_mid_answer(tokens_per_second: u32) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start_paced(dir.path(), "first.log", tokens_per_second);
+    let (status, conversation) = server.json(
+        "POST",
+        "/api/conversations",
+        Some(json!({"settings": {"max_tokens": 8}})),
+    );
+    assert_eq!(status, 201, "{conversation}");
+    let id = conversation["id"].as_str().expect("id").to_owned();
+    let (status, reply) = server.json(
+        "POST",
+        &format!("/api/conversations/{id}/messages"),
+        Some(json!({"content": "First question"})),
+    );
+    assert_eq!(status, 200, "{reply}");
+    let (status, _) = server.json(
+        "PATCH",
+        &format!("/api/conversations/{id}"),
+        Some(json!({"settings": {}})),
+    );
+    assert_eq!(status, 200);
+    let before = messages(&server, &id);
+    assert_eq!(before.len(), 2);
+
+    // A long answer, streamed by a client that keeps listening through the shutdown.
+    let mut stream = server.connect().expect("connect");
+    Server::send_head(
+        &mut stream,
+        "POST",
+        &format!("/api/conversations/{id}/messages"),
+        Some(&json!({"content": "Second question, with a long answer", "stream": true})),
+    )
+    .expect("send");
+    read_until(&mut stream, "event: reasoning");
+    std::thread::sleep(Duration::from_millis(500));
+    let listener = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stream.read_to_string(&mut rest);
+        rest
+    });
+
+    let signalled = Instant::now();
+    server.sigterm();
+    // While the answer may still be finishing, nobody new gets in.
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = server.try_request("GET", "/health", None);
+    assert!(
+        !matches!(refused, Ok((200, _))),
+        "a new request was served after SIGTERM: {refused:?}"
+    );
+    // The grace period is 10 s; the flush and the exit take well under the rest.
+    let status = server.wait_exit(Duration::from_secs(25));
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let took = signalled.elapsed();
+    let rest = listener.join().expect("the stream reader");
+    let log = std::fs::read_to_string(dir.path().join("first.log")).unwrap_or_default();
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(log.contains("conversation store flushed"), "{log}");
+
+    let server = Server::start(dir.path(), "second.log");
+    let after = messages(&server, &id);
+    assert_eq!(
+        after.len(),
+        4,
+        "the interrupted answer is stored: {after:?}"
+    );
+    assert_eq!(after[..2], before[..], "earlier messages are unchanged");
+    assert_eq!(after[2]["content"], "Second question, with a long answer");
+    assert_eq!(after[2]["status"], "complete");
+    let answer = &after[3];
+    assert_eq!(answer["role"], "assistant");
+    let reasoning = answer["reasoning"].as_str().unwrap_or_default();
+    assert!(!reasoning.is_empty(), "the answer's text is kept: {answer}");
+    let answer_status = answer["status"].as_str().unwrap_or_default().to_owned();
+    eprintln!("exited {took:?} after SIGTERM; the answer is {answer_status}");
+    match answer_status.as_str() {
+        // Finished within the grace period: the client saw it to the end.
+        "complete" => assert!(rest.contains("event: done"), "{rest}"),
+        "stopped" => assert!(took >= Duration::from_secs(9), "stopped after {took:?}"),
+        other => panic!("the answer is {other:?}, not complete or stopped: {answer}"),
+    }
+    let second_log = std::fs::read_to_string(dir.path().join("second.log")).unwrap_or_default();
+    assert!(
+        !second_log.contains("cut off by the last shutdown"),
+        "the shutdown left nothing for the restart to repair: {second_log}"
+    );
+    server.kill();
+    answer_status
+}
+
+#[test]
+fn sigterm_lets_a_short_answer_finish_and_exits_cleanly() {
+    // At 100 tokens a second the answer takes a few seconds: it is still being written at
+    // the signal and ends well within the grace period.
+    assert_eq!(sigterm_mid_answer(100), "complete");
+}
+
+#[test]
+fn sigterm_stops_a_long_answer_at_the_grace_period_and_keeps_it() {
+    // At 10 tokens a second the answer outlasts the 10 s grace period many times over.
+    assert_eq!(sigterm_mid_answer(10), "stopped");
 }

@@ -14,9 +14,14 @@ use smolbot::web::{app, AppState};
 use tower::ServiceExt;
 
 async fn stub_engine() -> Engine {
+    paced_engine(0.0).await
+}
+
+/// The stub writing `tokens_per_second` (0: as fast as it can).
+async fn paced_engine(tokens_per_second: f64) -> Engine {
     Engine::start(
         BackendSpec::Stub(StubConfig {
-            tokens_per_second: 0.0,
+            tokens_per_second,
             context_length: STUB_CONTEXT_LENGTH,
         }),
         4,
@@ -233,7 +238,7 @@ async fn send_returns_the_exchange_and_the_stream_brings_the_answer() {
         .contains(r#"<div class="bubble">Hello there</div>"#));
     assert!(sent.text.contains("Thinking…"));
     let url = stream_url(&sent.text);
-    assert!(url.starts_with("/chat/stream/a_"), "{url}");
+    assert!(url.starts_with("/chat/stream/run_"), "{url}");
 
     let streamed = get(&app, &url).await;
     assert_eq!(streamed.status, StatusCode::OK);
@@ -274,8 +279,27 @@ async fn send_returns_the_exchange_and_the_stream_brings_the_answer() {
         "{stats}"
     );
 
-    // The answer is over: the stream is gone, and the conversation takes the next message.
-    assert_eq!(get(&app, &url).await.status, StatusCode::NOT_FOUND);
+    // The answer is over: its stream still reads the same for a while (for a browser that
+    // reconnects late), and the conversation takes the next message.
+    let replayed = get(&app, &url).await;
+    assert_eq!(replayed.status, StatusCode::OK);
+    let replay = sse_events(&replayed.text);
+    let not_answer = |events: &[(String, String)]| -> Vec<(String, String)> {
+        events
+            .iter()
+            .filter(|(e, _)| e != "answer")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(not_answer(&replay), not_answer(&events));
+    assert_eq!(
+        replay
+            .iter()
+            .rev()
+            .find(|(e, _)| e == "answer")
+            .map(|(_, a)| a),
+        Some(last_answer)
+    );
     let again = send_message(&app, &id, "And again", "").await;
     assert_eq!(
         again.hx("hx-push-url"),
@@ -333,7 +357,9 @@ async fn tool_calls_arrive_as_cards() {
 
 #[tokio::test]
 async fn stop_cancels_an_answer_and_frees_the_conversation() {
-    let app = stub_app().await;
+    // Paced, so the answer is still being written when Stop comes: nobody reads its stream,
+    // and the run writes on without a reader.
+    let app = app(AppState::new(paced_engine(100.0).await, None));
     let sent = send_message(&app, "", "Hello", "").await;
     let conversation = sent.hx("hx-push-url").expect("url")["/c/".len()..].to_owned();
     let url = stream_url(&sent.text);
@@ -343,8 +369,14 @@ async fn stop_cancels_an_answer_and_frees_the_conversation() {
     assert!(busy.text.contains("still being written"));
     let stopped = call(&app, form_request(&format!("/chat/stop/{id}"), "", true)).await;
     assert_eq!(stopped.status, StatusCode::NO_CONTENT);
-    assert_eq!(get(&app, &url).await.status, StatusCode::NOT_FOUND);
-    let unknown = call(&app, form_request(&format!("/chat/stop/{id}"), "", true)).await;
+    // The stopped run's stream still reads to its end, which says it was stopped.
+    let streamed = get(&app, &url).await;
+    assert_eq!(streamed.status, StatusCode::OK);
+    assert!(streamed.text.contains("Stopped."), "{}", streamed.text);
+    // Stopping it again is no error; an answer that never was is.
+    let again = call(&app, form_request(&format!("/chat/stop/{id}"), "", true)).await;
+    assert_eq!(again.status, StatusCode::NO_CONTENT);
+    let unknown = call(&app, form_request("/chat/stop/run_nothing", "", true)).await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert_eq!(
         send_message(&app, &conversation, "Another", "")

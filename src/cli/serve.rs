@@ -1,11 +1,19 @@
 //! `smolbot serve`: the chat server — the OpenAI-compatible API over the real model or the
 //! stub. Glue only: parse the flags, start the engine, bind, serve until Ctrl-C or SIGTERM.
+//!
+//! Shutting down: on the first signal the server stops accepting connections and lets the
+//! requests in flight finish (an answer being streamed runs to its end) for at most
+//! [`SHUTDOWN_GRACE`]; a second signal, or the grace running out, stops waiting. Then the
+//! conversation store is flushed: answers still being written are stored as `stopped` with
+//! their text so far, and the write-ahead log is folded into the database file. The exit
+//! status is 0.
 
 use std::future::IntoFuture;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -14,6 +22,14 @@ use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
 use smolbot::services::{BackendSpec, Engine};
 use smolbot::web::app::loading_gate;
 use smolbot::web::{app, AppState};
+use tokio::sync::watch;
+
+/// How long requests in flight at a shutdown signal get to finish: enough for most answers
+/// to end, and well inside a service manager's stop timeout (systemd's default is 90 s).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long the runtime waits at exit for blocking work (a query, a tokenization) to end.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
 
 /// Which model to run and how; `serve` and `chat` share them.
 #[derive(Args)]
@@ -130,7 +146,11 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args))
+    let code = runtime.block_on(serve(args));
+    // Tasks still running (a detached answer past the grace) are dropped here; their
+    // answers were already marked stopped by the store's flush.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    code
 }
 
 /// Logs to stderr, `info` unless `RUST_LOG` says otherwise.
@@ -171,9 +191,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{warning}");
     }
     let ready = Arc::new(OnceLock::new());
+    // Set once by the first Ctrl-C or SIGTERM; the server and this function both watch it.
+    let (signalled, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!(
+            "shutting down: no new connections; requests in flight get {} s to finish",
+            SHUTDOWN_GRACE.as_secs()
+        );
+        let _ = signalled.send(true);
+    });
     let mut server = tokio::spawn(
         axum::serve(listener, loading_gate(Arc::clone(&ready)))
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(stopped(stop.clone()))
             .into_future(),
     );
     // Not "on http://…": scripts wait for that line of the ready server.
@@ -186,14 +216,53 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let (id, context_length) = (engine.info().id.clone(), engine.info().context_length);
-    let _ = ready.set(app(AppState::new(engine, api_key).with_sessions(sessions)));
+    let _ = ready.set(app(
+        AppState::new(engine, api_key).with_sessions(sessions.clone())
+    ));
     // Only once the full app answers: scripts start their requests on this line.
     tracing::info!("serving {id} ({context_length} tokens of context) on http://{address}");
-    server
-        .await
-        .context("the server failed")?
-        .context("the server failed")?;
+    let served = tokio::select! {
+        served = &mut server => Some(served),
+        () = stopped(stop) => None,
+    };
+    let served = match served {
+        Some(served) => Some(served),
+        None => tokio::select! {
+            served = &mut server => Some(served),
+            () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                tracing::warn!(
+                    "requests still running after {} s; stopping them",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+                None
+            }
+            () = shutdown_signal() => {
+                tracing::warn!("second signal: stopping the requests still running");
+                None
+            }
+        },
+    };
+    if served.is_none() {
+        server.abort();
+    }
+    match sessions.close().await {
+        Ok(0) => tracing::info!("conversation store flushed"),
+        Ok(n) => {
+            tracing::warn!("conversation store flushed; {n} unfinished answer(s) kept as stopped")
+        }
+        Err(err) => tracing::error!("flushing the conversation store failed: {err}"),
+    }
+    if let Some(served) = served {
+        served
+            .context("the server failed")?
+            .context("the server failed")?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves once `stop` says a shutdown signal came (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|signalled| *signalled).await;
 }
 
 /// The warning for a server that anyone on the network can use: listening beyond loopback
@@ -207,7 +276,7 @@ fn exposure_warning(ip: IpAddr, has_key: bool) -> Option<String> {
     })
 }
 
-/// Resolves on Ctrl-C or SIGTERM, so the server stops accepting and finishes what it sends.
+/// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -227,7 +296,6 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
-    tracing::info!("shutting down");
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Shared services between the web layer and the engine: the engine actor that owns the
 //! model (`engine`), the chat pipeline from request to prompt tokens (`chat`), the typed
 //! event stream of a generation (`events`), the real and stub backends, persistent
-//! conversations (`sessions`) and the engine's counters (`metrics`). Nothing here knows HTTP.
+//! conversations (`sessions`), the built-in tools the server runs for the model (`tools`)
+//! and the engine's counters (`metrics`). Nothing here knows HTTP.
 
 pub mod backend;
 pub mod chat;
@@ -9,10 +10,13 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod metrics;
+pub mod runs;
 pub mod sessions;
 pub mod stub;
+pub mod tools;
 
 pub use backend::{BackendSpec, ModelInfo};
 pub use engine::{Engine, EngineLimits, GenerationStream};
 pub use error::ServiceError;
+pub use runs::Runs;
 pub use sessions::SessionStore;

@@ -3,18 +3,20 @@
 //! that the model answers.
 //!
 //! Handlers translate only; the [`SessionStore`] keeps the data and the engine writes the
-//! answer. Sending runs the generation in a task of its own that saves the answer as it
-//! grows and once more when it ends — complete, failed, or stopped because the client went
-//! away (its receiver was dropped) — so the stored conversation never depends on the client
-//! staying to the end.
+//! answer. Sending starts a [`Run`] of the conversation (shared with the page, so one answer
+//! is written at a time): it keeps a draft message up to date as the answer grows and saves
+//! it once more when it ends, so the stored conversation never depends on the client
+//! staying. A client that goes away cancels nothing; its SSE events carry the run's entry
+//! ids, and `GET /api/conversations/{id}/stream` with `Last-Event-ID` resumes the answer
+//! being written.
 
 use std::convert::Infallible;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,23 +24,18 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use super::app::AppState;
 use super::error::{ApiError, ErrorKind};
 use super::json::ApiJson;
 use crate::services::chat::{ChatMessage, ChatRequest, Role, TokenLimit};
 use crate::services::events::{GenerationEvent, Progress};
+use crate::services::runs::{Entry, Run, RunEvent, Saving, Subscription};
 use crate::services::sessions::{
-    from_jsonl, to_jsonl, to_markdown, tool_calls_json, ConversationPatch, ConversationSettings,
-    MessageStats, MessageStatus, MessageUpdate, NewMessage, StoredMessage,
+    from_jsonl, to_jsonl, to_markdown, ConversationPatch, ConversationSettings, MessageStatus,
+    NewMessage, StoredMessage,
 };
-use crate::services::{GenerationStream, ServiceError, SessionStore};
-use crate::smollm3::tool_calls::ToolCall;
-
-/// How often a growing answer is saved: a crash loses at most about a second of text, and a
-/// generation writes at most one row a second.
-const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+use crate::services::{Runs, ServiceError, SessionStore};
 
 /// The routes of the conversations API.
 pub fn routes() -> Router<AppState> {
@@ -50,18 +47,28 @@ pub fn routes() -> Router<AppState> {
             get(show).patch(update).delete(remove),
         )
         .route("/api/conversations/{id}/messages", get(messages).post(send))
+        .route("/api/conversations/{id}/stream", get(resume))
         .route("/api/conversations/{id}/export", get(export))
 }
 
 /// The store, or a 503 when the server runs without one.
 fn store(state: &AppState) -> Result<SessionStore, ApiError> {
-    state.sessions().cloned().ok_or_else(|| ApiError {
+    state.sessions().cloned().ok_or_else(no_store)
+}
+
+/// The runs writing into the store; there are runs exactly when there is a store.
+fn runs(state: &AppState) -> Result<Runs, ApiError> {
+    state.runs().cloned().ok_or_else(no_store)
+}
+
+fn no_store() -> ApiError {
+    ApiError {
         status: StatusCode::SERVICE_UNAVAILABLE,
         kind: ErrorKind::Unavailable,
         message: "this server keeps no conversations; start it with --data-dir".into(),
         param: None,
         code: None,
-    })
+    }
 }
 
 /// A query string of type `T`, or a 400 in our error shape.
@@ -269,9 +276,12 @@ async fn send(
         return Err(ApiError::invalid("content", "`content` must not be empty"));
     }
     let store = store(&state)?;
+    let runs = runs(&state)?;
     let conversation = store.get(id.clone()).await?;
+    let reservation = runs.reserve(&id)?;
     let history = store.messages(id.clone()).await?;
     let request = chat_request(&conversation.settings, &history, &body.content);
+    let thinking = request.enable_thinking.unwrap_or(true);
     let codec = state.engine().codec().clone();
     let chat = tokio::task::spawn_blocking(move || codec.prepare(&request))
         .await
@@ -293,131 +303,56 @@ async fn send(
             },
         )
         .await?;
-    let (client, updates) = mpsc::unbounded_channel();
-    tokio::spawn(record(store, draft.id, generation, client));
+    let run = reservation.start(generation, Saving::Draft(draft.id), thinking);
     if body.stream {
         let start = json!({ "user_message": user, "assistant_message_id": draft.id });
-        return Ok(sse(start, updates).into_response());
+        return Ok(sse(Some(start), &run, 0).into_response());
     }
-    collect(user, updates).await
+    collect(user, run.subscribe(0)).await
 }
 
-/// What the recording task tells the client.
-enum Update {
-    Event(GenerationEvent),
-    /// The answer as finally stored; the last update.
-    Saved(StoredMessage),
-    /// Saving failed; the last update.
-    Error(ApiError),
+/// `GET /api/conversations/{id}/stream`: the answer being written in the conversation, as
+/// `POST …/messages` streams it (without the first `message` event), after the client's
+/// `Last-Event-ID`. 404 when no answer is being written: the stored messages are final.
+async fn resume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let runs = runs(&state)?;
+    let run = runs.live(&id).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no answer is being written in conversation `{id}`; its messages are final"
+        ))
+    })?;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0);
+    Ok(sse(None, &run, after).into_response())
 }
 
-/// An answer as it grows.
-#[derive(Default)]
-struct Answer {
-    content: String,
-    reasoning: String,
-    calls: Vec<ToolCall>,
-    tool_calls: Option<serde_json::Value>,
-}
-
-impl Answer {
-    fn update(
-        &self,
-        status: MessageStatus,
-        finish_reason: Option<String>,
-        stats: MessageStats,
-    ) -> MessageUpdate {
-        MessageUpdate {
-            content: self.content.clone(),
-            reasoning: (!self.reasoning.is_empty()).then(|| self.reasoning.clone()),
-            tool_calls: self.tool_calls.clone(),
-            status,
-            finish_reason,
-            stats,
-        }
+/// Saving the answer failed: the client is told, in words, that it may be incomplete.
+fn save_failed(message: String) -> ApiError {
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        kind: ErrorKind::Server,
+        message,
+        param: None,
+        code: None,
     }
-}
-
-/// Drives one generation to its end, saving the answer as it grows and when it ends, and
-/// passing each event on while the client listens. The client going away stops the
-/// generation (the stream is dropped) and the answer is kept as `stopped`.
-async fn record(
-    store: SessionStore,
-    message: i64,
-    mut generation: GenerationStream,
-    client: mpsc::UnboundedSender<Update>,
-) {
-    let mut answer = Answer::default();
-    let mut last_save = Instant::now();
-    let (status, finish_reason, stats) = loop {
-        let event = tokio::select! {
-            () = client.closed() => break (MessageStatus::Stopped, None, MessageStats::default()),
-            event = generation.next() => event,
-        };
-        let Some(event) = event else {
-            let _ = client.send(Update::Event(GenerationEvent::Failed(
-                ServiceError::EngineStopped.to_string(),
-            )));
-            break (MessageStatus::Failed, None, MessageStats::default());
-        };
-        let end = match &event {
-            GenerationEvent::Progress(_) => None,
-            GenerationEvent::Reasoning(text) => {
-                answer.reasoning.push_str(text);
-                None
-            }
-            GenerationEvent::Content(text) => {
-                answer.content.push_str(text);
-                None
-            }
-            GenerationEvent::ToolCall(call) => {
-                answer.calls.push(call.clone());
-                answer.tool_calls = tool_calls_json(&answer.calls);
-                None
-            }
-            GenerationEvent::Done(done) => Some((
-                MessageStatus::Complete,
-                Some(done.finish_reason.as_str().to_owned()),
-                MessageStats::from(done),
-            )),
-            GenerationEvent::Failed(_) => {
-                Some((MessageStatus::Failed, None, MessageStats::default()))
-            }
-        };
-        let _ = client.send(Update::Event(event));
-        if let Some(end) = end {
-            break end;
-        }
-        if last_save.elapsed() >= SAVE_INTERVAL {
-            last_save = Instant::now();
-            let partial = answer.update(MessageStatus::Generating, None, MessageStats::default());
-            if let Err(err) = store.update_message(message, partial).await {
-                tracing::warn!("saving a partial answer failed: {err}");
-            }
-        }
-    };
-    drop(generation);
-    let saved = store
-        .update_message(message, answer.update(status, finish_reason, stats))
-        .await;
-    let _ = client.send(match saved {
-        Ok(message) => Update::Saved(message),
-        Err(err) => Update::Error(err.into()),
-    });
 }
 
 /// Waits for the end of the answer and returns both messages as one JSON object.
-async fn collect(
-    user: StoredMessage,
-    mut updates: mpsc::UnboundedReceiver<Update>,
-) -> Result<Response, ApiError> {
+async fn collect(user: StoredMessage, mut run: Subscription) -> Result<Response, ApiError> {
     let mut failure = None;
-    while let Some(update) = updates.recv().await {
-        match update {
-            Update::Event(GenerationEvent::Failed(message)) => failure = Some(message),
-            Update::Event(_) => {}
-            Update::Error(err) => return Err(err),
-            Update::Saved(message) => {
+    while let Some(entry) = run.next().await {
+        match &entry.event {
+            RunEvent::Generation(GenerationEvent::Failed(message)) => {
+                failure = Some(message.clone());
+            }
+            RunEvent::Saved(Ok(Some(message))) => {
                 if let Some(failure) = failure {
                     return Err(ServiceError::Generation(failure).into());
                 }
@@ -426,53 +361,67 @@ async fn collect(
                         .into_response(),
                 );
             }
+            RunEvent::Saved(Err(message)) => return Err(save_failed(message.clone())),
+            RunEvent::Saved(Ok(None)) | RunEvent::Generation(_) | RunEvent::Stopped => {}
         }
     }
     Err(ServiceError::EngineStopped.into())
 }
 
-/// The answer as server-sent events: `message` first (the stored user message), then
-/// `reasoning`, `content` and `tool_call` deltas, and `done` with the stored answer — or
-/// `error`.
+/// One log entry as a conversation stream event: name, data, and whether it is the last;
+/// `None` for entries the stream does not show (the engine's `Done`, which the stored
+/// answer in `done` replaces, and a stop, which its status tells).
+fn stream_event(entry: &Entry) -> Option<(&'static str, serde_json::Value, bool)> {
+    Some(match &entry.event {
+        RunEvent::Generation(GenerationEvent::Reasoning(text)) => {
+            ("reasoning", json!({ "text": text }), false)
+        }
+        RunEvent::Generation(GenerationEvent::Content(text)) => {
+            ("content", json!({ "text": text }), false)
+        }
+        RunEvent::Generation(GenerationEvent::ToolCall(call)) => (
+            "tool_call",
+            json!({ "name": call.name, "arguments": call.arguments }),
+            false,
+        ),
+        RunEvent::Generation(GenerationEvent::Progress(progress)) => {
+            ("progress", progress_json(*progress), false)
+        }
+        RunEvent::Generation(GenerationEvent::Failed(message)) => {
+            let err = ApiError::from(ServiceError::Generation(message.clone()));
+            ("error", err.body(), false)
+        }
+        RunEvent::Saved(Ok(Some(message))) => ("done", json!({ "message": message }), true),
+        RunEvent::Saved(Ok(None)) => ("done", json!({ "message": null }), true),
+        RunEvent::Saved(Err(message)) => ("error", save_failed(message.clone()).body(), true),
+        RunEvent::Generation(GenerationEvent::Done(_)) | RunEvent::Stopped => return None,
+    })
+}
+
+/// The answer as server-sent events: `message` first when `start` is given (the stored user
+/// message), then `reasoning`, `content` and `tool_call` deltas, and `done` with the stored
+/// answer — or `error`. Every event after `message` carries its run entry's id.
 fn sse(
-    start: serde_json::Value,
-    updates: mpsc::UnboundedReceiver<Update>,
+    start: Option<serde_json::Value>,
+    run: &Arc<Run>,
+    after: u64,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let first = Event::default().event("message").data(start.to_string());
-    let rest = stream::unfold(Some(updates), |updates| async move {
-        let mut updates = updates?;
+    let first = start.map(|start| Ok(Event::default().event("message").data(start.to_string())));
+    let rest = stream::unfold(Some(run.subscribe(after)), |subscription| async move {
+        let mut subscription = subscription?;
         loop {
-            let (event, last) = match updates.recv().await? {
-                Update::Event(GenerationEvent::Reasoning(text)) => {
-                    (("reasoning", json!({ "text": text })), false)
-                }
-                Update::Event(GenerationEvent::Content(text)) => {
-                    (("content", json!({ "text": text })), false)
-                }
-                Update::Event(GenerationEvent::ToolCall(call)) => (
-                    (
-                        "tool_call",
-                        json!({ "name": call.name, "arguments": call.arguments }),
-                    ),
-                    false,
-                ),
-                Update::Event(GenerationEvent::Progress(progress)) => {
-                    (("progress", progress_json(progress)), false)
-                }
-                Update::Event(GenerationEvent::Done(_)) => continue,
-                Update::Event(GenerationEvent::Failed(message)) => {
-                    let err = ApiError::from(ServiceError::Generation(message));
-                    (("error", err.body()), false)
-                }
-                Update::Saved(message) => (("done", json!({ "message": message })), true),
-                Update::Error(err) => (("error", err.body()), true),
+            let entry = subscription.next().await?;
+            let Some((name, data, last)) = stream_event(&entry) else {
+                continue;
             };
-            let (name, data) = event;
-            let event = Event::default().event(name).data(data.to_string());
-            return Some((Ok(event), (!last).then_some(updates)));
+            let event = Event::default()
+                .event(name)
+                .data(data.to_string())
+                .id(entry.id.to_string());
+            return Some((Ok(event), (!last).then_some(subscription)));
         }
     });
-    let events = futures_util::StreamExt::chain(stream::once(async move { Ok(first) }), rest);
+    let events = futures_util::StreamExt::chain(stream::iter(first), rest);
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 

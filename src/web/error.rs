@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::services::runs::RunError;
 use crate::services::ServiceError;
 
 /// Seconds a client is told to wait when the queue is full: about one short answer's time.
@@ -114,6 +115,22 @@ impl ApiError {
                 code: self.code,
             }
         })
+    }
+}
+
+impl From<RunError> for ApiError {
+    fn from(err: RunError) -> Self {
+        let message = err.to_string();
+        match err {
+            RunError::Busy(_) => Self {
+                status: StatusCode::CONFLICT,
+                kind: ErrorKind::InvalidRequest,
+                message,
+                param: None,
+                code: Some("conversation_busy"),
+            },
+            RunError::Unknown(_) | RunError::Finished(_) => Self::not_found(message),
+        }
     }
 }
 

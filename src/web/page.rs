@@ -15,16 +15,17 @@
 //! A conversation is created by its first message (or first setting), not by opening the
 //! page, so reloading `/` leaves no empty conversations behind.
 //!
-//! A queued answer waits in [`PageState`] until the browser opens its stream. The SSE body
-//! owns the generation's receiver, so a closed tab or a Stop drops it and the engine stops
-//! within a token; a stream the browser never opens is dropped after [`UNCLAIMED_TIMEOUT`].
+//! An answer is a [`Run`] of the conversation (see [`crate::services::runs`]), not of the
+//! tab: closing the tab cancels nothing, the answer is written to the end and saved, and
+//! reopening the chat (`/c/{id}`) shows it streaming on. Every tab on the chat reads the
+//! same run; each SSE event carries the id of the run's log entry it renders, so a browser
+//! that reconnects with `Last-Event-ID` gets the rest without repeats. Only Stop cancels.
 //! The answer is saved before its last event is sent, so a page that saw it end finds it
 //! after a reload.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::rejection::{FormRejection, QueryRejection};
@@ -40,27 +41,23 @@ use minijinja::value::Serde;
 use minijinja::{context, Environment, Value};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
-use tokio::sync::Notify;
 
 use super::assets;
 use super::error::ApiError;
 use super::markdown::render_markdown;
-use super::openai::random_id;
 use super::transcripts::{self, ConversationId, MessageView};
 use crate::inference::sampling::SamplingParams;
 use crate::services::chat::{ChatRequest, Role};
 use crate::services::events::{Completion, GenerationEvent, Progress};
+use crate::services::runs::{Entry, Reservation, Run, RunError, RunEvent, Saving};
 use crate::services::sessions::{
-    to_markdown, tool_calls_json, Conversation, ConversationPatch, ConversationSettings,
-    MessageStats, MessageStatus, NewMessage, StoredMessage,
+    to_markdown, Conversation, ConversationPatch, ConversationSettings, NewMessage, StoredMessage,
 };
-use crate::services::{Engine, GenerationStream, ServiceError, SessionStore};
-use crate::smollm3::tool_calls::ToolCall;
+use crate::services::{Engine, GenerationStream, Runs, ServiceError, SessionStore};
 
-/// How long a queued answer waits for the browser to open its stream before it is dropped.
-/// The page opens it within milliseconds; 30 s covers a slow phone without letting a
-/// script fill the queue with answers nobody reads.
-pub const UNCLAIMED_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long Stop waits for the run to save its partial answer before it answers, so the
+/// page can send the next message at once; saving takes milliseconds.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest message the page accepts, in bytes: a long paste fits, a runaway one is refused
 /// before it is tokenized.
@@ -69,8 +66,8 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// Longest title or search text, in bytes: far more than a sidebar line, far less than abuse.
 pub const MAX_TITLE_BYTES: usize = 200;
 
-/// Events taken from the engine before one Markdown render: a slow client gets fewer,
-/// larger updates instead of a growing backlog.
+/// Run log entries taken before one Markdown render: a slow client (or one replaying a long
+/// answer) gets fewer, larger updates instead of a growing backlog.
 const MAX_EVENTS_PER_UPDATE: usize = 64;
 
 /// The slash commands: name, what it inserts when picked in the menu, usage, and help.
@@ -146,7 +143,7 @@ pub enum PageError {
     BadFormat(String),
     #[error("an answer is still being written in this conversation; wait for it or stop it")]
     Busy,
-    #[error("there is no answer `{0}` waiting to stream (finished, stopped or expired)")]
+    #[error("there is no answer `{0}` to stream (finished a while ago, or never started)")]
     UnknownAnswer(String),
     #[error("{0}")]
     Service(#[from] ServiceError),
@@ -174,6 +171,14 @@ impl PageError {
             Self::UnknownAnswer(_) | Self::UnknownConversation(_) => StatusCode::NOT_FOUND,
             Self::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Service(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A run's refusal in the page's words.
+    fn from_run(err: RunError) -> Self {
+        match err {
+            RunError::Busy(_) => Self::Busy,
+            RunError::Unknown(id) | RunError::Finished(id) => Self::UnknownAnswer(id),
         }
     }
 
@@ -251,23 +256,13 @@ fn render(name: &str, ctx: Value) -> Result<String, minijinja::Error> {
     templates().get_template(name)?.render(ctx)
 }
 
-/// An answer between `POST /chat/send` and the end of its stream.
-struct LiveAnswer {
-    conversation: ConversationId,
-    /// Taken by the stream handler; `None` once the browser has opened the stream.
-    generation: Option<GenerationStream>,
-    stop: Arc<Notify>,
-    sent_at: Instant,
-    thinking: bool,
-}
-
 /// What the page handlers share: the engine, the conversations and the answers in flight.
 pub struct PageState {
     engine: Engine,
     store: SessionStore,
     /// The store is on disk (not the in-memory fallback); the sidebar says so otherwise.
     persistent: bool,
-    live: Mutex<HashMap<String, LiveAnswer>>,
+    runs: Runs,
 }
 
 impl PageState {
@@ -282,24 +277,18 @@ impl PageState {
         }
     }
 
-    /// A page over `engine`, keeping conversations in `store`.
-    pub fn new(engine: Engine, store: SessionStore, persistent: bool) -> Self {
+    /// A page over `engine`, writing answers with `runs` into their store.
+    pub fn new(engine: Engine, runs: Runs, persistent: bool) -> Self {
         Self {
             engine,
-            store,
+            store: runs.store().clone(),
             persistent,
-            live: Mutex::new(HashMap::new()),
+            runs,
         }
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveAnswer>> {
-        self.live.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn busy(&self, conversation: &ConversationId) -> bool {
-        self.live()
-            .values()
-            .any(|a| &a.conversation == conversation)
+        self.runs.is_busy(conversation.as_str())
     }
 
     fn context_length(&self) -> usize {
@@ -307,19 +296,19 @@ impl PageState {
     }
 }
 
-/// The page's routes with their own state; merge into the app. Without `sessions` the page
-/// keeps its conversations in an in-memory store, lost when the server stops.
-pub fn routes<S: Clone + Send + Sync + 'static>(
-    engine: Engine,
-    sessions: Option<SessionStore>,
-) -> Router<S> {
-    let persistent = sessions.is_some();
-    let store = match sessions {
-        Some(store) => store,
+/// The page's routes with their own state; merge into the app. Without `runs` (no
+/// conversation store) the page keeps its conversations in an in-memory store, lost when
+/// the server stops.
+pub fn routes<S: Clone + Send + Sync + 'static>(engine: Engine, runs: Option<Runs>) -> Router<S> {
+    let persistent = runs.is_some();
+    let runs = match runs {
+        Some(runs) => runs,
         // Opening an empty in-memory SQLite database only fails when memory is exhausted.
-        None => SessionStore::in_memory().expect("an in-memory conversation store opens"),
+        None => {
+            Runs::new(SessionStore::in_memory().expect("an in-memory conversation store opens"))
+        }
     };
-    routes_with(Arc::new(PageState::new(engine, store, persistent)))
+    routes_with(Arc::new(PageState::new(engine, runs, persistent)))
 }
 
 /// The page's routes over a given state (a test's, for one).
@@ -631,6 +620,11 @@ async fn render_page(
     };
     let used = measure(state, &settings, &history).await;
     let conversations = state.store.list(None).await?;
+    // An answer still being written shows streaming, from the start of its run.
+    let live = state
+        .runs
+        .live(&id)
+        .map(|run| context! { id => run.id(), thinking => run.thinking() });
     let html = render(
         "page.html",
         context! {
@@ -643,6 +637,7 @@ async fn render_page(
             current => id.as_str(),
             query => Option::<String>::None,
             messages => Serde(transcripts::views(&history)),
+            live => live,
             thinking => transcripts::thinking(&settings),
             settings => Serde(SettingsView::new(&settings)),
             defaults => context! {
@@ -848,47 +843,49 @@ fn checked_message(raw: &str) -> Result<String, PageError> {
     Ok(text.to_owned())
 }
 
-/// Queues an answer to `request` in `conversation` and returns its id for the stream URL.
-/// Queued before anything is saved, so a busy server refuses without leaving a question
-/// nobody answers.
+/// An answer about to start: its conversation held and its generation queued.
+struct Queued {
+    reservation: Reservation,
+    generation: GenerationStream,
+    thinking: bool,
+}
+
+impl Queued {
+    /// The run id, for the stream URL.
+    fn id(&self) -> &str {
+        self.reservation.id()
+    }
+
+    /// Starts the run; called once the question is stored, so the answer lands after it.
+    fn start(self) {
+        self.reservation
+            .start(self.generation, Saving::Append, self.thinking);
+    }
+}
+
+/// Holds `conversation` and queues an answer to `request`. Queued before anything is saved,
+/// so a busy server refuses without leaving a question nobody answers; dropping the result
+/// unstarted cancels the generation and frees the conversation.
 async fn queue_answer(
     state: &Arc<PageState>,
     conversation: &ConversationId,
     request: ChatRequest,
-) -> Result<String, PageError> {
+) -> Result<Queued, PageError> {
+    let reservation = state
+        .runs
+        .reserve(conversation.as_str())
+        .map_err(PageError::from_run)?;
     let thinking = request.enable_thinking.unwrap_or(true);
     let codec = state.engine.codec().clone();
     let prepared = tokio::task::spawn_blocking(move || codec.prepare(&request))
         .await
         .map_err(|err| ServiceError::Generation(format!("worker failed: {err}")))??;
     let generation = state.engine.submit(prepared)?;
-    let id = random_id("a_");
-    {
-        let mut live = state.live();
-        if live.values().any(|a| &a.conversation == conversation) {
-            return Err(PageError::Busy);
-        }
-        live.insert(
-            id.clone(),
-            LiveAnswer {
-                conversation: conversation.clone(),
-                generation: Some(generation),
-                stop: Arc::new(Notify::new()),
-                sent_at: Instant::now(),
-                thinking,
-            },
-        );
-    }
-    let reaper = Arc::clone(state);
-    let unclaimed = id.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(UNCLAIMED_TIMEOUT).await;
-        let mut live = reaper.live();
-        if live.get(&unclaimed).is_some_and(|a| a.generation.is_some()) {
-            live.remove(&unclaimed);
-        }
-    });
-    Ok(id)
+    Ok(Queued {
+        reservation,
+        generation,
+        thinking,
+    })
 }
 
 async fn send(
@@ -962,8 +959,9 @@ async fn send(
         .await?;
     let mut html = render(
         "exchange.html",
-        context! { message => text, id => answer, thinking => thinking },
+        context! { message => text, id => answer.id(), thinking => thinking },
     )?;
+    answer.start();
     html.push_str(&sidebar_oob(&state, id.as_str()).await?);
     Ok(fragment_response(html, created.then_some(&id)))
 }
@@ -1032,7 +1030,14 @@ async fn regenerate(
     if let Some(from) = replaced {
         state.store.truncate(id.as_str().to_owned(), from).await?;
     }
-    let html = transcript_with_answer(&history, &state.engine.info().id, None, &answer, thinking)?;
+    let html = transcript_with_answer(
+        &history,
+        &state.engine.info().id,
+        None,
+        answer.id(),
+        thinking,
+    )?;
+    answer.start();
     Ok(Html(html))
 }
 
@@ -1089,9 +1094,10 @@ async fn edit(
         &history,
         &state.engine.info().id,
         Some(&text),
-        &answer,
+        answer.id(),
         thinking,
     )?;
+    answer.start();
     Ok(Html(html))
 }
 
@@ -1183,6 +1189,7 @@ async fn save_settings(
         top_p: optional("top-p", &body.top_p)?,
         max_tokens: optional("max tokens", &body.max_tokens)?,
         thinking: None,
+        builtin_tools: None,
     };
     parsed.check()?;
     apply_settings(
@@ -1190,6 +1197,7 @@ async fn save_settings(
         &body.conversation,
         move |old| ConversationSettings {
             thinking: old.thinking,
+            builtin_tools: old.builtin_tools,
             ..parsed
         },
         "Saved.",
@@ -1400,101 +1408,76 @@ async fn command(
     }
 }
 
+/// `POST /chat/stop/{id}`: stops the run and answers once its partial answer is saved and
+/// the conversation is free. Stopping a run that just finished is no error: the user
+/// wanted it over, and it is.
 async fn stop(
     State(state): State<Arc<PageState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, PageError> {
     from_page(&headers)?;
-    let mut live = state.live();
-    let Some(answer) = live.get(&id) else {
-        return Err(PageError::UnknownAnswer(id));
-    };
-    if answer.generation.is_some() {
-        // Not streaming yet: dropping the receiver is the whole cancellation.
-        live.remove(&id);
-    } else {
-        answer.stop.notify_one();
+    let run = state.runs.get(&id).map_err(PageError::from_run)?;
+    match run.stop() {
+        Ok(()) | Err(RunError::Finished(_)) => {}
+        Err(other) => return Err(PageError::from_run(other)),
+    }
+    if tokio::time::timeout(STOP_WAIT, run.finished())
+        .await
+        .is_err()
+    {
+        tracing::warn!("answer {id} did not finish within {STOP_WAIT:?} of its stop");
     }
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The entry id the browser saw last (`Last-Event-ID` on a reconnect); 0 for a new stream.
+fn last_event_id(headers: &HeaderMap) -> u64 {
+    headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `GET /chat/stream/{id}`: the run's answer as SSE events of HTML, from its start or after
+/// the browser's `Last-Event-ID`. Leaving cancels nothing; the run goes on without readers.
 async fn stream(
     State(state): State<Arc<PageState>>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, PageError> {
-    let (generation, writer) = {
-        let mut live = state.live();
-        let answer = live
-            .get_mut(&id)
-            .ok_or_else(|| PageError::UnknownAnswer(id.clone()))?;
-        let generation = answer
-            .generation
-            .take()
-            .ok_or_else(|| PageError::UnknownAnswer(id.clone()))?;
-        let writer = AnswerWriter {
-            state: Arc::clone(&state),
-            id: id.clone(),
-            conversation: answer.conversation.clone(),
-            stop: Arc::clone(&answer.stop),
-            sent_at: answer.sent_at,
-            first_token_at: None,
-            progress_shown: false,
-            reasoning: String::new(),
-            reasoning_open: answer.thinking,
-            content: String::new(),
-            tool_calls: Vec::new(),
-            outcome: None,
-            saved: false,
-        };
-        (generation, writer)
-    };
-    let events = stream::unfold(Some((generation, writer)), |current| async move {
-        let (mut generation, mut writer) = current?;
-        let stop = Arc::clone(&writer.stop);
-        let first = tokio::select! {
-            event = generation.next() => event,
-            () = stop.notified() => {
-                drop(generation);
-                let events = writer.stopped();
-                writer.save().await;
-                return Some((events, None));
-            }
-        };
-        let mut batch = vec![first];
+    let run = state.runs.get(&id).map_err(PageError::from_run)?;
+    let writer = AnswerWriter::new(Arc::clone(&state), &run, last_event_id(&headers));
+    let subscription = run.subscribe(0);
+    let events = stream::unfold(Some((subscription, writer)), |current| async move {
+        let (mut subscription, mut writer) = current?;
+        let mut batch = vec![subscription.next().await?];
         while batch.len() < MAX_EVENTS_PER_UPDATE {
-            match generation.next().now_or_never() {
-                Some(event) => batch.push(event),
-                None => break,
+            match subscription.next().now_or_never() {
+                Some(Some(entry)) => batch.push(entry),
+                _ => break,
             }
         }
-        let (events, over) = writer.events(batch);
-        if over {
-            drop(generation);
-            writer.save().await;
-            return Some((events, None));
-        }
-        Some((events, Some((generation, writer))))
+        let (events, over) = writer.batch(batch);
+        Some((events, (!over).then_some((subscription, writer))))
     })
     .flat_map(|events| stream::iter(events.into_iter().map(Ok::<Event, Infallible>)));
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
-/// How an answer ended, as the store keeps it.
-struct Outcome {
-    status: MessageStatus,
-    finish_reason: Option<String>,
-    stats: MessageStats,
-}
-
-/// Turns one answer's generation events into SSE events of HTML, and saves the answer to
-/// the conversation when it ends — or, when the browser leaves first, as it is dropped.
+/// Turns a run's log into SSE events of HTML. Every stream replays the log from its start
+/// into a fresh writer, so an answer joined midway renders whole; entries up to the
+/// browser's `Last-Event-ID` update the writer but are not sent again.
+///
+/// Each entry's last event carries the entry's id; the answer's Markdown, rendered once per
+/// batch of text, carries the id of the newest text it holds. Events without an id (the
+/// Thinking block closing, a progress line cleared) are safe to repeat after a reconnect.
 struct AnswerWriter {
     state: Arc<PageState>,
-    id: String,
-    conversation: ConversationId,
-    stop: Arc<Notify>,
-    sent_at: Instant,
+    started_at: Instant,
+    /// The client already has every entry up to this id.
+    after: u64,
     first_token_at: Option<Instant>,
     /// A queue or prefill notice is on the page, to be cleared by the first token.
     progress_shown: bool,
@@ -1502,111 +1485,131 @@ struct AnswerWriter {
     /// The Thinking block is open and still takes reasoning.
     reasoning_open: bool,
     content: String,
-    tool_calls: Vec<ToolCall>,
-    outcome: Option<Outcome>,
-    saved: bool,
+    /// The newest text entry not yet rendered into an `answer` event.
+    unrendered: Option<u64>,
 }
 
 impl AnswerWriter {
-    /// The SSE events for a batch of engine events, and whether the answer is over.
-    fn events(&mut self, batch: Vec<Option<GenerationEvent>>) -> (Vec<Event>, bool) {
+    fn new(state: Arc<PageState>, run: &Run, after: u64) -> Self {
+        Self {
+            state,
+            started_at: run.started_at(),
+            after,
+            first_token_at: None,
+            progress_shown: false,
+            reasoning: String::new(),
+            reasoning_open: run.thinking(),
+            content: String::new(),
+            unrendered: None,
+        }
+    }
+
+    /// The SSE events for a batch of log entries, and whether the log is over.
+    fn batch(&mut self, entries: Vec<Arc<Entry>>) -> (Vec<Event>, bool) {
         let mut out = Vec::new();
-        let mut content_changed = false;
-        for event in batch {
-            if let Some(GenerationEvent::Progress(progress)) = event {
-                out.push(sse("progress", progress_html(progress)));
-                self.progress_shown = true;
+        let mut over = false;
+        for entry in entries {
+            let text = matches!(
+                entry.event,
+                RunEvent::Generation(GenerationEvent::Content(_))
+            );
+            if !text {
+                self.render_answer(&mut out);
+            }
+            let mut group = Vec::new();
+            over |= self.entry(&entry, &mut group);
+            if entry.id <= self.after {
                 continue;
             }
-            if self.first_token_at.is_none() {
-                self.first_token_at = Some(Instant::now());
-            }
-            if std::mem::take(&mut self.progress_shown) {
-                out.push(sse("progress", "<span></span>".to_owned()));
-            }
-            match event {
-                Some(GenerationEvent::Reasoning(text)) => {
-                    self.reasoning.push_str(&text);
-                    if self.reasoning_open {
-                        out.push(sse("reasoning", escape_span(&text)));
-                    }
-                }
-                Some(GenerationEvent::Content(text)) => {
-                    self.close_thinking(&mut out);
-                    self.content.push_str(&text);
-                    content_changed = true;
-                }
-                Some(GenerationEvent::ToolCall(call)) => {
-                    self.close_thinking(&mut out);
-                    let arguments = serde_json::to_string_pretty(&call.arguments)
-                        .unwrap_or_else(|_| call.arguments.to_string());
-                    out.push(self.fragment(
-                        "tool",
-                        "tool_call.html",
-                        context! { name => call.name.as_str(), arguments => arguments },
-                    ));
-                    self.tool_calls.push(call);
-                }
-                Some(GenerationEvent::Done(done)) => {
-                    self.close_thinking(&mut out);
-                    self.push_answer(&mut out, content_changed);
-                    out.push(self.done(None, Some(&done)));
-                    self.outcome = Some(Outcome {
-                        status: MessageStatus::Complete,
-                        finish_reason: Some(done.finish_reason.as_str().to_owned()),
-                        stats: MessageStats::from(&done),
-                    });
-                    return (out, true);
-                }
-                Some(GenerationEvent::Failed(message)) => {
-                    return (self.failed(out, content_changed, &message), true);
-                }
-                Some(GenerationEvent::Progress(_)) => {}
-                None => {
-                    let message = ServiceError::EngineStopped.to_string();
-                    return (self.failed(out, content_changed, &message), true);
+            if !text {
+                if let Some(last) = group.pop() {
+                    group.push(last.id(entry.id.to_string()));
                 }
             }
+            out.extend(group);
         }
-        self.push_answer(&mut out, content_changed);
-        (out, false)
+        self.render_answer(&mut out);
+        (out, over)
     }
 
-    /// The events that end an answer the user stopped.
-    fn stopped(&mut self) -> Vec<Event> {
-        let mut out = Vec::new();
-        self.close_thinking(&mut out);
-        out.push(self.done(Some("Stopped."), None));
-        out
-    }
-
-    fn failed(&mut self, mut out: Vec<Event>, content_changed: bool, message: &str) -> Vec<Event> {
-        self.close_thinking(&mut out);
-        self.push_answer(&mut out, content_changed);
-        out.push(self.fragment("failed", "failed.html", context! { message => message }));
-        out.push(self.done(Some("Failed."), None));
-        self.outcome = Some(Outcome {
-            status: MessageStatus::Failed,
-            finish_reason: None,
-            stats: MessageStats::default(),
-        });
-        out
-    }
-
-    fn push_answer(&self, out: &mut Vec<Event>, changed: bool) {
-        if changed {
-            out.push(sse("answer", render_markdown(&self.content)));
+    /// The answer's Markdown, when text came since it was last rendered.
+    fn render_answer(&mut self, out: &mut Vec<Event>) {
+        if let Some(id) = self.unrendered.take() {
+            if id > self.after {
+                out.push(sse("answer", render_markdown(&self.content)).id(id.to_string()));
+            }
         }
     }
 
-    /// Collapses the Thinking block into its finished form, once.
-    fn close_thinking(&mut self, out: &mut Vec<Event>) {
+    /// Takes one entry into the writer's state and adds its events; true when it is the
+    /// log's last.
+    fn entry(&mut self, entry: &Entry, out: &mut Vec<Event>) -> bool {
+        let event = match &entry.event {
+            RunEvent::Saved(_) => return true,
+            RunEvent::Generation(GenerationEvent::Progress(progress)) => {
+                out.push(sse("progress", progress_html(*progress)));
+                self.progress_shown = true;
+                return false;
+            }
+            RunEvent::Stopped => {
+                self.clear_progress(out);
+                self.close_thinking(entry.at, out);
+                out.push(self.done(Some("Stopped."), None));
+                return false;
+            }
+            RunEvent::Generation(event) => event,
+        };
+        self.first_token_at.get_or_insert(entry.at);
+        self.clear_progress(out);
+        match event {
+            GenerationEvent::Reasoning(text) => {
+                self.reasoning.push_str(text);
+                if self.reasoning_open {
+                    out.push(sse("reasoning", escape_span(text)));
+                }
+            }
+            GenerationEvent::Content(text) => {
+                self.close_thinking(entry.at, out);
+                self.content.push_str(text);
+                self.unrendered = Some(entry.id);
+            }
+            GenerationEvent::ToolCall(call) => {
+                self.close_thinking(entry.at, out);
+                let arguments = serde_json::to_string_pretty(&call.arguments)
+                    .unwrap_or_else(|_| call.arguments.to_string());
+                out.push(self.fragment(
+                    "tool",
+                    "tool_call.html",
+                    context! { name => call.name.as_str(), arguments => arguments },
+                ));
+            }
+            GenerationEvent::Done(done) => {
+                self.close_thinking(entry.at, out);
+                out.push(self.done(None, Some(done)));
+            }
+            GenerationEvent::Failed(message) => {
+                self.close_thinking(entry.at, out);
+                out.push(self.fragment("failed", "failed.html", context! { message => message }));
+                out.push(self.done(Some("Failed."), None));
+            }
+            GenerationEvent::Progress(_) => {}
+        }
+        false
+    }
+
+    fn clear_progress(&mut self, out: &mut Vec<Event>) {
+        if std::mem::take(&mut self.progress_shown) {
+            out.push(sse("progress", "<span></span>".to_owned()));
+        }
+    }
+
+    /// Collapses the Thinking block into its finished form, once; `at` is when the
+    /// reasoning ended.
+    fn close_thinking(&mut self, at: Instant, out: &mut Vec<Event>) {
         if !std::mem::take(&mut self.reasoning_open) {
             return;
         }
-        let seconds = self
-            .first_token_at
-            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let seconds = self.first_token_at.map_or(0.0, |t| (at - t).as_secs_f64());
         // Re-tokenizing the reasoning (a few hundred tokens, well under a millisecond) is
         // simpler than threading a count through the event stream.
         let tokens = self
@@ -1631,7 +1634,7 @@ impl AnswerWriter {
         let stats = done.map(|done| {
             let ttft = self
                 .first_token_at
-                .map_or(0.0, |t| (t - self.sent_at).as_secs_f64());
+                .map_or(0.0, |t| (t - self.started_at).as_secs_f64());
             let timings = done.timings;
             let seconds = timings.predicted_time.as_secs_f64();
             let rate = if seconds > 0.0 {
@@ -1674,69 +1677,6 @@ impl AnswerWriter {
             tracing::error!("page template {template} failed: {err:#}");
             "<p class=\"failure-text\">This part of the answer could not be shown.</p>".into()
         })
-    }
-
-    /// The answer as the store keeps it; `None` when nothing was written.
-    fn message(&mut self) -> Option<NewMessage> {
-        if self.content.is_empty() && self.reasoning.is_empty() && self.tool_calls.is_empty() {
-            return None;
-        }
-        let outcome = self.outcome.take().unwrap_or(Outcome {
-            status: MessageStatus::Stopped,
-            finish_reason: None,
-            stats: MessageStats::default(),
-        });
-        Some(NewMessage {
-            role: Role::Assistant,
-            content: self.content.trim().to_owned(),
-            reasoning: Some(self.reasoning.trim().to_owned()).filter(|r| !r.is_empty()),
-            tool_calls: tool_calls_json(&self.tool_calls),
-            tool_call_id: None,
-            status: outcome.status,
-            finish_reason: outcome.finish_reason,
-            stats: outcome.stats,
-        })
-    }
-
-    /// Saves the answer, then frees the conversation for its next message.
-    async fn save(&mut self) {
-        self.saved = true;
-        if let Some(message) = self.message() {
-            let conversation = self.conversation.as_str().to_owned();
-            if let Err(err) = self.state.store.append(conversation, message).await {
-                tracing::error!("the page could not save an answer: {err}");
-            }
-        }
-        self.state.live().remove(&self.id);
-    }
-}
-
-impl Drop for AnswerWriter {
-    /// The browser left mid-answer: save what was written, as `stopped`, in the background.
-    fn drop(&mut self) {
-        if self.saved {
-            return;
-        }
-        let message = self.message();
-        let state = Arc::clone(&self.state);
-        let id = self.id.clone();
-        let conversation = self.conversation.as_str().to_owned();
-        let finish = async move {
-            if let Some(message) = message {
-                if let Err(err) = state.store.append(conversation, message).await {
-                    tracing::error!("the page could not save an answer: {err}");
-                }
-            }
-            state.live().remove(&id);
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(finish);
-            }
-            Err(_) => {
-                self.state.live().remove(&self.id);
-            }
-        }
     }
 }
 

@@ -183,6 +183,31 @@ test("Esc stops the answer on the server mid-stream", async () => {
   await page.close();
 });
 
+test("closing the tab does not stop the answer; reopening the chat streams it on", async () => {
+  const { page } = await openPage();
+  await send(page, "Tell me something long");
+  await page.locator(".reasoning span").first().waitFor();
+  await page.waitForURL(/\/c\/conv_\w+$/);
+  const path = new URL(page.url()).pathname;
+  await page.close();
+  const reopened = await context.newPage();
+  const problems = [];
+  reopened.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  await reopened.goto(server.url + path);
+  await reopened.waitForFunction(() => window.htmx);
+  // Still being written: the answer streams in from its start, thinking and all.
+  assert.equal(await reopened.locator(".msg.assistant.streaming").count(), 1);
+  await reopened.locator(".meta .stats").waitFor({ timeout: ANSWER_MS });
+  assert.ok((await reopened.locator(".reasoning").textContent()).length > 0, "reasoning replayed");
+  assert.equal(await reopened.locator(".meta .note", { hasText: "Stopped." }).count(), 0);
+  assert.equal(await reopened.locator(".answer table").count(), 1, "the whole answer");
+  await reopened.reload();
+  await reopened.locator(".meta .stats").waitFor();
+  assert.equal(await reopened.locator(".msg.assistant.streaming").count(), 0, "stored, finished");
+  assert.deepEqual(problems, []);
+  await reopened.close();
+});
+
 test("markup in a message renders inert", async () => {
   const { page, problems } = await openPage();
   const payload = '<img src=x onerror="window.__xss=1"> <script>window.__xss=2</script> **bold**';

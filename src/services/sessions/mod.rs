@@ -13,6 +13,7 @@
 mod export;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,7 +29,10 @@ use crate::smollm3::tool_calls::ToolCall;
 pub use export::{from_jsonl, to_jsonl, to_markdown};
 
 /// The schema, one step per file; step `i` brings `user_version` from `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_builtin_tools.sql"),
+];
 
 /// The database's file name inside the data directory.
 pub const DATABASE_FILE: &str = "smolbot.sqlite3";
@@ -66,6 +70,9 @@ pub struct ConversationSettings {
     pub max_tokens: Option<i64>,
     /// SmolLM3's reasoning switch.
     pub thinking: Option<bool>,
+    /// Whether the server offers its built-in tools (`services::tools`: calculator, current
+    /// time) to the model in this conversation and runs the calls it makes to them.
+    pub builtin_tools: Option<bool>,
 }
 
 impl ConversationSettings {
@@ -299,6 +306,9 @@ pub struct ConversationPatch {
 pub struct SessionStore {
     connection: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
+    /// Set by [`SessionStore::close`]: from then on every operation is refused, so work
+    /// still running at a shutdown cannot mark a stopped answer `generating` again.
+    closed: Arc<AtomicBool>,
 }
 
 impl SessionStore {
@@ -337,7 +347,33 @@ impl SessionStore {
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
             path: Arc::new(path),
+            closed: Arc::default(),
         })
+    }
+
+    /// Flushes the store for a shutdown: answers still `generating` are marked `stopped`
+    /// (nothing will finish them now; their text so far is kept), and the write-ahead log is
+    /// checkpointed into the main file. Returns how many answers were marked. Every commit is
+    /// already durable (`synchronous = FULL`); this leaves the file complete on its own and
+    /// the statuses true without waiting for the next start to repair them.
+    ///
+    /// Afterwards this store and all its clones refuse every operation, and a second
+    /// `close` is an error too.
+    pub async fn close(&self) -> Result<usize, ServiceError> {
+        let closed = Arc::clone(&self.closed);
+        self.with(move |c| {
+            closed.store(true, Ordering::Release);
+            let stopped = c
+                .execute(
+                    "UPDATE messages SET status = 'stopped' WHERE status = 'generating'",
+                    [],
+                )
+                .map_err(storage("stop interrupted answers"))?;
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(storage("write the log into the database file"))?;
+            Ok(stopped)
+        })
+        .await
     }
 
     /// The database file.
@@ -351,10 +387,16 @@ impl SessionStore {
         work: impl FnOnce(&mut Connection) -> Result<T, ServiceError> + Send + 'static,
     ) -> Result<T, ServiceError> {
         let connection = Arc::clone(&self.connection);
+        let closed = Arc::clone(&self.closed);
         tokio::task::spawn_blocking(move || {
             let mut guard = connection
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if closed.load(Ordering::Acquire) {
+                return Err(ServiceError::Storage {
+                    action: "take changes after the server began shutting down",
+                });
+            }
             work(&mut guard)
         })
         .await
@@ -847,6 +889,7 @@ impl SessionStore {
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
             path: Arc::new(PathBuf::from(":memory:")),
+            closed: Arc::default(),
         })
     }
 

@@ -66,6 +66,84 @@ async fn a_newer_schema_is_refused_with_both_versions() {
     }
 }
 
+/// A database from before `builtin_tools` (schema version 1) opens with its settings as
+/// they were, and the new setting is stored, patched and read back like the others.
+#[tokio::test]
+async fn builtin_tools_setting_migrates_from_version_1_and_round_trips() {
+    let dir = temp();
+    {
+        let mut c = Connection::open(dir.path().join(DATABASE_FILE)).expect("open");
+        let tx = c.transaction().expect("transaction");
+        tx.execute_batch(MIGRATIONS[0]).expect("version 1 schema");
+        tx.pragma_update(None, "user_version", 1).expect("version");
+        tx.execute(
+            "INSERT INTO conversations (id, title, settings, created_at, updated_at) \
+             VALUES ('conv_old', 'old', '{\"system_prompt\":\"Be brief.\",\"thinking\":false}', 1, 1)",
+            [],
+        )
+        .expect("old row");
+        tx.commit().expect("commit");
+    }
+    let s = store(&dir).await;
+    let version: i64 = s
+        .with(|c| {
+            c.query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(storage("read"))
+        })
+        .await
+        .expect("version");
+    assert_eq!(version, 2);
+    let old = s.get("conv_old".into()).await.expect("old conversation");
+    assert_eq!(
+        old.settings,
+        ConversationSettings {
+            system_prompt: Some("Be brief.".into()),
+            thinking: Some(false),
+            ..ConversationSettings::default()
+        }
+    );
+    assert_eq!(old.settings.builtin_tools, None);
+
+    for value in [Some(true), Some(false), None] {
+        let settings = ConversationSettings {
+            builtin_tools: value,
+            ..old.settings.clone()
+        };
+        let patch = ConversationPatch {
+            settings: Some(settings.clone()),
+            ..ConversationPatch::default()
+        };
+        let updated = s.update("conv_old".into(), patch).await.expect("update");
+        assert_eq!(updated.settings, settings);
+        let reopened = store(&dir).await;
+        assert_eq!(
+            reopened.get("conv_old".into()).await.expect("get").settings,
+            settings,
+            "{value:?} survives reopening"
+        );
+    }
+
+    let created = s
+        .create(
+            None,
+            ConversationSettings {
+                builtin_tools: Some(true),
+                ..ConversationSettings::default()
+            },
+        )
+        .await
+        .expect("create");
+    assert_eq!(
+        s.get(created.id).await.expect("get").settings.builtin_tools,
+        Some(true)
+    );
+    // The API's JSON form: a plain optional boolean, absent meaning the default.
+    let parsed: ConversationSettings =
+        serde_json::from_str(r#"{"builtin_tools": true}"#).expect("parses");
+    assert_eq!(parsed.builtin_tools, Some(true));
+    assert!(serde_json::from_str::<ConversationSettings>(r#"{"builtin_tools": "yes"}"#).is_err());
+}
+
 #[tokio::test]
 async fn crud_lists_newest_first_and_titles_from_the_first_user_message() {
     let dir = temp();
@@ -124,6 +202,7 @@ async fn crud_lists_newest_first_and_titles_from_the_first_user_message() {
         top_p: Some(0.9),
         max_tokens: Some(128),
         thinking: Some(false),
+        builtin_tools: Some(true),
     };
     let renamed = s
         .update(
@@ -247,6 +326,72 @@ async fn reopening_marks_interrupted_answers_stopped_and_keeps_their_text() {
     let all = s.messages(c.id.clone()).await.expect("messages");
     assert_eq!(all[1].status, MessageStatus::Stopped);
     assert_eq!(all[1].content, "half an ans");
+}
+
+#[tokio::test]
+async fn closing_stops_running_answers_and_empties_the_log() {
+    let dir = temp();
+    let s = store(&dir).await;
+    let c = s
+        .create(None, ConversationSettings::default())
+        .await
+        .expect("create");
+    s.append(c.id.clone(), NewMessage::text(Role::User, "hi"))
+        .await
+        .expect("user");
+    s.append(c.id.clone(), assistant("done", MessageStatus::Complete))
+        .await
+        .expect("answer");
+    let draft = s
+        .append(
+            c.id.clone(),
+            assistant("half an ans", MessageStatus::Generating),
+        )
+        .await
+        .expect("draft");
+    assert_eq!(s.close().await.expect("close"), 1);
+    // Work still running at shutdown cannot change anything any more.
+    let update = MessageUpdate {
+        content: "half an answer".into(),
+        reasoning: None,
+        tool_calls: None,
+        status: MessageStatus::Generating,
+        finish_reason: None,
+        stats: MessageStats::default(),
+    };
+    let late = s.clone().update_message(draft.id, update).await;
+    assert!(
+        matches!(late, Err(ServiceError::Storage { .. })),
+        "{late:?}"
+    );
+    assert!(s.messages(c.id.clone()).await.is_err());
+    assert!(s.close().await.is_err());
+
+    // The file alone, without the repair a store does when it opens: the log is folded into
+    // it and the answer is stopped with its text.
+    let wal = dir.path().join(format!("{DATABASE_FILE}-wal"));
+    assert_eq!(
+        std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0),
+        0,
+        "the log is checkpointed into the database file"
+    );
+    drop(s);
+    let raw = Connection::open(dir.path().join(DATABASE_FILE)).expect("open");
+    let rows: Vec<(String, String)> = raw
+        .prepare("SELECT status, content FROM messages ORDER BY id")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(Iterator::collect)
+        })
+        .expect("read the file");
+    assert_eq!(
+        rows,
+        [
+            ("complete".to_owned(), "hi".to_owned()),
+            ("complete".to_owned(), "done".to_owned()),
+            ("stopped".to_owned(), "half an ans".to_owned()),
+        ]
+    );
 }
 
 #[tokio::test]

@@ -173,7 +173,9 @@
     if (event.detail && event.detail.source) event.detail.source.close();
     var stop = answer.querySelector("button.stop");
     if (stop) stop.remove();
-    showError("The connection to the server was lost; the answer stopped. What arrived is kept.");
+    // The answer is the conversation's, not the tab's: if the server is still up it goes on
+    // being written, and reopening the chat shows it.
+    showError("The connection to the server was lost. What arrived is kept; reload the chat to see the rest of the answer.");
     finish(answer);
   });
 

@@ -1,0 +1,669 @@
+//! Chat runs that belong to their conversation, not to the connection that started them.
+//!
+//! A [`Run`] is one answer being written into a conversation. Its task owns the engine's
+//! [`GenerationStream`], so a client going away cancels nothing: the answer is written to
+//! the end and saved. Every event goes into the run's log under an increasing id, and any
+//! number of subscribers read that log — from the start, or after the last id they saw (SSE
+//! `Last-Event-ID`) — so two tabs see the same answer and a reconnecting client misses
+//! nothing and repeats nothing. Only [`Run::stop`] cancels, within a token.
+//!
+//! [`Runs`] is the registry: at most one live run per conversation (a second send is refused
+//! with [`RunError::Busy`]), and a finished run's log is kept for [`FINISHED_RUN_KEPT`] so a
+//! client that reconnects just after the end still gets it.
+//!
+//! The run task's body, [`drive`], loops over rounds of generation on one log, so an agent
+//! loop (run the called tools, store their results, generate again) can live there later.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use rand::distr::{Alphanumeric, SampleString};
+use tokio::sync::{watch, Notify};
+
+use super::chat::Role;
+use super::engine::GenerationStream;
+use super::error::ServiceError;
+use super::events::{Completion, GenerationEvent};
+use super::sessions::{
+    tool_calls_json, MessageStats, MessageStatus, MessageUpdate, NewMessage, SessionStore,
+    StoredMessage,
+};
+use crate::smollm3::tool_calls::ToolCall;
+
+/// How long a finished run's log stays readable: a reconnecting browser retries within a
+/// few seconds, and a minute of a finished answer's events costs little memory.
+pub const FINISHED_RUN_KEPT: Duration = Duration::from_secs(60);
+
+/// How often a run that keeps a draft saves it: a crash loses at most about a second of
+/// text, and a generation writes at most one row a second.
+pub const DRAFT_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a run could not be started, found or stopped.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RunError {
+    #[error("an answer is still being written in conversation `{0}`; wait for it or stop it")]
+    Busy(String),
+    #[error("there is no answer `{0}` (finished a while ago, or never started)")]
+    Unknown(String),
+    #[error("the answer `{0}` is already finished")]
+    Finished(String),
+}
+
+/// One entry of a run's log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEvent {
+    /// An event of the generation, as the engine sent it. `Done` and `Failed` end a round;
+    /// they are logged only once the answer is saved, so a client that sees the end finds
+    /// the answer in the conversation.
+    Generation(GenerationEvent),
+    /// The run was stopped; what was written is saved as `stopped`.
+    Stopped,
+    /// The answer as stored (`None` when nothing was written); the last entry of the log.
+    Saved(Result<Option<StoredMessage>, String>),
+}
+
+/// A logged event with its id (from 1, consecutive) and when the run received it, so a
+/// late subscriber can show the same timings as one that watched live.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub id: u64,
+    pub at: Instant,
+    pub event: RunEvent,
+}
+
+/// How a run keeps its answer in the conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saving {
+    /// Append the answer when the run ends (nothing when nothing was written): the page.
+    Append,
+    /// Keep this draft message up to date as the answer grows and when it ends: the
+    /// conversations API, whose clients read the draft while it is written.
+    Draft(i64),
+}
+
+#[derive(Default)]
+struct Log {
+    entries: Vec<Arc<Entry>>,
+    closed: bool,
+}
+
+/// One answer being written into a conversation.
+pub struct Run {
+    id: String,
+    conversation: String,
+    started_at: Instant,
+    thinking: bool,
+    log: Mutex<Log>,
+    /// The number of entries, bumped on every append and on close, to wake subscribers.
+    changed: watch::Sender<u64>,
+    stop: Notify,
+}
+
+impl Run {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn conversation(&self) -> &str {
+        &self.conversation
+    }
+
+    /// When the run was started (the message was sent).
+    pub fn started_at(&self) -> Instant {
+        self.started_at
+    }
+
+    /// The prompt left thinking on, so the answer may open with reasoning.
+    pub fn thinking(&self) -> bool {
+        self.thinking
+    }
+
+    fn log(&self) -> MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The run has logged its last entry.
+    pub fn is_finished(&self) -> bool {
+        self.log().closed
+    }
+
+    /// Asks the run to stop; it saves what was written as `stopped`. Refused once finished.
+    pub fn stop(&self) -> Result<(), RunError> {
+        if self.is_finished() {
+            return Err(RunError::Finished(self.id.clone()));
+        }
+        self.stop.notify_one();
+        Ok(())
+    }
+
+    /// Waits until the run has logged its last entry (its answer saved).
+    pub async fn finished(&self) {
+        let mut changed = self.changed.subscribe();
+        while !self.is_finished() {
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The log's entries after id `after` (0 for all), then each new one as it comes; the
+    /// subscription ends after the last entry.
+    pub fn subscribe(self: &Arc<Self>, after: u64) -> Subscription {
+        Subscription {
+            run: Arc::clone(self),
+            changed: self.changed.subscribe(),
+            next: usize::try_from(after).unwrap_or(usize::MAX),
+        }
+    }
+
+    fn publish(&self, event: RunEvent) {
+        let count = {
+            let mut log = self.log();
+            if log.closed {
+                return;
+            }
+            let id = log.entries.len() as u64 + 1;
+            log.entries.push(Arc::new(Entry {
+                id,
+                at: Instant::now(),
+                event,
+            }));
+            id
+        };
+        self.changed.send_replace(count);
+    }
+
+    fn close(&self) {
+        let count = {
+            let mut log = self.log();
+            log.closed = true;
+            log.entries.len() as u64
+        };
+        // A distinct value, so subscribers waiting on `changed` wake even with no new entry.
+        self.changed.send_replace(count + 1);
+    }
+}
+
+/// One reader of a run's log.
+pub struct Subscription {
+    run: Arc<Run>,
+    changed: watch::Receiver<u64>,
+    /// Index of the next entry to return (entry ids are index + 1).
+    next: usize,
+}
+
+impl Subscription {
+    /// The next entry; `None` after the last one.
+    pub async fn next(&mut self) -> Option<Arc<Entry>> {
+        loop {
+            {
+                let log = self.run.log();
+                if let Some(entry) = log.entries.get(self.next) {
+                    self.next += 1;
+                    return Some(Arc::clone(entry));
+                }
+                if log.closed {
+                    return None;
+                }
+                // Marked seen under the lock: an append after this wakes `changed` below.
+                self.changed.borrow_and_update();
+            }
+            if self.changed.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    /// Every run still readable, live or kept after its end, by run id.
+    runs: HashMap<String, Arc<Run>>,
+    /// The run id holding each busy conversation (reserved or running).
+    busy: HashMap<String, String>,
+}
+
+/// The runs of one conversation store. Cheap to clone; clones share the registry.
+#[derive(Clone)]
+pub struct Runs {
+    store: SessionStore,
+    registry: Arc<Mutex<Registry>>,
+    keep: Duration,
+}
+
+impl Runs {
+    /// Runs saving into `store`, keeping finished runs readable for [`FINISHED_RUN_KEPT`].
+    pub fn new(store: SessionStore) -> Self {
+        Self::keeping(store, FINISHED_RUN_KEPT)
+    }
+
+    /// Runs keeping finished runs readable for `keep` (short in tests).
+    pub fn keeping(store: SessionStore, keep: Duration) -> Self {
+        Self {
+            store,
+            registry: Arc::default(),
+            keep,
+        }
+    }
+
+    pub fn store(&self) -> &SessionStore {
+        &self.store
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Holds `conversation` for a new run, so no second one starts while the first is
+    /// prepared; dropping the reservation without starting frees it.
+    pub fn reserve(&self, conversation: &str) -> Result<Reservation, RunError> {
+        let mut registry = self.registry();
+        if registry.busy.contains_key(conversation) {
+            return Err(RunError::Busy(conversation.to_owned()));
+        }
+        let id = format!("run_{}", Alphanumeric.sample_string(&mut rand::rng(), 24));
+        registry.busy.insert(conversation.to_owned(), id.clone());
+        Ok(Reservation {
+            runs: self.clone(),
+            id,
+            conversation: conversation.to_owned(),
+            started_at: Instant::now(),
+            started: false,
+        })
+    }
+
+    /// A readable run (live, or finished within [`FINISHED_RUN_KEPT`]).
+    pub fn get(&self, id: &str) -> Result<Arc<Run>, RunError> {
+        self.registry()
+            .runs
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RunError::Unknown(id.to_owned()))
+    }
+
+    /// The conversation has a run being prepared or written.
+    pub fn is_busy(&self, conversation: &str) -> bool {
+        self.registry().busy.contains_key(conversation)
+    }
+
+    /// The run writing into `conversation` now, if any.
+    pub fn live(&self, conversation: &str) -> Option<Arc<Run>> {
+        let registry = self.registry();
+        let id = registry.busy.get(conversation)?;
+        registry
+            .runs
+            .get(id)
+            .filter(|run| !run.is_finished())
+            .cloned()
+    }
+
+    /// Frees the conversation of run `id` (if it still holds it).
+    fn release(&self, conversation: &str, id: &str) {
+        let mut registry = self.registry();
+        if registry.busy.get(conversation).map(String::as_str) == Some(id) {
+            registry.busy.remove(conversation);
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        self.registry().runs.remove(id);
+    }
+}
+
+/// A conversation held for a run about to start.
+pub struct Reservation {
+    runs: Runs,
+    id: String,
+    conversation: String,
+    started_at: Instant,
+    started: bool,
+}
+
+impl Reservation {
+    /// The id the run will have.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Starts the run over `generation` in a task of its own; `thinking` says the prompt
+    /// left thinking on.
+    pub fn start(
+        mut self,
+        generation: GenerationStream,
+        saving: Saving,
+        thinking: bool,
+    ) -> Arc<Run> {
+        let (changed, _) = watch::channel(0);
+        let run = Arc::new(Run {
+            id: self.id.clone(),
+            conversation: self.conversation.clone(),
+            started_at: self.started_at,
+            thinking,
+            log: Mutex::default(),
+            changed,
+            stop: Notify::new(),
+        });
+        self.runs
+            .registry()
+            .runs
+            .insert(self.id.clone(), Arc::clone(&run));
+        self.started = true;
+        tokio::spawn(drive(
+            self.runs.clone(),
+            Arc::clone(&run),
+            generation,
+            saving,
+        ));
+        run
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.started {
+            self.runs.release(&self.conversation, &self.id);
+        }
+    }
+}
+
+/// The answer of one round as it grows.
+#[derive(Default)]
+struct Answer {
+    content: String,
+    reasoning: String,
+    calls: Vec<ToolCall>,
+    /// OpenAI's form of `calls`, made once per call so their ids stay the same across saves.
+    tool_calls: Option<serde_json::Value>,
+}
+
+impl Answer {
+    fn take(&mut self, event: &GenerationEvent) {
+        match event {
+            GenerationEvent::Reasoning(text) => self.reasoning.push_str(text),
+            GenerationEvent::Content(text) => self.content.push_str(text),
+            GenerationEvent::ToolCall(call) => {
+                self.calls.push(call.clone());
+                self.tool_calls = tool_calls_json(&self.calls);
+            }
+            GenerationEvent::Progress(_)
+            | GenerationEvent::Done(_)
+            | GenerationEvent::Failed(_) => {}
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.content.is_empty() && self.reasoning.is_empty() && self.calls.is_empty()
+    }
+
+    fn update(&self, outcome: &Outcome) -> MessageUpdate {
+        MessageUpdate {
+            content: self.content.trim().to_owned(),
+            reasoning: Some(self.reasoning.trim().to_owned()).filter(|r| !r.is_empty()),
+            tool_calls: self.tool_calls.clone(),
+            status: outcome.status,
+            finish_reason: outcome.finish_reason.clone(),
+            stats: outcome.stats,
+        }
+    }
+
+    fn message(&self, outcome: &Outcome) -> NewMessage {
+        let update = self.update(outcome);
+        NewMessage {
+            role: Role::Assistant,
+            content: update.content,
+            reasoning: update.reasoning,
+            tool_calls: update.tool_calls,
+            tool_call_id: None,
+            status: update.status,
+            finish_reason: update.finish_reason,
+            stats: update.stats,
+        }
+    }
+}
+
+/// How a round ended.
+enum Ending {
+    Done(Completion),
+    Failed(String),
+    Stopped,
+}
+
+/// How an answer ended, as the store keeps it.
+struct Outcome {
+    status: MessageStatus,
+    finish_reason: Option<String>,
+    stats: MessageStats,
+}
+
+impl Outcome {
+    const GENERATING: Self = Self {
+        status: MessageStatus::Generating,
+        finish_reason: None,
+        stats: MessageStats {
+            prompt_tokens: None,
+            completion_tokens: None,
+            prompt_ms: None,
+            generation_ms: None,
+        },
+    };
+
+    fn of(ending: &Ending) -> Self {
+        match ending {
+            Ending::Done(done) => Self {
+                status: MessageStatus::Complete,
+                finish_reason: Some(done.finish_reason.as_str().to_owned()),
+                stats: MessageStats::from(done),
+            },
+            Ending::Failed(_) => Self {
+                status: MessageStatus::Failed,
+                ..Self::GENERATING
+            },
+            Ending::Stopped => Self {
+                status: MessageStatus::Stopped,
+                ..Self::GENERATING
+            },
+        }
+    }
+}
+
+/// The run's task: generates, saves the answer, logs the end, frees the conversation, and
+/// keeps the log readable a while. One round today; an agent loop would, after a `Done`
+/// with finish reason `tool_calls`, run the tools, store their results and submit the next
+/// round here, on the same log.
+async fn drive(runs: Runs, run: Arc<Run>, generation: GenerationStream, saving: Saving) {
+    let mut answer = Answer::default();
+    let ending = round(&runs.store, &run, generation, saving, &mut answer).await;
+    let saved = save(&runs.store, &run, saving, &answer, &Outcome::of(&ending)).await;
+    // Freed before the end is logged: whoever sees the end can send the next message.
+    runs.release(&run.conversation, &run.id);
+    run.publish(match ending {
+        Ending::Done(done) => RunEvent::Generation(GenerationEvent::Done(done)),
+        Ending::Failed(message) => RunEvent::Generation(GenerationEvent::Failed(message)),
+        Ending::Stopped => RunEvent::Stopped,
+    });
+    run.publish(RunEvent::Saved(saved));
+    run.close();
+    tokio::time::sleep(runs.keep).await;
+    runs.forget(&run.id);
+}
+
+/// One generation, logged as it comes, until it ends or the run is stopped (the stream is
+/// dropped then, which stops the engine within a token).
+async fn round(
+    store: &SessionStore,
+    run: &Run,
+    mut generation: GenerationStream,
+    saving: Saving,
+    answer: &mut Answer,
+) -> Ending {
+    let mut last_save = Instant::now();
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = run.stop.notified() => return Ending::Stopped,
+            event = generation.next() => event,
+        };
+        let event = match event {
+            None => return Ending::Failed(ServiceError::EngineStopped.to_string()),
+            Some(GenerationEvent::Done(done)) => return Ending::Done(done),
+            Some(GenerationEvent::Failed(message)) => return Ending::Failed(message),
+            Some(event) => event,
+        };
+        answer.take(&event);
+        run.publish(RunEvent::Generation(event));
+        if let Saving::Draft(message) = saving {
+            if last_save.elapsed() >= DRAFT_SAVE_INTERVAL {
+                last_save = Instant::now();
+                let partial = answer.update(&Outcome::GENERATING);
+                if let Err(err) = store.update_message(message, partial).await {
+                    tracing::warn!("saving a partial answer failed: {err}");
+                }
+            }
+        }
+    }
+}
+
+/// Saves the finished answer the way the run keeps it.
+async fn save(
+    store: &SessionStore,
+    run: &Run,
+    saving: Saving,
+    answer: &Answer,
+    outcome: &Outcome,
+) -> Result<Option<StoredMessage>, String> {
+    let saved = match saving {
+        Saving::Append if answer.is_empty() => return Ok(None),
+        Saving::Append => {
+            store
+                .append(run.conversation.clone(), answer.message(outcome))
+                .await
+        }
+        Saving::Draft(message) => store.update_message(message, answer.update(outcome)).await,
+    };
+    saved.map(Some).map_err(|err| {
+        tracing::error!("an answer could not be saved: {err}");
+        err.to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::chat::{ChatMessage, ChatRequest};
+    use crate::services::stub::StubConfig;
+    use crate::services::{BackendSpec, Engine};
+
+    async fn setup(tokens_per_second: f64) -> (Engine, Runs, String) {
+        let engine = Engine::start(
+            BackendSpec::Stub(StubConfig {
+                tokens_per_second,
+                ..StubConfig::default()
+            }),
+            4,
+        )
+        .await
+        .expect("stub engine");
+        let store = SessionStore::in_memory().expect("store");
+        let conversation = store
+            .create(None, Default::default())
+            .await
+            .expect("conversation")
+            .id;
+        (
+            engine,
+            Runs::keeping(store, Duration::from_secs(5)),
+            conversation,
+        )
+    }
+
+    fn generation(engine: &Engine) -> GenerationStream {
+        let request = ChatRequest {
+            messages: vec![ChatMessage::new(Role::User, "Hello")],
+            ..ChatRequest::default()
+        };
+        let prepared = engine.codec().prepare(&request).expect("prepare");
+        engine.submit(prepared).expect("submit")
+    }
+
+    async fn all(mut subscription: Subscription) -> Vec<Arc<Entry>> {
+        let mut out = Vec::new();
+        while let Some(entry) = subscription.next().await {
+            out.push(entry);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn subscribers_read_the_same_consecutive_log_and_resume_after_an_id() {
+        let (engine, runs, conversation) = setup(400.0).await;
+        let run = runs.reserve(&conversation).expect("free").start(
+            generation(&engine),
+            Saving::Append,
+            true,
+        );
+        let early = tokio::spawn(all(run.subscribe(0)));
+        let mut partial = run.subscribe(0);
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            seen.push(partial.next().await.expect("entry"));
+        }
+        drop(partial);
+        let rest = all(run.subscribe(seen.last().expect("seen").id)).await;
+        let full = early.await.expect("task");
+        let ids: Vec<u64> = full.iter().map(|e| e.id).collect();
+        assert_eq!(ids, (1..=full.len() as u64).collect::<Vec<_>>());
+        seen.extend(rest);
+        assert_eq!(seen, full, "resumed without gaps or repeats");
+        assert!(matches!(
+            full.last().map(|e| &e.event),
+            Some(RunEvent::Saved(Ok(Some(_))))
+        ));
+        assert!(!runs.is_busy(&conversation));
+        let late = all(run.subscribe(0)).await;
+        assert_eq!(late, full, "a finished run is still readable");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_run_saves_its_partial_answer_as_stopped() {
+        let (engine, runs, conversation) = setup(50.0).await;
+        let run = runs.reserve(&conversation).expect("free").start(
+            generation(&engine),
+            Saving::Append,
+            true,
+        );
+        assert_eq!(
+            runs.reserve(&conversation).err(),
+            Some(RunError::Busy(conversation.clone()))
+        );
+        let mut subscription = run.subscribe(0);
+        while let Some(entry) = subscription.next().await {
+            if matches!(
+                entry.event,
+                RunEvent::Generation(GenerationEvent::Reasoning(_))
+            ) {
+                break;
+            }
+        }
+        run.stop().expect("live");
+        run.finished().await;
+        assert_eq!(run.stop(), Err(RunError::Finished(run.id().to_owned())));
+        let messages = runs
+            .store()
+            .messages(conversation.clone())
+            .await
+            .expect("messages");
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].status, MessageStatus::Stopped);
+        assert!(runs.reserve(&conversation).is_ok(), "freed");
+    }
+
+    #[tokio::test]
+    async fn an_unstarted_reservation_frees_the_conversation() {
+        let (_engine, runs, conversation) = setup(0.0).await;
+        let reservation = runs.reserve(&conversation).expect("free");
+        assert!(runs.is_busy(&conversation));
+        drop(reservation);
+        assert!(!runs.is_busy(&conversation));
+    }
+}

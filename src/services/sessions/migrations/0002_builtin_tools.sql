@@ -1,0 +1,7 @@
+-- Conversation settings gain `builtin_tools` (bool or absent): whether the server offers
+-- its own tools (calculator, current time) to the model in that conversation.
+--
+-- Settings are JSON in `conversations.settings`, so no table changes: absent keeps the
+-- server's default, and existing rows read as before. The step exists for the version
+-- number: a binary from before this step refuses the file (`SchemaTooNew`) instead of
+-- reading settings with a key it does not know as defaults and writing those back.
