@@ -22,7 +22,7 @@ use smolbot::services::sessions::{
     tool_calls_json, ConversationPatch, ConversationSettings, MessageStats, MessageStatus,
     MessageUpdate, NewMessage,
 };
-use smolbot::services::{Engine, SessionStore};
+use smolbot::services::{Engine, EngineLimits, SessionStore};
 use smolbot::smollm3::tool_calls::ToolCall;
 use tokio::runtime::Runtime;
 
@@ -73,7 +73,11 @@ pub fn run(mut args: ChatArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     // One user: a queue of one is enough.
-    let engine = runtime.block_on(load_engine(spec, 1))?;
+    let limits = EngineLimits {
+        queue_capacity: 1,
+        parallel: 1,
+    };
+    let engine = runtime.block_on(load_engine(spec, limits))?;
     let data_dir = args
         .data_dir
         .clone()

@@ -243,8 +243,12 @@ mod tests {
 
     #[test]
     fn kebab_case_keys_work_too() {
-        let args = serve("queue-size = 3\nstub = true\n", &["smolbot", "serve"]);
+        let args = serve(
+            "queue-size = 3\nparallel = 2\nstub = true\n",
+            &["smolbot", "serve"],
+        );
         assert_eq!(args.queue_size, 3);
+        assert_eq!(args.parallel, 2);
     }
 
     #[test]

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use smolbot::services::engine::DEFAULT_QUEUE_CAPACITY;
+use smolbot::services::engine::{DEFAULT_PARALLEL, DEFAULT_QUEUE_CAPACITY};
 use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
-use smolbot::services::{BackendSpec, Engine};
+use smolbot::services::{BackendSpec, Engine, EngineLimits};
 use smolbot::web::app::loading_gate;
 use smolbot::web::{app, AppState};
 use tokio::sync::watch;
@@ -88,7 +88,7 @@ impl ModelArgs {
 
 /// Starts the engine, with a spinner on a terminal: loading a 1.9 GB file takes a while and
 /// the engine reports no finer progress than "ready".
-pub async fn load_engine(spec: BackendSpec, queue_size: usize) -> anyhow::Result<Engine> {
+pub async fn load_engine(spec: BackendSpec, limits: EngineLimits) -> anyhow::Result<Engine> {
     let what = match &spec {
         BackendSpec::Gguf { path, .. } => {
             let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -103,7 +103,7 @@ pub async fn load_engine(spec: BackendSpec, queue_size: usize) -> anyhow::Result
     }
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let started = std::time::Instant::now();
-    let engine = Engine::start(spec, queue_size).await;
+    let engine = Engine::start_with(spec, limits).await;
     spinner.finish_and_clear();
     let engine = engine.context("cannot start the model")?;
     tracing::info!(
@@ -133,6 +133,10 @@ pub struct ServeArgs {
     /// Requests that may wait for the model; more are refused with 503 and Retry-After.
     #[arg(long, env = "SMOLBOT_QUEUE_SIZE", default_value_t = DEFAULT_QUEUE_CAPACITY)]
     pub(super) queue_size: usize,
+    /// Generations run together; their decode steps share one forward pass, so the total
+    /// speed grows with each one up to what the machine's cores give (1: one at a time).
+    #[arg(long, env = "SMOLBOT_PARALLEL", default_value_t = DEFAULT_PARALLEL)]
+    pub(super) parallel: usize,
     /// Folder of the conversation database (default: $XDG_DATA_HOME/smolbot or
     /// ~/.local/share/smolbot).
     #[arg(long, env = "SMOLBOT_DATA_DIR")]
@@ -209,7 +213,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Not "on http://…": scripts wait for that line of the ready server.
     tracing::info!("listening at {address} while the model loads");
     let engine = tokio::select! {
-        engine = load_engine(spec, args.queue_size) => engine?,
+        engine = load_engine(spec, EngineLimits {
+            queue_capacity: args.queue_size,
+            parallel: args.parallel,
+        }) => engine?,
         stopped = &mut server => {
             stopped.context("the server failed")?.context("the server failed")?;
             return Ok(ExitCode::SUCCESS);
