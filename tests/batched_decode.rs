@@ -14,7 +14,7 @@ use smolbot::inference::generate::{
     PREFILL_STEP,
 };
 use smolbot::inference::sampling::SamplingParams;
-use smolbot::inference::sequence::{step, Sequence};
+use smolbot::inference::sequence::{run_all, step, Sequence};
 use smolbot::inference::Transformer;
 use smolbot::services::chat::{ChatMessage, ChatRequest, Role, TokenLimit};
 use smolbot::services::events::GenerationEvent;
@@ -58,17 +58,7 @@ fn together(model: &Transformer, jobs: &[(Vec<u32>, GenerationRequest)]) -> Vec<
         .map(|(prompt, request)| Sequence::new(model, model.new_cache(), prompt, request).unwrap())
         .collect();
     let mut sinks: Vec<Ids> = jobs.iter().map(|_| Ids::default()).collect();
-    let mut rounds = 0;
-    while seqs.iter().any(|s| !s.is_finished()) {
-        let mut running: Vec<(&mut Sequence, &mut dyn TokenSink)> = seqs
-            .iter_mut()
-            .zip(sinks.iter_mut())
-            .map(|(s, k)| (s, k as &mut dyn TokenSink))
-            .collect();
-        step(model, &mut running).unwrap();
-        rounds += 1;
-        assert!(rounds < 1000, "the batch ends");
-    }
+    run_all(model, &mut seqs, &mut sinks).unwrap();
     seqs.into_iter()
         .zip(sinks)
         .map(|(seq, ids)| {

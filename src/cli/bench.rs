@@ -12,7 +12,7 @@ use smolbot::inference::generate::{
 };
 use smolbot::inference::prefix_cache::{PrefixCache, DEFAULT_BUDGET_BYTES};
 use smolbot::inference::sampling::SamplingParams;
-use smolbot::inference::sequence::{step, Sequence};
+use smolbot::inference::sequence::{run_all, Sequence};
 use smolbot::inference::SequenceCache;
 use smolbot::smollm3::LoadedModel;
 
@@ -133,14 +133,7 @@ fn throughput(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut sinks: Vec<Discard> = (0..n).map(|_| Discard).collect();
-    while seqs.iter().any(|s| !s.is_finished()) {
-        let mut running: Vec<(&mut Sequence, &mut dyn TokenSink)> = seqs
-            .iter_mut()
-            .zip(sinks.iter_mut())
-            .map(|(s, k)| (s, k as &mut dyn TokenSink))
-            .collect();
-        step(transformer, &mut running)?;
-    }
+    run_all(transformer, &mut seqs, &mut sinks)?;
     let generated: usize = seqs
         .into_iter()
         .map(|s| s.finish().0.generated_tokens)

@@ -54,6 +54,21 @@ pub struct GenerationStats {
 }
 
 impl GenerationStats {
+    /// The counts before anything ran: a prompt of `prompt_tokens`, `cached_tokens` of them
+    /// already in the cache; the stop reason stays `Cancelled` until the generation ends.
+    pub fn starting(prompt_tokens: usize, cached_tokens: usize) -> Self {
+        Self {
+            prompt_tokens,
+            prompt_time: Duration::ZERO,
+            generated_tokens: 0,
+            generation_time: Duration::ZERO,
+            stop: StopReason::Cancelled,
+            prompt_logprobs: Vec::new(),
+            cached_tokens,
+            tokens: Vec::new(),
+        }
+    }
+
     pub fn prompt_tok_per_s(&self) -> f64 {
         rate(self.prompt_tokens, self.prompt_time)
     }

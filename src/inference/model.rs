@@ -220,7 +220,23 @@ impl Transformer {
         cache: &mut SequenceCache,
         all_logits: bool,
     ) -> Result<Tensor> {
-        let needed = cache.len + tokens.len();
+        self.check(tokens, cache.len)?;
+        let mut rows = Vec::new();
+        let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            if let Some(logits) =
+                self.forward_chunk(chunk, cache, all_logits || last, all_logits)?
+            {
+                rows.push(logits);
+            }
+        }
+        Ok(Tensor::cat(&rows, 0)?)
+    }
+
+    /// `tokens` fit after `cached` positions and are all in the vocabulary.
+    fn check(&self, tokens: &[u32], cached: usize) -> Result<()> {
+        let needed = cached + tokens.len();
         if needed > self.cfg.context_length {
             return Err(InferenceError::ContextFull {
                 needed,
@@ -233,17 +249,16 @@ impl Transformer {
                 vocab: self.cfg.vocab_size,
             });
         }
-        let mut rows = Vec::new();
-        let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
-            let last = i + 1 == chunks.len();
-            if let Some(logits) =
-                self.forward_chunk(chunk, cache, all_logits || last, all_logits)?
-            {
-                rows.push(logits);
-            }
-        }
-        Ok(Tensor::cat(&rows, 0)?)
+        Ok(())
+    }
+
+    /// The feed-forward half of a layer, residual included.
+    fn feed_forward(&self, layer: &Layer, x: Tensor) -> Result<Tensor> {
+        let h = layer.ffn_norm.forward(&x)?;
+        let ffn = layer
+            .down
+            .forward(&(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?)?;
+        Ok((x + ffn)?)
     }
 
     /// One decode step of several sequences at once: `tokens[i]` is run after what
@@ -263,20 +278,8 @@ impl Transformer {
                 caches: caches.len(),
             });
         }
-        for cache in caches.iter() {
-            let needed = cache.len + 1;
-            if needed > self.cfg.context_length {
-                return Err(InferenceError::ContextFull {
-                    needed,
-                    limit: self.cfg.context_length,
-                });
-            }
-        }
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return Err(InferenceError::TokenOutOfRange {
-                id,
-                vocab: self.cfg.vocab_size,
-            });
+        for (token, cache) in tokens.iter().zip(caches.iter()) {
+            self.check(std::slice::from_ref(token), cache.len)?;
         }
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.embedding(&ids)?.unsqueeze(0)?;
@@ -295,12 +298,7 @@ impl Transformer {
                 outs.push(self.attend(layer, row(&q)?, row(&k)?, &row(&v)?, kv, cos, sin, None)?);
             }
             let attn = layer.wo.forward(&Tensor::cat(&outs, 1)?)?;
-            x = (x + attn)?;
-            let h = layer.ffn_norm.forward(&x)?;
-            let ffn = layer.down.forward(
-                &(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?,
-            )?;
-            x = (x + ffn)?;
+            x = self.feed_forward(layer, (x + attn)?)?;
         }
         for cache in caches.iter_mut() {
             cache.len += 1;
@@ -325,12 +323,7 @@ impl Transformer {
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = layer.attn_norm.forward(&x)?;
             let attn = self.attention(layer, &h, kv, &cos, &sin, mask.as_ref())?;
-            x = (x + attn)?;
-            let h = layer.ffn_norm.forward(&x)?;
-            let ffn = layer.down.forward(
-                &(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?,
-            )?;
-            x = (x + ffn)?;
+            x = self.feed_forward(layer, (x + attn)?)?;
         }
         cache.len += t;
         if !want_logits {

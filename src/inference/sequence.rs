@@ -8,7 +8,7 @@
 //! with one sequence, so batched and solo generation share every rule (limits, stop tokens,
 //! injected tokens, cancellation).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::error::{InferenceError, Result};
 use super::generate::{
@@ -81,16 +81,7 @@ impl Sequence {
             history: prompt.to_vec(),
             prompt_len: prompt.len(),
             state: State::Prefill { reported: false },
-            stats: GenerationStats {
-                prompt_tokens: prompt.len(),
-                prompt_time: Duration::ZERO,
-                generated_tokens: 0,
-                generation_time: Duration::ZERO,
-                stop: StopReason::Cancelled,
-                prompt_logprobs: Vec::new(),
-                cached_tokens: cached,
-                tokens: Vec::new(),
-            },
+            stats: GenerationStats::starting(prompt.len(), cached),
             clock: None,
         })
     }
@@ -271,6 +262,23 @@ pub fn step(
     }
     if let Some((seq, sink)) = running.iter_mut().find(|(seq, _)| seq.is_prefilling()) {
         seq.prefill_step(model, &mut **sink)?;
+    }
+    Ok(())
+}
+
+/// Steps `seqs` together, `seqs[i]` watched by `sinks[i]`, until every one is finished.
+pub fn run_all<S: TokenSink>(
+    model: &Transformer,
+    seqs: &mut [Sequence],
+    sinks: &mut [S],
+) -> Result<()> {
+    while seqs.iter().any(|s| !s.is_finished()) {
+        let mut running: Vec<(&mut Sequence, &mut dyn TokenSink)> = seqs
+            .iter_mut()
+            .zip(sinks.iter_mut())
+            .map(|(s, k)| (s, k as &mut dyn TokenSink))
+            .collect();
+        step(model, &mut running)?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! conversations (`sessions`), the built-in tools the server runs for the model (`tools`)
 //! and the engine's counters (`metrics`). Nothing here knows HTTP.
 
+pub mod agent;
 pub mod backend;
 pub mod chat;
 pub mod engine;

@@ -11,20 +11,25 @@
 //! with [`RunError::Busy`]), and a finished run's log is kept for [`FINISHED_RUN_KEPT`] so a
 //! client that reconnects just after the end still gets it.
 //!
-//! The run task's body, [`drive`], loops over rounds of generation on one log, so an agent
-//! loop (run the called tools, store their results, generate again) can live there later.
+//! The run task's body, [`drive`], loops over rounds of generation on one log: with a
+//! [`ToolLoop`] (the conversation's built-in tools on), a round that ends calling only
+//! built-in tools has its call stored, the tools run, one tool message stored per call and
+//! logged as [`RunEvent::ToolResult`], and the next round generated on the same log — at
+//! most the loop's maximum of rounds of calls (see [`super::agent`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::{watch, Notify};
 
+use super::agent::{self, ToolLoop, ToolResult};
 use super::chat::Role;
 use super::engine::GenerationStream;
 use super::error::ServiceError;
-use super::events::{Completion, GenerationEvent};
+use super::events::{Completion, FinishReason, GenerationEvent};
 use super::sessions::{
     tool_calls_json, MessageStats, MessageStatus, MessageUpdate, NewMessage, SessionStore,
     StoredMessage,
@@ -57,9 +62,12 @@ pub enum RunEvent {
     /// they are logged only once the answer is saved, so a client that sees the end finds
     /// the answer in the conversation.
     Generation(GenerationEvent),
+    /// A built-in tool answered a call of the answer; its tool message is stored.
+    ToolResult(ToolResult),
     /// The run was stopped; what was written is saved as `stopped`.
     Stopped,
     /// The answer as stored (`None` when nothing was written); the last entry of the log.
+    /// After rounds of tool calls it is the last assistant message stored.
     Saved(Result<Option<StoredMessage>, String>),
 }
 
@@ -98,6 +106,10 @@ pub struct Run {
     /// The number of entries, bumped on every append and on close, to wake subscribers.
     changed: watch::Sender<u64>,
     stop: Notify,
+    /// Set by [`Run::stop`], so a stop between two rounds (while tools run) is seen too.
+    stopping: AtomicBool,
+    /// The run executes built-in tool calls (its conversation has them on).
+    runs_tools: bool,
 }
 
 impl Run {
@@ -123,6 +135,11 @@ impl Run {
         self.log.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The run executes the model's built-in tool calls, so their cards get results.
+    pub fn runs_tools(&self) -> bool {
+        self.runs_tools
+    }
+
     /// The run has logged its last entry.
     pub fn is_finished(&self) -> bool {
         self.log().closed
@@ -133,6 +150,7 @@ impl Run {
         if self.is_finished() {
             return Err(RunError::Finished(self.id.clone()));
         }
+        self.stopping.store(true, Ordering::SeqCst);
         self.stop.notify_one();
         Ok(())
     }
@@ -328,11 +346,18 @@ impl Reservation {
 
     /// Starts the run over `generation` in a task of its own; `thinking` says the prompt
     /// left thinking on.
-    pub fn start(
+    pub fn start(self, generation: GenerationStream, saving: Saving, thinking: bool) -> Arc<Run> {
+        self.start_with_tools(generation, saving, thinking, None)
+    }
+
+    /// [`Reservation::start`] that, with `tools`, runs the built-in tool calls of each round
+    /// and generates again (`generation` must be the loop's first request, submitted).
+    pub fn start_with_tools(
         mut self,
         generation: GenerationStream,
         saving: Saving,
         thinking: bool,
+        tools: Option<ToolLoop>,
     ) -> Arc<Run> {
         let (changed, _) = watch::channel(0);
         let run = Arc::new(Run {
@@ -343,6 +368,8 @@ impl Reservation {
             log: Mutex::default(),
             changed,
             stop: Notify::new(),
+            stopping: AtomicBool::new(false),
+            runs_tools: tools.is_some(),
         });
         self.runs
             .registry()
@@ -354,6 +381,7 @@ impl Reservation {
             Arc::clone(&run),
             generation,
             saving,
+            tools,
         ));
         run
     }
@@ -468,13 +496,40 @@ impl Outcome {
 }
 
 /// The run's task: generates, saves the answer, logs the end, frees the conversation, and
-/// keeps the log readable a while. One round today; an agent loop would, after a `Done`
-/// with finish reason `tool_calls`, run the tools, store their results and submit the next
-/// round here, on the same log.
-async fn drive(runs: Runs, run: Arc<Run>, generation: GenerationStream, saving: Saving) {
-    let mut answer = Answer::default();
-    let ending = round(&runs.store, &run, generation, saving, &mut answer).await;
-    let saved = save(&runs.store, &run, saving, &answer, &Outcome::of(&ending)).await;
+/// keeps the log readable a while. With `tools`, rounds go on while [`next_round`] says so.
+async fn drive(
+    runs: Runs,
+    run: Arc<Run>,
+    mut generation: GenerationStream,
+    mut saving: Saving,
+    mut tools: Option<ToolLoop>,
+) {
+    let (ending, saved) = loop {
+        let mut answer = Answer::default();
+        let ending = round(&runs.store, &run, generation, saving, &mut answer).await;
+        let saved = save(&runs.store, &run, saving, &answer, &Outcome::of(&ending)).await;
+        let Some(tool_loop) = tools.as_mut() else {
+            break (ending, saved);
+        };
+        match next_round(
+            &runs.store,
+            &run,
+            tool_loop,
+            &ending,
+            saving,
+            &saved,
+            &answer,
+        )
+        .await
+        {
+            Next::End => break (ending, saved),
+            Next::EndAs(ending) => break (ending, saved),
+            Next::Round(next, next_saving) => {
+                generation = next;
+                saving = next_saving;
+            }
+        }
+    };
     // Freed before the end is logged: whoever sees the end can send the next message.
     runs.release(&run.conversation, &run.id);
     run.publish(match ending {
@@ -486,6 +541,70 @@ async fn drive(runs: Runs, run: Arc<Run>, generation: GenerationStream, saving: 
     run.close();
     tokio::time::sleep(runs.keep).await;
     runs.forget(&run.id);
+}
+
+/// What follows a round of a run with built-in tools.
+enum Next {
+    /// The round's ending is the run's.
+    End,
+    /// The run ends this way after the round's calls were answered (stopped, or the next
+    /// round could not start); every stored call has its result.
+    EndAs(Ending),
+    /// The next round, and how it saves its answer.
+    Round(GenerationStream, Saving),
+}
+
+/// After a round that ended calling only built-in tools, with tools offered and its call
+/// saved: runs the calls, stores and logs one tool message per call, and submits the next
+/// round. A stop while the tools run ends the run after their results are stored, so no
+/// stored call lacks its result.
+async fn next_round(
+    store: &SessionStore,
+    run: &Run,
+    tools: &mut ToolLoop,
+    ending: &Ending,
+    saving: Saving,
+    saved: &Result<Option<StoredMessage>, String>,
+    answer: &Answer,
+) -> Next {
+    let called =
+        matches!(ending, Ending::Done(done) if done.finish_reason == FinishReason::ToolCalls);
+    let call_saved = matches!(saved, Ok(Some(_)));
+    if !called || !call_saved || !tools.offered() || !agent::runs_calls(&answer.calls) {
+        return Next::End;
+    }
+    let stored = agent::answer_calls(
+        store,
+        &run.conversation,
+        &answer.calls,
+        answer.tool_calls.as_ref(),
+        |result| run.publish(RunEvent::ToolResult(result)),
+    )
+    .await;
+    let results = match stored {
+        Ok(results) => results,
+        Err(message) => return Next::EndAs(Ending::Failed(message)),
+    };
+    if run.stopping.load(Ordering::SeqCst) {
+        return Next::EndAs(Ending::Stopped);
+    }
+    let generation = match tools
+        .next_round(&answer.content, &answer.calls, &results)
+        .await
+    {
+        Ok(generation) => generation,
+        Err(err) => return Next::EndAs(Ending::Failed(err.to_string())),
+    };
+    // The API's clients read a draft while it is written: each round gets its own, after
+    // the tool messages it answers.
+    let saving = match saving {
+        Saving::Append => Saving::Append,
+        Saving::Draft(_) => match agent::next_draft(store, &run.conversation).await {
+            Ok(id) => Saving::Draft(id),
+            Err(message) => return Next::EndAs(Ending::Failed(message)),
+        },
+    };
+    Next::Round(generation, saving)
 }
 
 /// One generation, logged as it comes, until it ends or the run is stopped (the stream is

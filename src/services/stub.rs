@@ -204,14 +204,8 @@ impl TokenModel for StubModel {
             request: request.clone(),
             prompt_len: prompt.len(),
             stats: GenerationStats {
-                prompt_tokens: prompt.len(),
-                prompt_time: Duration::ZERO,
-                generated_tokens: 0,
-                generation_time: Duration::ZERO,
-                stop: StopReason::Cancelled,
                 prompt_logprobs,
-                cached_tokens: 0,
-                tokens: Vec::new(),
+                ..GenerationStats::starting(prompt.len(), 0)
             },
             reading_done: false,
             started: Instant::now(),

@@ -28,6 +28,7 @@ use serde_json::json;
 use super::app::AppState;
 use super::error::{ApiError, ErrorKind};
 use super::json::ApiJson;
+use crate::services::agent::{self, ToolLoop};
 use crate::services::chat::{ChatMessage, ChatRequest, Role, TokenLimit};
 use crate::services::events::{GenerationEvent, Progress};
 use crate::services::runs::{Entry, Run, RunEvent, Saving, Subscription};
@@ -281,6 +282,13 @@ async fn send(
     let reservation = runs.reserve(&id)?;
     let history = store.messages(id.clone()).await?;
     let request = chat_request(&conversation.settings, &history, &body.content);
+    let builtin = agent::builtin_tools_on(&conversation.settings);
+    let request = if builtin {
+        agent::with_builtin_tools(request)
+    } else {
+        request
+    };
+    let tools = builtin.then(|| ToolLoop::new(state.engine().clone(), request.clone()));
     let thinking = request.enable_thinking.unwrap_or(true);
     let codec = state.engine().codec().clone();
     let chat = tokio::task::spawn_blocking(move || codec.prepare(&request))
@@ -303,7 +311,7 @@ async fn send(
             },
         )
         .await?;
-    let run = reservation.start(generation, Saving::Draft(draft.id), thinking);
+    let run = reservation.start_with_tools(generation, Saving::Draft(draft.id), thinking, tools);
     if body.stream {
         let start = json!({ "user_message": user, "assistant_message_id": draft.id });
         return Ok(sse(Some(start), &run, 0).into_response());
@@ -362,7 +370,10 @@ async fn collect(user: StoredMessage, mut run: Subscription) -> Result<Response,
                 );
             }
             RunEvent::Saved(Err(message)) => return Err(save_failed(message.clone())),
-            RunEvent::Saved(Ok(None)) | RunEvent::Generation(_) | RunEvent::Stopped => {}
+            RunEvent::Saved(Ok(None))
+            | RunEvent::Generation(_)
+            | RunEvent::ToolResult(_)
+            | RunEvent::Stopped => {}
         }
     }
     Err(ServiceError::EngineStopped.into())
@@ -387,6 +398,16 @@ fn stream_event(entry: &Entry) -> Option<(&'static str, serde_json::Value, bool)
         RunEvent::Generation(GenerationEvent::Progress(progress)) => {
             ("progress", progress_json(*progress), false)
         }
+        RunEvent::ToolResult(result) => (
+            "tool_result",
+            json!({
+                "call_id": result.call_id,
+                "name": result.name,
+                "content": result.content,
+                "is_error": result.is_error,
+            }),
+            false,
+        ),
         RunEvent::Generation(GenerationEvent::Failed(message)) => {
             let err = ApiError::from(ServiceError::Generation(message.clone()));
             ("error", err.body(), false)

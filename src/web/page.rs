@@ -47,12 +47,14 @@ use super::error::ApiError;
 use super::markdown::render_markdown;
 use super::transcripts::{self, ConversationId, MessageView};
 use crate::inference::sampling::SamplingParams;
+use crate::services::agent::{self, ToolLoop};
 use crate::services::chat::{ChatRequest, Role};
 use crate::services::events::{Completion, GenerationEvent, Progress};
 use crate::services::runs::{Entry, Reservation, Run, RunError, RunEvent, Saving};
 use crate::services::sessions::{
     to_markdown, Conversation, ConversationPatch, ConversationSettings, NewMessage, StoredMessage,
 };
+use crate::services::tools::is_builtin;
 use crate::services::{Engine, GenerationStream, Runs, ServiceError, SessionStore};
 
 /// How long Stop waits for the run to save its partial answer before it answers, so the
@@ -225,6 +227,10 @@ fn templates() -> &'static Environment<'static> {
             ("exchange.html", include_str!("templates/exchange.html")),
             ("thinking.html", include_str!("templates/thinking.html")),
             ("tool_call.html", include_str!("templates/tool_call.html")),
+            (
+                "tool_result.html",
+                include_str!("templates/tool_result.html"),
+            ),
             ("done.html", include_str!("templates/done.html")),
             ("failed.html", include_str!("templates/failed.html")),
             ("sidebar.html", include_str!("templates/sidebar.html")),
@@ -424,6 +430,7 @@ struct SettingsView {
     temperature: String,
     top_p: String,
     max_tokens: String,
+    builtin_tools: bool,
 }
 
 impl SettingsView {
@@ -434,6 +441,7 @@ impl SettingsView {
             temperature: text(settings.temperature.map(|t| t.to_string())),
             top_p: text(settings.top_p.map(|p| p.to_string())),
             max_tokens: text(settings.max_tokens.map(|m| m.to_string())),
+            builtin_tools: agent::builtin_tools_on(settings),
         }
     }
 }
@@ -848,6 +856,8 @@ struct Queued {
     reservation: Reservation,
     generation: GenerationStream,
     thinking: bool,
+    /// The built-in tools loop, when the conversation has them on.
+    tools: Option<ToolLoop>,
 }
 
 impl Queued {
@@ -858,23 +868,37 @@ impl Queued {
 
     /// Starts the run; called once the question is stored, so the answer lands after it.
     fn start(self) {
-        self.reservation
-            .start(self.generation, Saving::Append, self.thinking);
+        self.reservation.start_with_tools(
+            self.generation,
+            Saving::Append,
+            self.thinking,
+            self.tools,
+        );
     }
 }
 
 /// Holds `conversation` and queues an answer to `request`. Queued before anything is saved,
 /// so a busy server refuses without leaving a question nobody answers; dropping the result
-/// unstarted cancels the generation and frees the conversation.
+/// unstarted cancels the generation and frees the conversation. With the conversation's
+/// built-in tools on, they replace the request's tools (the demo tools) and the run
+/// executes their calls.
 async fn queue_answer(
     state: &Arc<PageState>,
     conversation: &ConversationId,
+    settings: &ConversationSettings,
     request: ChatRequest,
 ) -> Result<Queued, PageError> {
     let reservation = state
         .runs
         .reserve(conversation.as_str())
         .map_err(PageError::from_run)?;
+    let (request, tools) = if agent::builtin_tools_on(settings) {
+        let request = agent::with_builtin_tools(request);
+        let tools = ToolLoop::new(state.engine.clone(), request.clone());
+        (request, Some(tools))
+    } else {
+        (request, None)
+    };
     let thinking = request.enable_thinking.unwrap_or(true);
     let codec = state.engine.codec().clone();
     let prepared = tokio::task::spawn_blocking(move || codec.prepare(&request))
@@ -885,6 +909,7 @@ async fn queue_answer(
         reservation,
         generation,
         thinking,
+        tools,
     })
 }
 
@@ -938,7 +963,7 @@ async fn send(
         Some(&text),
         tools(body.tools.is_some()),
     );
-    let answer = match queue_answer(&state, &id, request).await {
+    let answer = match queue_answer(&state, &id, &conversation.settings, request).await {
         Ok(answer) => answer,
         Err(err) => {
             // A refused first message leaves no empty conversation in the sidebar.
@@ -1026,7 +1051,7 @@ async fn regenerate(
         tools(body.tools.is_some()),
     );
     let thinking = transcripts::thinking(&conversation.settings);
-    let answer = queue_answer(&state, &id, request).await?;
+    let answer = queue_answer(&state, &id, &conversation.settings, request).await?;
     if let Some(from) = replaced {
         state.store.truncate(id.as_str().to_owned(), from).await?;
     }
@@ -1081,7 +1106,7 @@ async fn edit(
         tools(body.tools.is_some()),
     );
     let thinking = transcripts::thinking(&conversation.settings);
-    let answer = queue_answer(&state, &id, request).await?;
+    let answer = queue_answer(&state, &id, &conversation.settings, request).await?;
     state.store.truncate(id.as_str().to_owned(), from).await?;
     state
         .store
@@ -1113,6 +1138,8 @@ struct SettingsForm {
     top_p: String,
     #[serde(default)]
     max_tokens: String,
+    /// Present (`on`) when the built-in tools box is ticked.
+    builtin_tools: Option<String>,
 }
 
 fn optional<T: FromStr>(field: &'static str, raw: &str) -> Result<Option<T>, PageError> {
@@ -1189,7 +1216,7 @@ async fn save_settings(
         top_p: optional("top-p", &body.top_p)?,
         max_tokens: optional("max tokens", &body.max_tokens)?,
         thinking: None,
-        builtin_tools: None,
+        builtin_tools: body.builtin_tools.is_some().then_some(true),
     };
     parsed.check()?;
     apply_settings(
@@ -1197,7 +1224,6 @@ async fn save_settings(
         &body.conversation,
         move |old| ConversationSettings {
             thinking: old.thinking,
-            builtin_tools: old.builtin_tools,
             ..parsed
         },
         "Saved.",
@@ -1487,6 +1513,8 @@ struct AnswerWriter {
     content: String,
     /// The newest text entry not yet rendered into an `answer` event.
     unrendered: Option<u64>,
+    /// The run executes built-in tool calls, so their cards say nothing of "not run".
+    runs_tools: bool,
 }
 
 impl AnswerWriter {
@@ -1501,6 +1529,7 @@ impl AnswerWriter {
             reasoning_open: run.thinking(),
             content: String::new(),
             unrendered: None,
+            runs_tools: run.runs_tools(),
         }
     }
 
@@ -1557,6 +1586,18 @@ impl AnswerWriter {
                 out.push(self.done(Some("Stopped."), None));
                 return false;
             }
+            RunEvent::ToolResult(result) => {
+                out.push(self.fragment(
+                    "tool",
+                    "tool_result.html",
+                    context! {
+                        name => result.name.as_str(),
+                        content => result.content.as_str(),
+                        is_error => result.is_error,
+                    },
+                ));
+                return false;
+            }
             RunEvent::Generation(event) => event,
         };
         self.first_token_at.get_or_insert(entry.at);
@@ -1580,7 +1621,11 @@ impl AnswerWriter {
                 out.push(self.fragment(
                     "tool",
                     "tool_call.html",
-                    context! { name => call.name.as_str(), arguments => arguments },
+                    context! {
+                        name => call.name.as_str(),
+                        arguments => arguments,
+                        ran => self.runs_tools && is_builtin(&call.name),
+                    },
                 ));
             }
             GenerationEvent::Done(done) => {

@@ -96,6 +96,13 @@ pub struct ToolView {
     pub arguments: String,
 }
 
+/// A tool message as its result block shows it: the tool it answers and the text.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolResultView {
+    pub name: String,
+    pub content: String,
+}
+
 /// A stored message as the page shows it. `html` is sanitised Markdown; everything else is
 /// text that the templates escape.
 #[derive(Debug, Clone, Serialize)]
@@ -105,6 +112,8 @@ pub struct MessageView {
     pub html: String,
     pub reasoning: Option<String>,
     pub tools: Vec<ToolView>,
+    /// The tool messages that answer `tools` (the server's built-in tools ran them).
+    pub results: Vec<ToolResultView>,
     pub note: Option<&'static str>,
     pub stats: Option<String>,
 }
@@ -123,18 +132,53 @@ fn stats_line(message: &StoredMessage) -> Option<String> {
     })
 }
 
-/// The messages the page shows: user and assistant turns (system and tool messages, which
-/// only an API client can add, are left out).
+/// The tool messages right after `messages[index]` (an assistant's call), each with the
+/// name of the call it answers: by `tool_call_id`, else by position.
+fn results_after(messages: &[StoredMessage], index: usize) -> Vec<ToolResultView> {
+    let call = &messages[index];
+    let calls = call.calls();
+    let ids: Vec<Option<&str>> = match &call.tool_calls {
+        Some(Json::Array(entries)) => entries
+            .iter()
+            .map(|entry| entry.get("id").and_then(Json::as_str))
+            .collect(),
+        _ => Vec::new(),
+    };
+    messages[index + 1..]
+        .iter()
+        .take_while(|m| m.role == Role::Tool)
+        .enumerate()
+        .map(|(position, result)| {
+            let by_id = result
+                .tool_call_id
+                .as_deref()
+                .and_then(|id| ids.iter().position(|c| *c == Some(id)));
+            let name = by_id
+                .or(Some(position))
+                .and_then(|i| calls.get(i))
+                .map_or_else(|| "tool".to_owned(), |c| c.name.clone());
+            ToolResultView {
+                name,
+                content: result.content.clone(),
+            }
+        })
+        .collect()
+}
+
+/// The messages the page shows: user and assistant turns, tool messages as results under
+/// the call they answer (system messages, which only an API client can add, are left out).
 pub fn views(messages: &[StoredMessage]) -> Vec<MessageView> {
     messages
         .iter()
-        .filter_map(|message| match message.role {
+        .enumerate()
+        .filter_map(|(index, message)| match message.role {
             Role::User => Some(MessageView {
                 role: "user",
                 text: message.content.clone(),
                 html: String::new(),
                 reasoning: None,
                 tools: Vec::new(),
+                results: Vec::new(),
                 note: None,
                 stats: None,
             }),
@@ -157,6 +201,7 @@ pub fn views(messages: &[StoredMessage]) -> Vec<MessageView> {
                         name: call.name,
                     })
                     .collect(),
+                results: results_after(messages, index),
                 note: match message.status {
                     MessageStatus::Complete => None,
                     MessageStatus::Stopped | MessageStatus::Generating => Some("Stopped."),
@@ -219,6 +264,35 @@ mod tests {
         assert_eq!(texts, ["Be brief.", "hi", "hello", "again"]);
         assert_eq!(request.enable_thinking, Some(false));
         assert_eq!(request.sampling.temperature, 0.2);
+    }
+
+    #[test]
+    fn tool_messages_show_under_the_call_they_answer() {
+        let calls =
+            crate::services::sessions::tool_calls_json(&[crate::smollm3::tool_calls::ToolCall {
+                name: "calculator".into(),
+                arguments: serde_json::json!({"expression": "17 * (3+4)"}),
+            }]);
+        let id = calls
+            .as_ref()
+            .and_then(|c| c[0]["id"].as_str())
+            .map(str::to_owned);
+        let mut call = stored(Role::Assistant, "", MessageStatus::Complete);
+        call.tool_calls = calls;
+        let mut result = stored(Role::Tool, "<119>", MessageStatus::Complete);
+        result.tool_call_id = id;
+        let views = views(&[
+            stored(Role::User, "What is 17 * (3+4)?", MessageStatus::Complete),
+            call,
+            result,
+            stored(Role::Assistant, "It is 119.", MessageStatus::Complete),
+        ]);
+        assert_eq!(views.len(), 3, "the tool message joins its call");
+        assert_eq!(views[1].tools[0].name, "calculator");
+        assert_eq!(views[1].results.len(), 1);
+        assert_eq!(views[1].results[0].name, "calculator");
+        assert_eq!(views[1].results[0].content, "<119>");
+        assert!(views[2].results.is_empty());
     }
 
     #[test]

@@ -2,9 +2,10 @@
 // against `smolbot serve --stub` on a free local port. Covers what handler tests cannot see:
 // HTMX and the SSE extension swapping the streamed fragments, the Thinking block collapsing,
 // Stop (Esc) mid-stream, markup from the user staying inert under the CSP, a failed send
-// keeping the typed text, the server dying mid-stream, and a phone-sized screen; then the
-// stored conversations: reload and server restart find them, rename and delete in the
-// sidebar, regenerate, slash commands and their menu, and the light and dark themes.
+// keeping the typed text, the server dying mid-stream, a phone-sized screen, and the built-in
+// calculator's result shown under its call; then the stored conversations: reload and server
+// restart find them, rename and delete in the sidebar, regenerate, slash commands and their
+// menu, and the light and dark themes.
 //
 // Needs `target/debug/smolbot` (or SMOLBOT_BIN) and /usr/bin/chromium (or CHROMIUM);
 // screenshots go to target/screenshots/.
@@ -230,6 +231,30 @@ test("tool calls show as cards, not XML", async () => {
   assert.match(await page.locator(".tool-card .tool-args").textContent(), /"location": "Lyon"/);
   await page.locator(".meta .stats").waitFor({ timeout: ANSWER_MS });
   assert.doesNotMatch(await page.locator(".msg.assistant").textContent(), /tool_call/);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("built-in tools: the calculator runs and its result shows, live and after a reload", async () => {
+  const { page, problems } = await openPage();
+  const path = await chatWith(page, "Hello");
+  await page.locator("details.settings-panel summary").click();
+  await page.check("input[name=builtin_tools]");
+  await page.click("#settings button[type=submit]");
+  await page.locator("#settings .saved", { hasText: "Saved." }).waitFor();
+  assert.ok(await page.isChecked("input[name=builtin_tools]"));
+  await send(page, "What is 17 * (3+4)?");
+  const result = page.locator(".msg.assistant .tool-output").last();
+  await result.waitFor({ timeout: ANSWER_MS });
+  assert.match(await result.textContent(), /calculator\s*→\s*119/);
+  const answer = page.locator(".msg.assistant").last();
+  await answer.locator(".meta .stats").waitFor({ timeout: ANSWER_MS });
+  assert.match(await answer.locator(".answer").textContent(), /119/);
+  assert.equal(await answer.locator("text=Not run").count(), 0);
+  await page.screenshot({ path: join(SHOTS, "13-builtin-tools.png") });
+  await page.goto(server.url + path);
+  await page.waitForFunction(() => window.htmx);
+  assert.match(await page.locator(".tool-output").last().textContent(), /calculator\s*→\s*119/);
   assert.deepEqual(problems, []);
   await page.close();
 });
