@@ -378,3 +378,46 @@ fn sigterm_stops_a_long_answer_at_the_grace_period_and_keeps_it() {
     // At 10 tokens a second the answer outlasts the 10 s grace period many times over.
     assert_eq!(sigterm_mid_answer(10), "stopped");
 }
+
+#[test]
+fn sigterm_saves_a_page_answer_whose_tab_was_closed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start_paced(dir.path(), "first.log", 10);
+    let (status, conversation) = server.json("POST", "/api/conversations", Some(json!({})));
+    assert_eq!(status, 201, "{conversation}");
+    let id = conversation["id"].as_str().expect("id").to_owned();
+    // The page's send, and no stream opened for it: the tab is gone.
+    let form = format!("conversation={id}&message=A+long+question&thinking=on");
+    let mut stream = server.connect().expect("connect");
+    write!(
+        stream,
+        "POST /chat/send HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nHX-Request: true\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )
+    .expect("send");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("the send's reply");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    std::thread::sleep(Duration::from_millis(1500));
+
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(25));
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let log = std::fs::read_to_string(dir.path().join("first.log")).unwrap_or_default();
+    assert!(log.contains("were stopped and saved"), "{log}");
+
+    let server = Server::start(dir.path(), "second.log");
+    let after = messages(&server, &id);
+    assert_eq!(after.len(), 2, "the question and the cut answer: {after:?}");
+    assert_eq!(after[0]["content"], "A long question");
+    assert_eq!(after[1]["role"], "assistant");
+    assert_eq!(after[1]["status"], "stopped", "{}", after[1]);
+    let reasoning = after[1]["reasoning"].as_str().unwrap_or_default();
+    assert!(
+        !reasoning.is_empty(),
+        "what was written is kept: {}",
+        after[1]
+    );
+    server.kill();
+}

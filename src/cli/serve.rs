@@ -3,8 +3,9 @@
 //!
 //! Shutting down: on the first signal the server stops accepting connections and lets the
 //! requests in flight finish (an answer being streamed runs to its end) for at most
-//! [`SHUTDOWN_GRACE`]; a second signal, or the grace running out, stops waiting. Then the
-//! conversation store is flushed: answers still being written are stored as `stopped` with
+//! [`SHUTDOWN_GRACE`]; a second signal, or the grace running out, stops waiting. Chat runs,
+//! which outlive their connections (a closed tab), get the rest of the grace and are then
+//! stopped, each saving its partial answer. Then the conversation store is flushed: answers still being written are stored as `stopped` with
 //! their text so far, and the write-ahead log is folded into the database file. The exit
 //! status is 0.
 
@@ -13,7 +14,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
@@ -223,14 +224,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let (id, context_length) = (engine.info().id.clone(), engine.info().context_length);
-    let _ = ready.set(app(
-        AppState::new(engine, api_key).with_sessions(sessions.clone())
-    ));
+    let state = AppState::new(engine, api_key).with_sessions(sessions.clone());
+    let runs = state.runs().cloned();
+    let _ = ready.set(app(state));
     // Only once the full app answers: scripts start their requests on this line.
     tracing::info!("serving {id} ({context_length} tokens of context) on http://{address}");
+    // Until when running work may go on; set by the signal.
+    let mut deadline = None;
     let served = tokio::select! {
         served = &mut server => Some(served),
-        () = stopped(stop) => None,
+        () = stopped(stop) => {
+            deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+            None
+        }
     };
     let served = match served {
         Some(served) => Some(served),
@@ -245,12 +251,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
             () = shutdown_signal() => {
                 tracing::warn!("second signal: stopping the requests still running");
+                deadline = Some(Instant::now());
                 None
             }
         },
     };
     if served.is_none() {
         server.abort();
+    }
+    // Chat runs outlive their connections: give them what is left of the grace, then stop
+    // them so their partial answers are saved before the store closes.
+    if let Some(runs) = runs {
+        let left = deadline.map_or(Duration::ZERO, |at: Instant| {
+            at.saturating_duration_since(Instant::now())
+        });
+        let stopped = runs.finish_all(left).await;
+        if stopped > 0 {
+            tracing::warn!("{stopped} chat answer(s) still running were stopped and saved");
+        }
     }
     match sessions.close().await {
         Ok(0) => tracing::info!("conversation store flushed"),

@@ -316,6 +316,38 @@ impl Runs {
             .cloned()
     }
 
+    /// The runs still writing.
+    pub fn unfinished(&self) -> Vec<Arc<Run>> {
+        self.registry()
+            .runs
+            .values()
+            .filter(|run| !run.is_finished())
+            .cloned()
+            .collect()
+    }
+
+    /// For a shutdown: lets the running answers finish for up to `grace`, then stops the
+    /// rest, which saves each as `stopped`, and waits for those saves. Returns how many had
+    /// to be stopped.
+    pub async fn finish_all(&self, grace: Duration) -> usize {
+        let all_done = async {
+            for run in self.unfinished() {
+                run.finished().await;
+            }
+        };
+        if tokio::time::timeout(grace, all_done).await.is_ok() {
+            return 0;
+        }
+        let left = self.unfinished();
+        for run in &left {
+            let _ = run.stop();
+        }
+        for run in &left {
+            run.finished().await;
+        }
+        left.len()
+    }
+
     /// Frees the conversation of run `id` (if it still holds it).
     fn release(&self, conversation: &str, id: &str) {
         let mut registry = self.registry();
