@@ -5,15 +5,15 @@
 //! chat page (its stream and the stored view). With the setting off, the page's demo tools
 //! are only called, never run.
 
+mod common;
+
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
+use common::{stored_app, StoredApp};
 use serde_json::{json, Value};
-use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
-use smolbot::services::{BackendSpec, Engine, SessionStore};
-use smolbot::web::{app, AppState};
 use tower::ServiceExt;
 
 /// Longest a test waits for a response body (a whole answer of several rounds).
@@ -21,27 +21,8 @@ const ANSWER_WAIT: Duration = Duration::from_secs(60);
 
 const QUESTION: &str = "What is 17 * (3+4)?";
 
-struct Harness {
-    app: Router,
-    _dir: tempfile::TempDir,
-}
-
-async fn harness() -> Harness {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let engine = Engine::start(
-        BackendSpec::Stub(StubConfig {
-            tokens_per_second: 0.0,
-            context_length: STUB_CONTEXT_LENGTH,
-        }),
-        4,
-    )
-    .await
-    .expect("stub engine starts");
-    let store = SessionStore::open(dir.path()).await.expect("store opens");
-    Harness {
-        app: app(AppState::new(engine, None).with_sessions(store)),
-        _dir: dir,
-    }
+async fn harness() -> StoredApp {
+    stored_app(0.0).await
 }
 
 /// Sends `request`; returns the status, the headers and the whole body as text.

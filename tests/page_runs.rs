@@ -5,16 +5,16 @@
 //! and stores the partial answer as stopped. The conversations API streams its runs the same
 //! way, and resumes them at `GET /api/conversations/{id}/stream`.
 
+mod common;
+
 use std::time::Duration;
 
 use axum::body::{Body, BodyDataStream};
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
+use common::{stored_app, StoredApp};
 use futures_util::StreamExt;
 use serde_json::Value;
-use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
-use smolbot::services::{BackendSpec, Engine, SessionStore};
-use smolbot::web::{app, AppState};
 use tower::ServiceExt;
 
 /// Slow enough that a reader can leave after a few pieces of reasoning, fast enough that
@@ -24,27 +24,8 @@ const PACE: f64 = 150.0;
 /// Longest a test waits for an answer to end.
 const ANSWER_WAIT: Duration = Duration::from_secs(60);
 
-struct Harness {
-    app: Router,
-    _dir: tempfile::TempDir,
-}
-
-async fn harness() -> Harness {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let engine = Engine::start(
-        BackendSpec::Stub(StubConfig {
-            tokens_per_second: PACE,
-            context_length: STUB_CONTEXT_LENGTH,
-        }),
-        4,
-    )
-    .await
-    .expect("stub engine starts");
-    let store = SessionStore::open(dir.path()).await.expect("store opens");
-    Harness {
-        app: app(AppState::new(engine, None).with_sessions(store)),
-        _dir: dir,
-    }
+async fn harness() -> StoredApp {
+    stored_app(PACE).await
 }
 
 async fn respond(app: &Router, request: Request<Body>) -> axum::response::Response {

@@ -3,36 +3,20 @@
 //! messages answered by the engine (JSON and SSE), export and import, delete, and the error
 //! statuses.
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
+use common::{stored_app, StoredApp};
 use serde_json::{json, Value};
-use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
-use smolbot::services::{BackendSpec, Engine, SessionStore};
+use smolbot::services::stub::StubConfig;
+use smolbot::services::{BackendSpec, Engine};
 use smolbot::web::{app, AppState};
 use tower::ServiceExt;
 
-struct Harness {
-    app: Router,
-    _dir: tempfile::TempDir,
-}
-
-async fn harness() -> Harness {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let engine = Engine::start(
-        BackendSpec::Stub(StubConfig {
-            tokens_per_second: 0.0,
-            context_length: STUB_CONTEXT_LENGTH,
-        }),
-        4,
-    )
-    .await
-    .expect("stub engine starts");
-    let store = SessionStore::open(dir.path()).await.expect("store opens");
-    Harness {
-        app: app(AppState::new(engine, None).with_sessions(store)),
-        _dir: dir,
-    }
+async fn harness() -> StoredApp {
+    stored_app(0.0).await
 }
 
 /// Sends a request; returns the status, the content type and the body text.

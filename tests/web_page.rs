@@ -5,78 +5,25 @@
 //! regenerate and edit, settings, slash commands, export, the context meter, and a
 //! conversation surviving a new server over the same data directory.
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
-use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
-use smolbot::services::{BackendSpec, Engine, SessionStore};
+use common::http::{get, send as call, Reply};
+use common::stub_engine;
+use smolbot::services::SessionStore;
 use smolbot::web::{app, AppState};
-use tower::ServiceExt;
-
-async fn stub_engine() -> Engine {
-    paced_engine(0.0).await
-}
-
-/// The stub writing `tokens_per_second` (0: as fast as it can).
-async fn paced_engine(tokens_per_second: f64) -> Engine {
-    Engine::start(
-        BackendSpec::Stub(StubConfig {
-            tokens_per_second,
-            context_length: STUB_CONTEXT_LENGTH,
-        }),
-        4,
-    )
-    .await
-    .expect("stub engine starts")
-}
 
 /// The app without a data directory: the page keeps conversations in memory.
 async fn stub_app() -> Router {
-    app(AppState::new(stub_engine().await, None))
+    app(AppState::new(stub_engine(0.0).await, None))
 }
 
 /// The app over a store in `dir`, as `smolbot serve --data-dir dir` builds it.
 async fn stored_app(dir: &std::path::Path) -> Router {
     let store = SessionStore::open(dir).await.expect("store opens");
-    app(AppState::new(stub_engine().await, None).with_sessions(store))
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    text: String,
-}
-
-impl Reply {
-    fn header(&self, name: header::HeaderName) -> &str {
-        self.headers
-            .get(&name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_else(|| panic!("no {name} header"))
-    }
-
-    /// An HTMX response header, e.g. `hx-push-url`.
-    fn hx(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-async fn call(app: &Router, request: Request<Body>) -> Reply {
-    let response = app.clone().oneshot(request).await.expect("infallible");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("body");
-    Reply {
-        status,
-        headers,
-        text: String::from_utf8_lossy(&bytes).into_owned(),
-    }
-}
-
-async fn get(app: &Router, uri: &str) -> Reply {
-    call(app, Request::get(uri).body(Body::empty()).expect("request")).await
+    app(AppState::new(stub_engine(0.0).await, None).with_sessions(store))
 }
 
 fn form_request(uri: &str, body: &str, from_page: bool) -> Request<Body> {
@@ -359,7 +306,7 @@ async fn tool_calls_arrive_as_cards() {
 async fn stop_cancels_an_answer_and_frees_the_conversation() {
     // Paced, so the answer is still being written when Stop comes: nobody reads its stream,
     // and the run writes on without a reader.
-    let app = app(AppState::new(paced_engine(100.0).await, None));
+    let app = app(AppState::new(stub_engine(100.0).await, None));
     let sent = send_message(&app, "", "Hello", "").await;
     let conversation = sent.hx("hx-push-url").expect("url")["/c/".len()..].to_owned();
     let url = stream_url(&sent.text);

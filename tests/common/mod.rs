@@ -112,3 +112,37 @@ pub async fn gguf_engine(path: &Path) -> smolbot::services::Engine {
     .await
     .unwrap_or_else(|e| panic!("{} loads: {e}", path.display()))
 }
+
+/// The stub engine writing `tokens_per_second` (0: as fast as it can) with SmolLM3's
+/// context, one generation at a time and up to 4 waiting: a predictable line for tests.
+pub async fn stub_engine(tokens_per_second: f64) -> smolbot::services::Engine {
+    use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
+    smolbot::services::Engine::start(
+        smolbot::services::BackendSpec::Stub(StubConfig {
+            tokens_per_second,
+            context_length: STUB_CONTEXT_LENGTH,
+        }),
+        4,
+    )
+    .await
+    .expect("stub engine starts")
+}
+
+/// The app on the stub over a conversation store in a temporary data directory, as
+/// `smolbot serve --stub --data-dir DIR` builds it; the directory lives as long as this.
+pub struct StoredApp {
+    pub app: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn stored_app(tokens_per_second: f64) -> StoredApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = stub_engine(tokens_per_second).await;
+    let store = smolbot::services::SessionStore::open(dir.path())
+        .await
+        .expect("store opens");
+    StoredApp {
+        app: smolbot::web::app(smolbot::web::AppState::new(engine, None).with_sessions(store)),
+        _dir: dir,
+    }
+}
