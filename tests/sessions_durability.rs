@@ -163,12 +163,10 @@ fn messages(server: &Server, id: &str) -> Vec<Value> {
     list["data"].as_array().expect("messages").clone()
 }
 
-#[test]
-fn sigkill_mid_generation_loses_no_earlier_message() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), "first.log");
-
-    // A short completed exchange (the answer capped at a few tokens, so it is quick).
+/// A new conversation with one short completed exchange (the answer capped at a few
+/// tokens, so it is quick), its settings then cleared for the long answer to come; its id
+/// and its two messages.
+fn one_short_exchange(server: &Server) -> (String, Vec<Value>) {
     let (status, conversation) = server.json(
         "POST",
         "/api/conversations",
@@ -191,6 +189,15 @@ fn sigkill_mid_generation_loses_no_earlier_message() {
     assert_eq!(status, 200);
     let before = messages(&server, &id);
     assert_eq!(before.len(), 2);
+    (id, before)
+}
+
+#[test]
+fn sigkill_mid_generation_loses_no_earlier_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), "first.log");
+
+    let (id, before) = one_short_exchange(&server);
 
     // A long answer, streamed; kill the server once it has been writing for a while.
     let mut stream = server.connect().expect("connect");
@@ -278,27 +285,7 @@ fn read_until(stream: &mut TcpStream, needle: &str) -> String {
 fn sigterm_mid_answer(tokens_per_second: u32) -> String {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = Server::start_paced(dir.path(), "first.log", tokens_per_second);
-    let (status, conversation) = server.json(
-        "POST",
-        "/api/conversations",
-        Some(json!({"settings": {"max_tokens": 8}})),
-    );
-    assert_eq!(status, 201, "{conversation}");
-    let id = conversation["id"].as_str().expect("id").to_owned();
-    let (status, reply) = server.json(
-        "POST",
-        &format!("/api/conversations/{id}/messages"),
-        Some(json!({"content": "First question"})),
-    );
-    assert_eq!(status, 200, "{reply}");
-    let (status, _) = server.json(
-        "PATCH",
-        &format!("/api/conversations/{id}"),
-        Some(json!({"settings": {}})),
-    );
-    assert_eq!(status, 200);
-    let before = messages(&server, &id);
-    assert_eq!(before.len(), 2);
+    let (id, before) = one_short_exchange(&server);
 
     // A long answer, streamed by a client that keeps listening through the shutdown.
     let mut stream = server.connect().expect("connect");

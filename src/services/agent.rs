@@ -203,8 +203,6 @@ pub fn with_builtin_tools(mut request: ChatRequest) -> ChatRequest {
 mod tests {
     use super::*;
     use crate::services::runs::{RunEvent, Runs, Saving};
-    use crate::services::stub::StubConfig;
-    use crate::services::BackendSpec;
     use serde_json::json;
 
     fn call(name: &str, arguments: Json) -> ToolCall {
@@ -259,20 +257,8 @@ mod tests {
         tokens_per_second: f64,
         max_rounds: usize,
     ) -> (Runs, String, std::sync::Arc<crate::services::runs::Run>) {
-        let stub = StubConfig {
-            tokens_per_second,
-            ..StubConfig::default()
-        };
-        let engine = Engine::start(BackendSpec::Stub(stub), 4)
-            .await
-            .expect("stub engine");
-        let store = SessionStore::in_memory().expect("store");
-        let conversation = store
-            .create(None, Default::default())
-            .await
-            .expect("conversation")
-            .id;
-        let runs = Runs::keeping(store, std::time::Duration::from_secs(5));
+        let (engine, runs, conversation) =
+            crate::services::runs::tests::setup(tokens_per_second).await;
         let request = with_builtin_tools(ChatRequest {
             messages: vec![ChatMessage::new(Role::User, "What is 17 * (3+4)?")],
             tool_choice: crate::services::chat::ToolChoice::Required,

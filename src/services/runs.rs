@@ -699,13 +699,15 @@ async fn save(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::services::chat::{ChatMessage, ChatRequest};
     use crate::services::stub::StubConfig;
     use crate::services::{BackendSpec, Engine};
 
-    async fn setup(tokens_per_second: f64) -> (Engine, Runs, String) {
+    /// The stub engine at `tokens_per_second`, runs over an in-memory store, and an empty
+    /// conversation in it (shared with the agent loop's tests).
+    pub(crate) async fn setup(tokens_per_second: f64) -> (Engine, Runs, String) {
         let engine = Engine::start(
             BackendSpec::Stub(StubConfig {
                 tokens_per_second,
