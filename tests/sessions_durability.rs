@@ -187,7 +187,7 @@ fn one_short_exchange(server: &Server) -> (String, Vec<Value>) {
         Some(json!({"settings": {}})),
     );
     assert_eq!(status, 200);
-    let before = messages(&server, &id);
+    let before = messages(server, &id);
     assert_eq!(before.len(), 2);
     (id, before)
 }

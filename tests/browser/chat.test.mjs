@@ -2,8 +2,8 @@
 // against `smolbot serve --stub` on a free local port. Covers what handler tests cannot see:
 // HTMX and the SSE extension swapping the streamed fragments, the Thinking block collapsing,
 // Stop (Esc) mid-stream, markup from the user staying inert under the CSP, a failed send
-// keeping the typed text, the server dying mid-stream, a phone-sized screen, and the built-in
-// calculator's result shown under its call; then the stored conversations: reload and server
+// keeping the typed text, a dropped stream resuming by itself, the server dying mid-stream, a
+// phone-sized screen, and the built-in calculator's result shown under its call; then the stored conversations: reload and server
 // restart find them, rename and delete in the sidebar, regenerate, slash commands and their
 // menu, and the light and dark themes.
 //
@@ -294,13 +294,75 @@ test("the server dying mid-stream is reported and what streamed stays", async ()
     await page.locator(".reasoning span").first().waitFor();
     own.child.removeAllListeners("exit");
     own.child.kill("SIGKILL");
-    await page.locator("#error:not([hidden])").waitFor({ timeout: 10_000 });
-    assert.match(await page.locator("#error").textContent(), /connection to the server was lost/);
+    // The browser first retries (5 tries, 1 s apart), then the page gives up.
+    await page.locator(".progress .reconnecting").waitFor({ timeout: 5_000 });
+    await page.locator("#error", { hasText: /connection to the server was lost/ }).waitFor({ timeout: 20_000 });
     assert.ok((await page.locator(".reasoning").textContent()).length > 0, "streamed text kept");
     assert.equal(await page.locator(".msg.assistant.streaming").count(), 0);
     await page.screenshot({ path: join(SHOTS, "6-server-gone.png") });
   } finally {
     own.child.kill("SIGKILL");
+    await page.close();
+  }
+});
+
+test("a dropped stream reconnects by itself: the answer ends whole, nothing repeated", async () => {
+  const page = await context.newPage();
+  // htmx logs each SSE error to the console, so only script errors count here.
+  const problems = [];
+  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  // The first stream is cut after an `answer` event halfway through the answer's text (the
+  // browser sees its body end); the browser's reconnect goes to the server untouched.
+  let requests = 0;
+  let cutAt = 0;
+  await page.route("**/chat/stream/**", async (route) => {
+    requests += 1;
+    if (requests > 1) return route.continue();
+    // `fetch` reads the whole body: the stub writes the answer to its end first.
+    const response = await route.fetch();
+    const blocks = (await response.text()).split("\n\n");
+    const answers = blocks.flatMap((block, i) => (/^event: answer$/m.test(block) ? [i] : []));
+    const cut = answers[Math.floor(answers.length / 2)];
+    cutAt = Number(/^id: ?(\d+)$/m.exec(blocks[cut])[1]);
+    const body = blocks.slice(0, cut + 1).join("\n\n") + "\n\n";
+    await route.fulfill({ response, body });
+  });
+  try {
+    await page.goto(server.url + "/");
+    await page.waitForFunction(() => window.htmx);
+    // What the page's source saw: its opens and errors, and each message's Last-Event-ID.
+    await page.evaluate(() => {
+      window.sseLog = [];
+      const log = (what) => (event) => window.sseLog.push([what, event.detail.lastEventId]);
+      document.body.addEventListener("htmx:sseOpen", log("open"));
+      document.body.addEventListener("htmx:sseError", log("error"));
+      document.body.addEventListener("htmx:sseMessage", log("message"));
+    });
+    await send(page, "Hello there");
+    await page.locator(".meta .stats").waitFor({ timeout: ANSWER_MS });
+    assert.equal(requests, 2, "one reconnect");
+    const sseLog = await page.evaluate(() => window.sseLog);
+    const kinds = sseLog.filter(([what]) => what !== "message").map(([what]) => what);
+    assert.deepEqual(kinds, ["open", "error", "open"]);
+    // After the reconnect (sent with Last-Event-ID) only what came after the cut arrives.
+    const reopened = sseLog.map(([what]) => what).lastIndexOf("open");
+    const after = sseLog.slice(reopened + 1).map(([, id]) => Number(id));
+    assert.ok(after.length > 0, "the rest arrived");
+    assert.ok(after.every((id) => id >= cutAt), `nothing before ${cutAt} again: ${after}`);
+    assert.equal(await page.locator("#error:not([hidden])").count(), 0, "no error shown");
+    assert.equal(await page.locator(".progress .reconnecting").count(), 0);
+    assert.equal(await page.locator(".msg.assistant").count(), 1);
+    assert.equal(await page.locator(".msg.assistant.streaming").count(), 0);
+    const answer = page.locator(".msg.assistant .answer");
+    assert.equal(await answer.locator("table").count(), 1, "the whole answer, once");
+    const live = await answer.innerText();
+    // The stored answer, as a reload shows it, reads the same.
+    await page.unroute("**/chat/stream/**");
+    await page.reload();
+    await page.locator(".meta .stats").waitFor();
+    assert.equal(await page.locator(".msg.assistant .answer").innerText(), live);
+    assert.deepEqual(problems, []);
+  } finally {
     await page.close();
   }
 });

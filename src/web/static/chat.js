@@ -1,9 +1,10 @@
 // smolbot chat page: the few things HTMX does not do on its own — keys (Enter sends,
 // Shift+Enter new line, Esc stops), clearing the input only once the server took the
-// message, showing failed requests and lost streams, copy buttons, the slash-command menu,
-// the theme switch, the sidebar on a phone, and keeping the newest text in view. Loaded as a
-// file because the Content-Security-Policy forbids inline script. Commands themselves run
-// on the server (POST /chat/send); this only helps typing them.
+// message, showing failed requests, letting a dropped stream reconnect (and reporting one
+// that is lost), copy buttons, the slash-command menu, the theme switch, the sidebar on a
+// phone, and keeping the newest text in view. Loaded as a file because the
+// Content-Security-Policy forbids inline script. Commands themselves run on the server
+// (POST /chat/send); this only helps typing them.
 (function () {
   "use strict";
 
@@ -161,22 +162,60 @@
     showError(what + " (" + xhr.status + "): " + (xhr.responseText || xhr.statusText));
   });
 
-  document.body.addEventListener("htmx:sendError", function () {
-    showError("The server cannot be reached. Your message is still in the box; try again.");
+  document.body.addEventListener("htmx:sendError", function (event) {
+    // The badge's poll fails too while the server is away; only a send left a message.
+    showError(event.detail.elt === form
+      ? "The server cannot be reached. Your message is still in the box; try again."
+      : "The server cannot be reached.");
   });
+
+  // A dropped stream: the browser reconnects by itself (after the server's `retry`, 1 s)
+  // and sends Last-Event-ID, so the server sends only what the page lacks. The page lets it
+  // try a few times; when the tries run out, or the server refuses the stream (the run is
+  // gone, a 404: the browser closes the source), it stops and says so.
+  var RECONNECT_TRIES = 5;
+
+  function reconnecting(answer, on) {
+    var progress = answer.querySelector(".progress");
+    var note = progress && progress.querySelector(".reconnecting");
+    if (on && progress && !note) {
+      note = document.createElement("span");
+      note.className = "reconnecting";
+      note.textContent = "Connection lost; reconnecting…";
+      progress.replaceChildren(note);
+    } else if (!on && note) {
+      note.remove();
+    }
+  }
 
   document.body.addEventListener("htmx:sseError", function (event) {
     var answer = event.target.closest ? event.target.closest(".msg.assistant") : null;
     if (!answer || !answer.classList.contains("streaming")) return;
-    // Without sse-connect the extension does not reconnect to a stream that is gone.
+    var source = event.detail && event.detail.source;
+    var tries = Number(answer.dataset.reconnects || 0) + 1;
+    answer.dataset.reconnects = String(tries);
+    if (source && source.readyState === EventSource.CONNECTING && tries <= RECONNECT_TRIES) {
+      reconnecting(answer, true);
+      return;
+    }
+    reconnecting(answer, false);
+    // Without sse-connect the extension does not open a fresh source (one without
+    // Last-Event-ID) to a stream that is gone.
     answer.removeAttribute("sse-connect");
-    if (event.detail && event.detail.source) event.detail.source.close();
+    if (source) source.close();
     var stop = answer.querySelector("button.stop");
     if (stop) stop.remove();
     // The answer is the conversation's, not the tab's: if the server is still up it goes on
     // being written, and reopening the chat shows it.
     showError("The connection to the server was lost. What arrived is kept; reload the chat to see the rest of the answer.");
     finish(answer);
+  });
+
+  document.body.addEventListener("htmx:sseOpen", function (event) {
+    var answer = event.target.closest ? event.target.closest(".msg.assistant") : null;
+    if (!answer) return;
+    delete answer.dataset.reconnects;
+    reconnecting(answer, false);
   });
 
   document.body.addEventListener("htmx:sseClose", function (event) {

@@ -1,0 +1,106 @@
+//! The whole pages: a new chat (`GET /`), a stored conversation (`GET /c/{id}`) or its
+//! "not found", and the status badge the page polls (`GET /chat/status`).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use minijinja::context;
+use minijinja::value::Serde;
+
+use super::commands::commands;
+use super::meter::{measure, Meter};
+use super::settings::SettingsView;
+use super::templates::render;
+use super::{load, PageError, PageState};
+use crate::inference::sampling::SamplingParams;
+use crate::services::sessions::{Conversation, ConversationSettings};
+use crate::web::transcripts;
+
+/// `GET /chat/status`: the status badge, which the page polls so "busy" shows while the
+/// model works for anyone.
+pub(super) async fn badge(State(state): State<Arc<PageState>>) -> Result<Html<String>, PageError> {
+    let info = state.engine.info();
+    Ok(Html(render(
+        "badge.html",
+        context! { model => info.id.as_str(), state => state.badge_state() },
+    )?))
+}
+
+pub(super) async fn new_chat(
+    State(state): State<Arc<PageState>>,
+) -> Result<Html<String>, PageError> {
+    render_page(&state, None).await.map(Html)
+}
+
+pub(super) async fn conversation_page(
+    State(state): State<Arc<PageState>>,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let loaded = match load(&state, &id).await {
+        Ok(loaded) => loaded,
+        Err(PageError::UnknownConversation(_) | PageError::BadConversation) => {
+            let message =
+                format!("There is no conversation “{id}”: it was deleted, or the link is wrong.");
+            let html = render("not_found.html", context! { message => message })?;
+            return Ok((StatusCode::NOT_FOUND, Html(html)).into_response());
+        }
+        Err(other) => return Err(other),
+    };
+    Ok(Html(render_page(&state, Some(loaded.1)).await?).into_response())
+}
+
+/// The whole page, for a new chat (`None`) or a stored conversation.
+async fn render_page(
+    state: &PageState,
+    conversation: Option<Conversation>,
+) -> Result<String, PageError> {
+    let info = state.engine.info();
+    let (id, title, settings, history) = match conversation {
+        Some(c) => {
+            let history = state.store.messages(c.id.clone()).await?;
+            (c.id, c.title, c.settings, history)
+        }
+        None => (
+            String::new(),
+            None,
+            ConversationSettings::default(),
+            Vec::new(),
+        ),
+    };
+    let used = measure(state, &settings, &history).await;
+    let conversations = state.store.list(None).await?;
+    // An answer still being written shows streaming, from the start of its run.
+    let live = state
+        .runs
+        .live(&id)
+        .map(|run| context! { id => run.id(), thinking => run.thinking() });
+    let html = render(
+        "page.html",
+        context! {
+            model => info.id.as_str(),
+            state => state.badge_state(),
+            conversation => id.as_str(),
+            title => title,
+            persistent => state.persistent,
+            conversations => Serde(&conversations),
+            current => id.as_str(),
+            query => Option::<String>::None,
+            messages => Serde(transcripts::views(&history)),
+            live => live,
+            thinking => transcripts::thinking(&settings),
+            settings => Serde(SettingsView::new(&settings)),
+            defaults => context! {
+                temperature => SamplingParams::default().temperature.to_string(),
+                top_p => SamplingParams::default().top_p.to_string(),
+                context_length => state.context_length(),
+            },
+            meter => Serde(Meter::new(used, state.context_length())),
+            commands => commands(),
+            saved => Option::<String>::None,
+            oob => false,
+        },
+    )?;
+    Ok(html)
+}

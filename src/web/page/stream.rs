@@ -1,0 +1,391 @@
+//! The answer in flight: `GET /chat/stream/{id}` streams a run's log as SSE events of HTML
+//! fragments (the [`AnswerWriter`] turns run events into them, and resumes after the
+//! browser's `Last-Event-ID`), and `POST /chat/stop/{id}` stops the run. Kept apart from the
+//! routes that start answers: these only read (or stop) a run that is already going.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::stream::{self, Stream, StreamExt};
+use futures_util::FutureExt;
+use minijinja::value::Serde;
+use minijinja::{context, Value};
+
+use super::meter::Meter;
+use super::templates::render;
+use super::{from_page, PageError, PageState};
+use crate::services::events::{Completion, GenerationEvent, Progress};
+use crate::services::runs::{Entry, Run, RunError, RunEvent};
+use crate::services::tools::is_builtin;
+use crate::web::markdown::render_markdown;
+
+/// How long Stop waits for the run to save its partial answer before it answers, so the
+/// page can send the next message at once; saving takes milliseconds.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Run log entries taken before one Markdown render: a slow client (or one replaying a long
+/// answer) gets fewer, larger updates instead of a growing backlog.
+const MAX_EVENTS_PER_UPDATE: usize = 64;
+
+/// How long a browser waits before it reconnects a dropped stream, sent as the SSE `retry`
+/// field (browsers default to about 3 s): the reconnect carries `Last-Event-ID`, so the
+/// page gets the rest of the answer without repeats. `chat.js` gives up after a few tries.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// `POST /chat/stop/{id}`: stops the run and answers once its partial answer is saved and
+/// the conversation is free. Stopping a run that just finished is no error: the user
+/// wanted it over, and it is.
+pub(super) async fn stop(
+    State(state): State<Arc<PageState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, PageError> {
+    from_page(&headers)?;
+    let run = state.runs.get(&id).map_err(PageError::from_run)?;
+    match run.stop() {
+        Ok(()) | Err(RunError::Finished(_)) => {}
+        Err(other) => return Err(PageError::from_run(other)),
+    }
+    if tokio::time::timeout(STOP_WAIT, run.finished())
+        .await
+        .is_err()
+    {
+        tracing::warn!("answer {id} did not finish within {STOP_WAIT:?} of its stop");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The entry id the browser saw last (`Last-Event-ID` on a reconnect); 0 for a new stream.
+fn last_event_id(headers: &HeaderMap) -> u64 {
+    headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `GET /chat/stream/{id}`: the run's answer as SSE events of HTML, from its start or after
+/// the browser's `Last-Event-ID`. Leaving cancels nothing; the run goes on without readers.
+pub(super) async fn stream(
+    State(state): State<Arc<PageState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, PageError> {
+    let run = state.runs.get(&id).map_err(PageError::from_run)?;
+    let writer = AnswerWriter::new(Arc::clone(&state), &run, last_event_id(&headers));
+    let subscription = run.subscribe(0);
+    let events = stream::unfold(Some((subscription, writer)), |current| async move {
+        let (mut subscription, mut writer) = current?;
+        let mut batch = vec![subscription.next().await?];
+        while batch.len() < MAX_EVENTS_PER_UPDATE {
+            match subscription.next().now_or_never() {
+                Some(Some(entry)) => batch.push(entry),
+                _ => break,
+            }
+        }
+        let (events, over) = writer.batch(batch);
+        Some((events, (!over).then_some((subscription, writer))))
+    })
+    .flat_map(|events| stream::iter(events.into_iter().map(Ok::<Event, Infallible>)));
+    // A block with only `retry` sets the reconnect delay and is no event.
+    let retry = stream::once(async { Ok(Event::default().retry(RECONNECT_DELAY)) });
+    Ok(Sse::new(retry.chain(events)).keep_alive(KeepAlive::default()))
+}
+
+/// Turns a run's log into SSE events of HTML. Every stream replays the log from its start
+/// into a fresh writer, so an answer joined midway renders whole; entries up to the
+/// browser's `Last-Event-ID` update the writer but are not sent again.
+///
+/// Each entry's last event carries the entry's id; the answer's Markdown, rendered once per
+/// batch of text, carries the id of the newest text it holds. Events without an id (the
+/// Thinking block closing, a progress line cleared) are safe to repeat after a reconnect.
+struct AnswerWriter {
+    state: Arc<PageState>,
+    started_at: Instant,
+    /// The client already has every entry up to this id.
+    after: u64,
+    first_token_at: Option<Instant>,
+    /// A queue or prefill notice is on the page, to be cleared by the first token.
+    progress_shown: bool,
+    reasoning: String,
+    /// The Thinking block is open and still takes reasoning.
+    reasoning_open: bool,
+    content: String,
+    /// The newest text entry not yet rendered into an `answer` event.
+    unrendered: Option<u64>,
+    /// The run executes built-in tool calls, so their cards say nothing of "not run".
+    runs_tools: bool,
+}
+
+impl AnswerWriter {
+    fn new(state: Arc<PageState>, run: &Run, after: u64) -> Self {
+        Self {
+            state,
+            started_at: run.started_at(),
+            after,
+            first_token_at: None,
+            progress_shown: false,
+            reasoning: String::new(),
+            reasoning_open: run.thinking(),
+            content: String::new(),
+            unrendered: None,
+            runs_tools: run.runs_tools(),
+        }
+    }
+
+    /// The SSE events for a batch of log entries, and whether the log is over.
+    fn batch(&mut self, entries: Vec<Arc<Entry>>) -> (Vec<Event>, bool) {
+        let mut out = Vec::new();
+        let mut over = false;
+        for entry in entries {
+            let text = matches!(
+                entry.event,
+                RunEvent::Generation(GenerationEvent::Content(_))
+            );
+            if !text {
+                self.render_answer(&mut out);
+            }
+            let mut group = Vec::new();
+            over |= self.entry(&entry, &mut group);
+            if entry.id <= self.after {
+                continue;
+            }
+            if !text {
+                if let Some(last) = group.pop() {
+                    group.push(last.id(entry.id.to_string()));
+                }
+            }
+            out.extend(group);
+        }
+        self.render_answer(&mut out);
+        (out, over)
+    }
+
+    /// The answer's Markdown, when text came since it was last rendered.
+    fn render_answer(&mut self, out: &mut Vec<Event>) {
+        if let Some(id) = self.unrendered.take() {
+            if id > self.after {
+                out.push(sse("answer", render_markdown(&self.content)).id(id.to_string()));
+            }
+        }
+    }
+
+    /// Takes one entry into the writer's state and adds its events; true when it is the
+    /// log's last.
+    fn entry(&mut self, entry: &Entry, out: &mut Vec<Event>) -> bool {
+        let event = match &entry.event {
+            RunEvent::Saved(_) => return true,
+            RunEvent::Generation(GenerationEvent::Progress(progress)) => {
+                out.push(sse("progress", progress_html(*progress)));
+                self.progress_shown = true;
+                return false;
+            }
+            RunEvent::Stopped => {
+                self.clear_progress(out);
+                self.close_thinking(entry.at, out);
+                out.push(self.done(Some("Stopped."), None));
+                return false;
+            }
+            RunEvent::ToolResult(result) => {
+                out.push(self.fragment(
+                    "tool",
+                    "tool_result.html",
+                    context! {
+                        name => result.name.as_str(),
+                        content => result.content.as_str(),
+                        is_error => result.is_error,
+                    },
+                ));
+                return false;
+            }
+            RunEvent::Generation(event) => event,
+        };
+        self.first_token_at.get_or_insert(entry.at);
+        self.clear_progress(out);
+        match event {
+            GenerationEvent::Reasoning(text) => {
+                self.reasoning.push_str(text);
+                if self.reasoning_open {
+                    out.push(sse("reasoning", escape_span(text)));
+                }
+            }
+            GenerationEvent::Content(text) => {
+                self.close_thinking(entry.at, out);
+                self.content.push_str(text);
+                self.unrendered = Some(entry.id);
+            }
+            GenerationEvent::ToolCall(call) => {
+                self.close_thinking(entry.at, out);
+                let arguments = serde_json::to_string_pretty(&call.arguments)
+                    .unwrap_or_else(|_| call.arguments.to_string());
+                out.push(self.fragment(
+                    "tool",
+                    "tool_call.html",
+                    context! {
+                        name => call.name.as_str(),
+                        arguments => arguments,
+                        ran => self.runs_tools && is_builtin(&call.name),
+                    },
+                ));
+            }
+            GenerationEvent::Done(done) => {
+                self.close_thinking(entry.at, out);
+                out.push(self.done(None, Some(done)));
+            }
+            GenerationEvent::Failed(message) => {
+                self.close_thinking(entry.at, out);
+                out.push(self.fragment("failed", "failed.html", context! { message => message }));
+                out.push(self.done(Some("Failed."), None));
+            }
+            GenerationEvent::Progress(_) => {}
+        }
+        false
+    }
+
+    fn clear_progress(&mut self, out: &mut Vec<Event>) {
+        if std::mem::take(&mut self.progress_shown) {
+            out.push(sse("progress", "<span></span>".to_owned()));
+        }
+    }
+
+    /// Collapses the Thinking block into its finished form, once; `at` is when the
+    /// reasoning ended.
+    fn close_thinking(&mut self, at: Instant, out: &mut Vec<Event>) {
+        if !std::mem::take(&mut self.reasoning_open) {
+            return;
+        }
+        let seconds = self.first_token_at.map_or(0.0, |t| (at - t).as_secs_f64());
+        // Re-tokenizing the reasoning (a few hundred tokens, well under a millisecond) is
+        // simpler than threading a count through the event stream.
+        let tokens = self
+            .state
+            .engine
+            .codec()
+            .tokenize(&self.reasoning, false, false)
+            .map_or(0, |ids| ids.len());
+        out.push(self.fragment(
+            "thinking",
+            "thinking.html",
+            context! {
+                seconds => format!("{seconds:.1}"),
+                tokens => tokens,
+                reasoning => self.reasoning.trim(),
+            },
+        ));
+    }
+
+    /// The line that ends the answer, with the context meter as it now stands (out of band).
+    fn done(&self, note: Option<&str>, done: Option<&Completion>) -> Event {
+        let stats = done.map(|done| {
+            let ttft = self
+                .first_token_at
+                .map_or(0.0, |t| (t - self.started_at).as_secs_f64());
+            let timings = done.timings;
+            let seconds = timings.predicted_time.as_secs_f64();
+            let rate = if seconds > 0.0 {
+                timings.predicted_tokens as f64 / seconds
+            } else {
+                0.0
+            };
+            format!(
+                "first token {ttft:.2} s · {rate:.1} tokens/s · {} tokens",
+                done.usage.completion_tokens
+            )
+        });
+        let meter = done.map(|done| {
+            Meter::new(
+                Some(done.usage.prompt_tokens + done.usage.completion_tokens),
+                self.state.context_length(),
+            )
+        });
+        let html =
+            render("done.html", context! { note => note, stats => stats }).and_then(|mut html| {
+                if let Some(meter) = meter {
+                    html.push_str(&render(
+                        "meter.html",
+                        context! { meter => Serde(&meter), oob => true },
+                    )?);
+                }
+                Ok(html)
+            });
+        sse("done", self.html_or_note("done.html", html))
+    }
+
+    /// An SSE event carrying a rendered template.
+    fn fragment(&self, event: &str, template: &str, ctx: Value) -> Event {
+        sse(event, self.html_or_note(template, render(template, ctx)))
+    }
+
+    /// A template failure becomes a visible note rather than a missing piece.
+    fn html_or_note(&self, template: &str, html: Result<String, minijinja::Error>) -> String {
+        html.unwrap_or_else(|err| {
+            tracing::error!("page template {template} failed: {err:#}");
+            "<p class=\"failure-text\">This part of the answer could not be shown.</p>".into()
+        })
+    }
+}
+
+/// Where a waiting answer stands, for its status line.
+fn progress_html(progress: Progress) -> String {
+    let n = |v: usize| crate::services::error::thousands(v);
+    match progress {
+        Progress::Queued { ahead } => format!(
+            "<span>Waiting for the model: {ahead} request{} ahead</span>",
+            if ahead == 1 { "" } else { "s" }
+        ),
+        Progress::Prefill {
+            done,
+            total,
+            cached,
+        } => format!(
+            "<span>Reading the prompt: {} / {} tokens{}</span>",
+            n(done),
+            n(total),
+            if cached > 0 {
+                format!(", {} reused", n(cached))
+            } else {
+                String::new()
+            }
+        ),
+    }
+}
+
+fn sse(event: &str, html: String) -> Event {
+    Event::default().event(event).data(html)
+}
+
+/// A reasoning delta as an escaped `<span>`, so whitespace-only pieces survive the swap.
+fn escape_span(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 13);
+    out.push_str("<span>");
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out.push_str("</span>");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_span;
+
+    #[test]
+    fn reasoning_pieces_are_escaped() {
+        assert_eq!(
+            escape_span("<b>&\"'"),
+            "<span>&lt;b&gt;&amp;&quot;&#39;</span>"
+        );
+        assert_eq!(escape_span(" "), "<span> </span>");
+    }
+}
