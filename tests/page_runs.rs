@@ -418,3 +418,45 @@ async fn api_send_status(app: &Router, conversation: &str) -> StatusCode {
         .expect("request");
     respond(app, request).await.status()
 }
+
+#[tokio::test]
+async fn an_api_answer_is_stopped_by_its_stop_route_and_saved_as_stopped() {
+    let h = harness().await;
+    let (status, _, created) = text(
+        &h.app,
+        Request::post("/api/conversations")
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let created: Value = serde_json::from_str(&created).expect("json");
+    let conversation = created["id"].as_str().expect("id").to_owned();
+    let stop = || {
+        Request::post(format!("/api/conversations/{conversation}/stop"))
+            .body(Body::empty())
+            .expect("request")
+    };
+
+    let mut reader = api_send(&h.app, &conversation).await;
+    reader.until_reasoning(2).await;
+    let (status, _, body) = text(&h.app, stop()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let rest = reader.rest().await;
+    let done = rest.last().expect("events");
+    assert_eq!(done.event, "done", "{rest:#?}");
+    let message: Value = serde_json::from_str(&done.data).expect("json");
+    assert_eq!(message["message"]["status"], "stopped", "{message}");
+
+    // Stored, and nothing is running any more: another stop finds nothing.
+    let (_, _, listed) = text(
+        &h.app,
+        get(&format!("/api/conversations/{conversation}/messages")),
+    )
+    .await;
+    let listed: Value = serde_json::from_str(&listed).expect("json");
+    let last = listed["data"].as_array().expect("messages").last().cloned();
+    assert_eq!(last.expect("answer")["status"], "stopped");
+    let (status, _, _) = text(&h.app, stop()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

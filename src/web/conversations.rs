@@ -49,6 +49,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/conversations/{id}/messages", get(messages).post(send))
         .route("/api/conversations/{id}/stream", get(resume))
+        .route("/api/conversations/{id}/stop", post(stop))
         .route("/api/conversations/{id}/export", get(export))
 }
 
@@ -339,6 +340,24 @@ async fn resume(
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0);
     Ok(sse(None, &run, after).into_response())
+}
+
+/// Stops the answer being written in the conversation (a client leaving no longer does);
+/// it is saved as `stopped` with what was written, and the reply comes once it is saved.
+async fn stop(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let runs = runs(&state)?;
+    let run = runs.live(&id).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no answer is being written in conversation `{id}`; its messages are final"
+        ))
+    })?;
+    // Finished between the lookup and here: nothing left to stop, and it is saved.
+    let _ = run.stop();
+    run.finished().await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Saving the answer failed: the client is told, in words, that it may be incomplete.
