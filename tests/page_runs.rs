@@ -344,6 +344,17 @@ async fn stop_cancels_and_stores_the_partial_answer_as_stopped() {
     assert_ne!(next_url, url);
 }
 
+/// A new conversation made through the conversations API; its id.
+async fn api_conversation(app: &Router) -> String {
+    let request = Request::post("/api/conversations")
+        .body(Body::empty())
+        .expect("request");
+    let (status, _, created) = text(app, request).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let created: Value = serde_json::from_str(&created).expect("json");
+    created["id"].as_str().expect("id").to_owned()
+}
+
 /// Sends a message through the conversations API and reads its SSE answer.
 async fn api_send(app: &Router, conversation: &str) -> Reader {
     let request = Request::post(format!("/api/conversations/{conversation}/messages"))
@@ -363,16 +374,7 @@ async fn api_send(app: &Router, conversation: &str) -> Reader {
 #[tokio::test]
 async fn the_api_stream_resumes_after_last_event_id_and_leaving_cancels_nothing() {
     let h = harness().await;
-    let (status, _, created) = text(
-        &h.app,
-        Request::post("/api/conversations")
-            .body(Body::empty())
-            .expect("request"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    let created: Value = serde_json::from_str(&created).expect("json");
-    let conversation = created["id"].as_str().expect("id").to_owned();
+    let conversation = api_conversation(&h.app).await;
 
     let mut reader = api_send(&h.app, &conversation).await;
     let start = reader.next().await.expect("message");
@@ -422,16 +424,7 @@ async fn api_send_status(app: &Router, conversation: &str) -> StatusCode {
 #[tokio::test]
 async fn an_api_answer_is_stopped_by_its_stop_route_and_saved_as_stopped() {
     let h = harness().await;
-    let (status, _, created) = text(
-        &h.app,
-        Request::post("/api/conversations")
-            .body(Body::empty())
-            .expect("request"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    let created: Value = serde_json::from_str(&created).expect("json");
-    let conversation = created["id"].as_str().expect("id").to_owned();
+    let conversation = api_conversation(&h.app).await;
     let stop = || {
         Request::post(format!("/api/conversations/{conversation}/stop"))
             .body(Body::empty())

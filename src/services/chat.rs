@@ -454,6 +454,19 @@ fn template_message(message: &ChatMessage) -> Json {
     json!({ "role": message.role.as_str(), "content": content })
 }
 
+/// How a JSON value's kind is named in error messages ("got a number"), for the API's
+/// request checks and the built-in tools' argument checks alike.
+pub fn json_kind(value: &Json) -> &'static str {
+    match value {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
+    }
+}
+
 /// `{"name": …, "arguments": …}` as Python's `json.dumps` writes it, the form the template's
 /// instructions show the model.
 pub fn tool_call_json(call: &ToolCall) -> String {

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value as Json};
 use super::error::ApiError;
 use crate::inference::logprobs::TokenLogprobs;
 use crate::inference::sampling::SamplingParams;
-use crate::services::chat::{ChatMessage, ChatRequest, Role, TokenLimit, ToolChoice};
+use crate::services::chat::{json_kind, ChatMessage, ChatRequest, Role, TokenLimit, ToolChoice};
 use crate::services::events::{Completion, Timings, Usage};
 use crate::smollm3::tool_calls::ToolCall;
 
@@ -334,17 +334,6 @@ pub(super) fn stop_strings(stop: Option<&Json>) -> Result<Vec<String>, ApiError>
             .map(|item| item.as_str().map(str::to_owned).ok_or_else(bad))
             .collect(),
         Some(_) => Err(bad()),
-    }
-}
-
-fn json_kind(value: &Json) -> &'static str {
-    match value {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "a list",
-        Json::Object(_) => "an object",
     }
 }
 

@@ -10,6 +10,13 @@ async fn store(dir: &tempfile::TempDir) -> SessionStore {
     SessionStore::open(dir.path()).await.expect("store opens")
 }
 
+/// A new conversation with no title and default settings.
+async fn untitled(s: &SessionStore) -> Conversation {
+    s.create(None, ConversationSettings::default())
+        .await
+        .expect("create")
+}
+
 fn assistant(content: &str, status: MessageStatus) -> NewMessage {
     NewMessage {
         status,
@@ -148,14 +155,8 @@ async fn builtin_tools_setting_migrates_from_version_1_and_round_trips() {
 async fn crud_lists_newest_first_and_titles_from_the_first_user_message() {
     let dir = temp();
     let s = store(&dir).await;
-    let a = s
-        .create(None, ConversationSettings::default())
-        .await
-        .expect("a");
-    let b = s
-        .create(None, ConversationSettings::default())
-        .await
-        .expect("b");
+    let a = untitled(&s).await;
+    let b = untitled(&s).await;
     assert_eq!(a.title, None);
     let listed: Vec<String> = s
         .list(None)
@@ -246,10 +247,7 @@ async fn crud_lists_newest_first_and_titles_from_the_first_user_message() {
 async fn messages_keep_every_field_and_a_partial_answer_is_updated_in_place() {
     let dir = temp();
     let s = store(&dir).await;
-    let c = s
-        .create(None, ConversationSettings::default())
-        .await
-        .expect("create");
+    let c = untitled(&s).await;
     s.append(c.id.clone(), NewMessage::text(Role::User, "hi"))
         .await
         .expect("user");
@@ -308,10 +306,7 @@ async fn messages_keep_every_field_and_a_partial_answer_is_updated_in_place() {
 async fn reopening_marks_interrupted_answers_stopped_and_keeps_their_text() {
     let dir = temp();
     let s = store(&dir).await;
-    let c = s
-        .create(None, ConversationSettings::default())
-        .await
-        .expect("create");
+    let c = untitled(&s).await;
     s.append(c.id.clone(), NewMessage::text(Role::User, "hi"))
         .await
         .expect("user");
@@ -332,10 +327,7 @@ async fn reopening_marks_interrupted_answers_stopped_and_keeps_their_text() {
 async fn closing_stops_running_answers_and_empties_the_log() {
     let dir = temp();
     let s = store(&dir).await;
-    let c = s
-        .create(None, ConversationSettings::default())
-        .await
-        .expect("create");
+    let c = untitled(&s).await;
     s.append(c.id.clone(), NewMessage::text(Role::User, "hi"))
         .await
         .expect("user");
@@ -405,10 +397,7 @@ async fn search_finds_titles_and_message_text_literally() {
         )
         .await
         .expect("a");
-    let rust = s
-        .create(None, ConversationSettings::default())
-        .await
-        .expect("b");
+    let rust = untitled(&s).await;
     s.append(
         rust.id.clone(),
         NewMessage::text(Role::User, "How do lifetimes work?"),
@@ -449,10 +438,7 @@ async fn search_finds_titles_and_message_text_literally() {
 async fn delete_removes_the_conversation_and_its_messages_from_the_file() {
     let dir = temp();
     let s = store(&dir).await;
-    let c = s
-        .create(None, ConversationSettings::default())
-        .await
-        .expect("create");
+    let c = untitled(&s).await;
     let secret = "zebra-unicorn-secret-7731";
     s.append(c.id.clone(), NewMessage::text(Role::User, secret))
         .await
@@ -490,10 +476,7 @@ async fn delete_removes_the_conversation_and_its_messages_from_the_file() {
 async fn jsonl_export_imports_back_unchanged() {
     let dir = temp();
     let s = store(&dir).await;
-    let c = s
-        .create(None, ConversationSettings::default())
-        .await
-        .expect("create");
+    let c = untitled(&s).await;
     let calls = tool_calls_json(&[ToolCall {
         name: "get_weather".into(),
         arguments: json!({"city": "Paris"}),

@@ -16,6 +16,7 @@ pub mod time;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
+use crate::services::chat::json_kind;
 use crate::smollm3::tool_calls::ToolCall;
 
 /// Rounds of "the model calls tools, the server answers them" in one turn before the model
@@ -170,17 +171,6 @@ fn string_argument<'a>(
             "`{key}` must be a string, got {}",
             json_kind(other)
         ))),
-    }
-}
-
-fn json_kind(value: &Json) -> &'static str {
-    match value {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "an array",
-        Json::Object(_) => "an object",
     }
 }
 
