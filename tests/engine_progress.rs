@@ -48,7 +48,7 @@ async fn a_waiting_request_learns_its_place_then_its_prefill() {
     );
     let mut second = ask(&engine, "second");
     let mut third = ask(&engine, "third");
-    assert_eq!(engine.load(), (2, true));
+    assert_eq!(engine.queue(), (2, 1));
     assert_eq!(
         second.next().await,
         Some(GenerationEvent::Progress(Progress::Queued { ahead: 1 }))

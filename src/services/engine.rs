@@ -173,12 +173,6 @@ impl Engine {
         &self.metrics
     }
 
-    /// Requests waiting for the engine, and whether it is generating now.
-    pub fn load(&self) -> (usize, bool) {
-        let (waiting, running) = self.queue();
-        (waiting, running > 0)
-    }
-
     /// Requests waiting for the engine, and how many generations run now.
     pub fn queue(&self) -> (usize, usize) {
         let line = lock(&self.line);

@@ -72,8 +72,8 @@ impl PageState {
     /// The badge's word: "stub" for the fake model, else "busy" while a generation runs or
     /// waits, else "ready".
     fn badge_state(&self) -> &'static str {
-        let (waiting, running) = self.engine.load();
-        match (self.engine.info().is_stub, running || waiting > 0) {
+        let (waiting, running) = self.engine.queue();
+        match (self.engine.info().is_stub, running + waiting > 0) {
             (true, _) => "stub",
             (false, true) => "busy",
             (false, false) => "ready",
