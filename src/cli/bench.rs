@@ -150,11 +150,42 @@ impl TokenSink for Discard {
     }
 }
 
+/// Bytes streamed in the read-bandwidth probe: well past any cache.
+const BANDWIDTH_PROBE_BYTES: usize = 1 << 30;
+
+/// The machine's streaming read bandwidth in GB/s with the kernels' threads (best of 3):
+/// the ceiling decode speed is judged against, since decode reads every weight once.
+fn read_bandwidth_gbs() -> f64 {
+    let words = vec![1u64; BANDWIDTH_PROBE_BYTES / 8];
+    let pool = smolbot::inference::kernels::pool::global();
+    let threads = pool.threads();
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let sums: Vec<std::sync::atomic::AtomicU64> =
+            (0..threads).map(|_| Default::default()).collect();
+        let started = Instant::now();
+        pool.run(|t| {
+            let part = &words[words.len() * t / threads..words.len() * (t + 1) / threads];
+            let sum = part.iter().fold(0u64, |a, &w| a.wrapping_add(w));
+            sums[t].store(sum, std::sync::atomic::Ordering::Relaxed);
+        });
+        let secs = started.elapsed().as_secs_f64();
+        let total: u64 = sums
+            .iter()
+            .map(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        assert_eq!(total as usize, words.len(), "the probe read every word");
+        best = best.max(BANDWIDTH_PROBE_BYTES as f64 / secs / 1e9);
+    }
+    best
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let device = args.engine.device();
     let started = Instant::now();
     let model = LoadedModel::load(&args.engine.model, &device)?;
     let load_s = started.elapsed().as_secs_f64();
+    let load_rss_mb = smolbot::inference::device::peak_rss_bytes().map(|b| b as f64 / 1e6);
     let vocab = model.config.transformer.vocab_size as u64;
     // A fixed pseudo-random prompt over the ordinary part of the vocabulary.
     let prompt: Vec<u32> = (0..args.prompt_tokens as u64)
@@ -183,13 +214,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let rss_mb = smolbot::inference::device::peak_rss_bytes().map(|b| b as f64 / 1e6);
     let file_mb = std::fs::metadata(&args.engine.model)?.len() as f64 / 1e6;
     let threads = candle_core::utils::get_num_threads();
+    let kernels = model.transformer.kernels();
+    let weight_mb = model.transformer.packed_bytes() as f64 / 1e6;
+    // Measured last, so the probe's gigabyte does not count in the peaks above.
+    let bandwidth = read_bandwidth_gbs();
+    let cpu = smolbot::inference::device::cpu_model().unwrap_or_default();
+    let flags = smolbot::inference::device::simd_flags();
+    // Decode reads every weight once per token: the share of the machine's read bandwidth
+    // it reaches (known only for our packed kernels, whose bytes we count).
+    let read_share =
+        (weight_mb > 0.0).then(|| weight_mb / 1e3 * stats.generation_tok_per_s() / bandwidth);
     if args.json {
         println!(
             "{}",
             serde_json::json!({
                 "engine": "smolbot",
+                "cpu": cpu,
+                "cpu_flags": flags,
+                "kernels": kernels,
                 "threads": threads,
                 "load_s": load_s,
+                "load_peak_rss_mb": load_rss_mb,
+                "weights_read_per_token_mb": weight_mb,
+                "read_bandwidth_gb_s": bandwidth,
+                "decode_share_of_bandwidth": read_share,
                 "prompt_tokens": stats.prompt_tokens,
                 "prompt_tok_s": stats.prompt_tok_per_s(),
                 "gen_tokens": stats.generated_tokens,
@@ -214,7 +262,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             })
         );
     } else {
-        println!("threads:     {threads}");
+        println!("cpu:         {cpu} ({})", flags.join(" "));
+        println!("kernels:     {kernels}, {threads} threads");
         println!("load:        {load_s:.2} s");
         println!(
             "prompt:      {} tokens, {:.1} tok/s",
@@ -228,6 +277,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
         if let Some(mb) = rss_mb {
             println!("peak RSS:    {mb:.0} MB (file {file_mb:.0} MB)");
+        }
+        println!("read bandwidth: {bandwidth:.1} GB/s");
+        if let Some(share) = read_share {
+            println!(
+                "decode reads {weight_mb:.0} MB per token: {:.0}% of the read bandwidth",
+                share * 100.0
+            );
         }
         if let Some(t) = turns {
             println!(

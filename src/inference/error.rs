@@ -45,6 +45,8 @@ pub enum InferenceError {
     EmptyPrompt,
     #[error("a batched step needs one token per sequence: {tokens} tokens for {caches} caches")]
     BatchShape { tokens: usize, caches: usize },
+    #[error("SMOLBOT_KERNELS: {0}")]
+    Kernels(String),
     #[error("invalid sampling setting: {0}")]
     Sampling(String),
     #[error("tensor computation failed: {0}")]

@@ -9,6 +9,8 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod kernels;
+pub mod linear;
 pub mod logprobs;
 pub mod model;
 pub mod perplexity;

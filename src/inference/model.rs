@@ -6,15 +6,14 @@
 //! `quantized_llama` knows no NoPE layers. Q/K weights in GGUF files are laid out for
 //! interleaved ("normal") RoPE, so `rope_i` is used directly, with no re-permutation.
 
-use std::sync::Arc;
-
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::kv_cache::KvCache;
 
 use super::config::TransformerConfig;
 use super::error::{InferenceError, Result};
 use super::gguf::GgufFile;
+use super::kernels::Kernels;
+use super::linear::{self, Embedding, Linear, Loading};
 use super::rope::RopeFrequencies;
 
 /// Longest run of tokens pushed through attention at once: bounds the score matrix of a long
@@ -43,24 +42,24 @@ impl RmsNorm {
 
 struct Layer {
     attn_norm: RmsNorm,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     ffn_norm: RmsNorm,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
     use_rope: bool,
 }
 
 /// A loaded model: quantized weights plus the configuration they were validated against.
 pub struct Transformer {
     cfg: TransformerConfig,
-    embed: Arc<QTensor>,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    lm_head: QMatMul,
+    lm_head: Linear,
     rope: RopeFrequencies,
     device: Device,
 }
@@ -130,11 +129,26 @@ impl SequenceCache {
 /// How weight matrices are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
-    /// As stored in the file; matmuls quantize activations like llama.cpp (the normal mode).
+    /// As stored in the file; matmuls quantize activations like llama.cpp (the normal mode),
+    /// on the kernels `SMOLBOT_KERNELS` names, else the best this CPU runs.
     #[default]
     Quantized,
+    /// As stored in the file, on these kernels (tests compare the paths).
+    QuantizedOn(Kernels),
     /// Expanded to f32 (about 4× the memory of Q4): exact arithmetic, for fidelity checks.
     Dequantized,
+}
+
+impl WeightFormat {
+    fn loading(self) -> Result<Loading> {
+        Ok(match self {
+            WeightFormat::Quantized => {
+                Loading::Quantized(Kernels::from_env().map_err(InferenceError::Kernels)?)
+            }
+            WeightFormat::QuantizedOn(k) => Loading::Quantized(k),
+            WeightFormat::Dequantized => Loading::Dequantized,
+        })
+    }
 }
 
 impl Transformer {
@@ -155,18 +169,13 @@ impl Transformer {
                 reason: problem,
             });
         }
-        let to_matmul = |t: Arc<QTensor>| -> Result<QMatMul> {
-            Ok(match format {
-                WeightFormat::Quantized => QMatMul::from_arc(t)?,
-                WeightFormat::Dequantized => QMatMul::Tensor(t.dequantize(device)?),
-            })
-        };
-        let qmm = |name: &str| to_matmul(Arc::new(file.tensor(name, device)?));
-        let embed = Arc::new(file.tensor("token_embd.weight", device)?);
+        let loading = format.loading()?;
+        let qmm = |name: &str| Linear::load(file, name, device, loading);
+        let embed = Embedding::load(file, "token_embd.weight", device, loading)?;
         let lm_head = if file.tensor_info("output.weight").is_some() {
             qmm("output.weight")?
         } else {
-            to_matmul(embed.clone())?
+            embed.as_head(device, loading)?
         };
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for (i, &use_rope) in cfg.rope_layers.iter().enumerate() {
@@ -201,6 +210,26 @@ impl Transformer {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Which kernels run the layers' matmuls ("candle" or our tier's name).
+    pub fn kernels(&self) -> &'static str {
+        self.layers.first().map_or("candle", |l| l.gate.kernels())
+    }
+
+    /// Bytes of weights our packed kernels read per decoded token (0 on candle's path).
+    pub fn packed_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|m| m.packed_bytes())
+                    .sum::<usize>()
+            })
+            .sum();
+        layers + self.lm_head.packed_bytes()
     }
 
     pub fn new_cache(&self) -> SequenceCache {
@@ -257,7 +286,7 @@ impl Transformer {
         let h = layer.ffn_norm.forward(&x)?;
         let ffn = layer
             .down
-            .forward(&(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?)?;
+            .forward(&linear::swiglu(&h, &layer.gate, &layer.up)?)?;
         Ok((x + ffn)?)
     }
 
@@ -281,8 +310,7 @@ impl Transformer {
         for (token, cache) in tokens.iter().zip(caches.iter()) {
             self.check(std::slice::from_ref(token), cache.len)?;
         }
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.embedding(&ids)?.unsqueeze(0)?;
+        let mut x = self.embed.forward(tokens, &self.device)?.unsqueeze(0)?;
         let tables = caches
             .iter()
             .map(|cache| self.rope.tables(cache.len, 1, &self.device))
@@ -316,8 +344,7 @@ impl Transformer {
     ) -> Result<Option<Tensor>> {
         let t = tokens.len();
         let offset = cache.len;
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.embedding(&ids)?.unsqueeze(0)?;
+        let mut x = self.embed.forward(tokens, &self.device)?.unsqueeze(0)?;
         let (cos, sin) = self.rope.tables(offset, t, &self.device)?;
         let mask = causal_mask(t, offset, &self.device)?;
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -339,16 +366,16 @@ impl Transformer {
     fn project(&self, layer: &Layer, h: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let cfg = &self.cfg;
         let (_, t, _) = h.dims3()?;
-        let heads = |w: &QMatMul, n: usize| -> Result<Tensor> {
-            Ok(w.forward(h)?
-                .reshape((1, t, n, cfg.head_dim))?
+        let heads = |y: &Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((1, t, n, cfg.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
+        let qkv = linear::forward_all(h, &[&layer.wq, &layer.wk, &layer.wv])?;
         Ok((
-            heads(&layer.wq, cfg.n_head)?,
-            heads(&layer.wk, cfg.n_head_kv)?,
-            heads(&layer.wv, cfg.n_head_kv)?,
+            heads(&qkv[0], cfg.n_head)?,
+            heads(&qkv[1], cfg.n_head_kv)?,
+            heads(&qkv[2], cfg.n_head_kv)?,
         ))
     }
 
@@ -363,7 +390,7 @@ impl Transformer {
     ) -> Result<Tensor> {
         let (q, k, v) = self.project(layer, h)?;
         let out = self.attend(layer, q, k, &v, kv, cos, sin, mask)?;
-        Ok(layer.wo.forward(&out)?)
+        layer.wo.forward(&out)
     }
 
     /// Attention of one sequence's new rows (`q`, `k`, `v` as `(1, heads, t, head_dim)`)

@@ -1,0 +1,226 @@
+//! AVX-512 (F + BW) kernels, for the Intel Xeon and AMD Zen 4/5 hosts: the AVX2 scheme at
+//! twice the width. A Q4_K chunk of 32 weight bytes becomes one 64-value vector (low
+//! nibbles, then high nibbles: 64 consecutive positions), so activations are read in their
+//! natural order with one 64-byte load; a Q6_K half-block gives two such vectors.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::blocks::{q4k_scale_words, BlockQ8K, Q4K_BYTES, Q6K_BYTES};
+use super::PREFETCH;
+
+/// `out[r] = w · acts[r]` for one row of Q4_K blocks and 1–4 activation rows.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW, AVX2, FMA and F16C; every `acts[r]` holds
+/// `w.len() / 144` blocks.
+pub unsafe fn q4k_rows(w: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+    match acts.len() {
+        1 => out[..1].copy_from_slice(&q4k::<1>(w, [acts[0]])),
+        2 => out[..2].copy_from_slice(&q4k::<2>(w, [acts[0], acts[1]])),
+        3 => out[..3].copy_from_slice(&q4k::<3>(w, [acts[0], acts[1], acts[2]])),
+        _ => out[..4].copy_from_slice(&q4k::<4>(w, [acts[0], acts[1], acts[2], acts[3]])),
+    }
+}
+
+/// `out[r] = w · acts[r]` for one row of Q6_K blocks and 1–4 activation rows.
+///
+/// # Safety
+/// As [`q4k_rows`], with 210-byte blocks.
+pub unsafe fn q6k_rows(w: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+    match acts.len() {
+        1 => out[..1].copy_from_slice(&q6k::<1>(w, [acts[0]])),
+        2 => out[..2].copy_from_slice(&q6k::<2>(w, [acts[0], acts[1]])),
+        3 => out[..3].copy_from_slice(&q6k::<3>(w, [acts[0], acts[1], acts[2]])),
+        _ => out[..4].copy_from_slice(&q6k::<4>(w, [acts[0], acts[1], acts[2], acts[3]])),
+    }
+}
+
+/// `vpermw` indices that spread 16-bit lanes `first..first + 32 / per` each over `per` lanes.
+const fn spread(first: i16, per: usize) -> [i16; 32] {
+    let mut idx = [0i16; 32];
+    let mut i = 0;
+    while i < 32 {
+        idx[i] = first + (i / per) as i16;
+        i += 1;
+    }
+    idx
+}
+
+const Q4K_SPREAD: [[i16; 32]; 4] = [spread(0, 16), spread(2, 16), spread(4, 16), spread(6, 16)];
+const Q6K_SPREAD: [[i16; 32]; 4] = [spread(0, 8), spread(4, 8), spread(8, 8), spread(12, 8)];
+
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+fn load_idx(idx: &[i16; 32]) -> __m512i {
+    // SAFETY: 64 bytes.
+    unsafe { _mm512_loadu_si512(idx.as_ptr() as *const _) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+fn hsum4(s: __m128) -> f32 {
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// The block's f16 pair at `at` as two f32 (F16C).
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+fn f16_pair(block: &[u8], at: usize) -> (f32, f32) {
+    let bits = u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]]);
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+}
+
+/// The block's f16 at `at` as f32 (F16C).
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+fn f16_one(block: &[u8], at: usize) -> f32 {
+    let bits = u16::from_le_bytes([block[at], block[at + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// Asks for the weight bytes `PREFETCH` ahead of `p` (the next rows when near a row's
+/// end: rows are contiguous), so two cores keep enough reads in flight to stream memory.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+fn prefetch(p: *const u8, bytes: usize) {
+    let mut at = 0;
+    while at < bytes {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + at) as *const i8);
+        at += 64;
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+fn q4k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
+    let nb = w.len() / Q4K_BYTES;
+    for a in &acts {
+        assert!(a.len() >= nb);
+    }
+    let m4 = _mm512_set1_epi8(0x0F);
+    let spreads = [
+        load_idx(&Q4K_SPREAD[0]),
+        load_idx(&Q4K_SPREAD[1]),
+        load_idx(&Q4K_SPREAD[2]),
+        load_idx(&Q4K_SPREAD[3]),
+    ];
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut acc_m = [_mm_setzero_ps(); R];
+    for i in 0..nb {
+        let block = &w[i * Q4K_BYTES..(i + 1) * Q4K_BYTES];
+        prefetch(block.as_ptr(), Q4K_BYTES);
+        let p = block.as_ptr();
+        let (d, dmin) = f16_pair(block, 0);
+        let words = q4k_scale_words(&block[4..16]);
+        // SAFETY: `words` is 16 bytes: 8 scales, then 8 mins.
+        let (scales, mins) = unsafe {
+            let all = _mm_loadu_si128(words.as_ptr() as *const __m128i);
+            (
+                _mm_cvtepu8_epi16(all),
+                _mm_cvtepu8_epi16(_mm_srli_si128(all, 8)),
+            )
+        };
+        let scales = _mm512_castsi128_si512(scales);
+        let mut sumi = [_mm512_setzero_si512(); R];
+        for (j, spread) in spreads.iter().enumerate() {
+            // SAFETY: 32 bytes at 16 + 32j lie inside the 144-byte block.
+            let q = unsafe { _mm256_loadu_si256(p.add(16 + 32 * j) as *const __m256i) };
+            let q = _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1);
+            let q = _mm512_and_si512(q, m4);
+            let s = _mm512_permutexvar_epi16(*spread, scales);
+            for r in 0..R {
+                // SAFETY: values 64j..64j + 64 of the activation block.
+                let a =
+                    unsafe { _mm512_loadu_si512(acts[r][i].qs.as_ptr().add(64 * j) as *const _) };
+                let prod = _mm512_madd_epi16(_mm512_maddubs_epi16(q, a), s);
+                sumi[r] = _mm512_add_epi32(sumi[r], prod);
+            }
+        }
+        for r in 0..R {
+            let a = &acts[r][i];
+            let bs = a.bsums.as_ptr() as *const __m128i;
+            // SAFETY: bsums holds 16 i16, two 128-bit loads.
+            let pairs = unsafe { _mm_hadd_epi16(_mm_loadu_si128(bs), _mm_loadu_si128(bs.add(1))) };
+            let prod = _mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs));
+            acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(dmin * a.d), prod, acc_m[r]);
+            acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(d * a.d), _mm512_cvtepi32_ps(sumi[r]), acc[r]);
+        }
+    }
+    let mut out = [0f32; R];
+    for r in 0..R {
+        out[r] = _mm512_reduce_add_ps(acc[r]) - hsum4(acc_m[r]);
+    }
+    out
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+fn q6k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
+    let nb = w.len() / Q6K_BYTES;
+    for a in &acts {
+        assert!(a.len() >= nb);
+    }
+    let m4 = _mm512_set1_epi8(0x0F);
+    let m2 = _mm512_set1_epi8(0x03);
+    let spreads = [
+        load_idx(&Q6K_SPREAD[0]),
+        load_idx(&Q6K_SPREAD[1]),
+        load_idx(&Q6K_SPREAD[2]),
+        load_idx(&Q6K_SPREAD[3]),
+    ];
+    let mut acc = [_mm512_setzero_ps(); R];
+    for i in 0..nb {
+        let block = &w[i * Q6K_BYTES..(i + 1) * Q6K_BYTES];
+        prefetch(block.as_ptr(), Q6K_BYTES);
+        let p = block.as_ptr();
+        let d = f16_one(block, 208);
+        // SAFETY: the 16 scale bytes lie inside the block.
+        let scales16 =
+            _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(p.add(192) as *const __m128i) });
+        let scales = _mm512_castsi256_si512(scales16);
+        let mut sumi = [_mm512_setzero_si512(); R];
+        for h in 0..2 {
+            // SAFETY: ql spans bytes 0..128 and qh 128..192 of the block.
+            let (ql, bits) = unsafe {
+                (
+                    _mm512_loadu_si512(p.add(64 * h) as *const _),
+                    _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i),
+                )
+            };
+            // Positions 128h..128h + 64 take bits 0–1 then 2–3 of qh; the next 64 bits 4–5, 6–7.
+            let bits =
+                _mm512_inserti64x4(_mm512_castsi256_si512(bits), _mm256_srli_epi16(bits, 2), 1);
+            let high_lo = _mm512_slli_epi16(_mm512_and_si512(bits, m2), 4);
+            let high_hi = _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(bits, 4), m2), 4);
+            let q = [
+                _mm512_or_si512(_mm512_and_si512(ql, m4), high_lo),
+                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), high_hi),
+            ];
+            for (k, qk) in q.iter().enumerate() {
+                let m = 2 * h + k;
+                let s = _mm512_permutexvar_epi16(spreads[m], scales);
+                for r in 0..R {
+                    // SAFETY: values 64m..64m + 64 of the activation block.
+                    let a = unsafe {
+                        _mm512_loadu_si512(acts[r][i].qs.as_ptr().add(64 * m) as *const _)
+                    };
+                    let prod = _mm512_madd_epi16(_mm512_maddubs_epi16(*qk, a), s);
+                    sumi[r] = _mm512_add_epi32(sumi[r], prod);
+                }
+            }
+        }
+        for r in 0..R {
+            let a = &acts[r][i];
+            // SAFETY: bsums holds 16 i16.
+            let bsums = unsafe { _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i) };
+            // The stored values are q + 32: take 32 · Σ scale · bsum back out.
+            let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
+            let offset = _mm512_castsi256_si512(offset);
+            let offset = _mm512_inserti64x4(offset, _mm256_setzero_si256(), 1);
+            let total = _mm512_sub_epi32(sumi[r], offset);
+            acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(d * a.d), _mm512_cvtepi32_ps(total), acc[r]);
+        }
+    }
+    let mut out = [0f32; R];
+    for r in 0..R {
+        out[r] = _mm512_reduce_add_ps(acc[r]);
+    }
+    out
+}

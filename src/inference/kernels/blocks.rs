@@ -1,0 +1,166 @@
+//! The byte layouts of the GGML blocks the kernels read: Q4_K and Q6_K weights exactly as a
+//! GGUF file stores them, and Q8_K, the form activations are quantized to before a matmul.
+//!
+//! Weights are never repacked into wider blocks: a row is the file's blocks back to back, so
+//! memory and the bytes decode reads per token equal the file's (4.5 bits per weight for
+//! Q4_K, 6.56 for Q6_K), where candle's repack keeps ~6.0 bits per weight for Q4_K beside the
+//! original.
+
+use half::f16;
+
+/// Values per superblock in every K-quant.
+pub const QK_K: usize = 256;
+/// Bytes of one Q4_K block: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 of nibbles.
+pub const Q4K_BYTES: usize = 144;
+/// Bytes of one Q6_K block: 128 low nibbles, 64 of high 2-bit pairs, 16 i8 scales, f16 d.
+pub const Q6K_BYTES: usize = 210;
+
+/// One superblock of activations: `x ≈ d · qs`, with the sum of every 16 `qs` precomputed so
+/// the weights' offsets (Q4_K mins, Q6_K's −32) cost one multiply per 16 values.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; QK_K / 16],
+}
+
+impl Default for BlockQ8K {
+    fn default() -> Self {
+        Self {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; QK_K / 16],
+        }
+    }
+}
+
+/// Quantizes `x` (a multiple of 256 values) into `out`, as llama.cpp's `quantize_row_q8_K`:
+/// the value of largest magnitude maps to −127 and rounding is to nearest, ties to even.
+pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
+    debug_assert_eq!(x.len(), out.len() * QK_K);
+    for (xs, y) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
+        let mut max = 0f32;
+        let mut amax = 0f32;
+        for &v in xs {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            *y = BlockQ8K::default();
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, &v) in y.qs.iter_mut().zip(xs) {
+            *q = (iscale * v).round_ties_even().min(127.0) as i8;
+        }
+        for (s, group) in y.bsums.iter_mut().zip(y.qs.chunks_exact(16)) {
+            *s = group.iter().map(|&q| q as i16).sum();
+        }
+        y.d = 1.0 / iscale;
+    }
+}
+
+#[inline(always)]
+pub fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// The eight 6-bit scales and eight 6-bit mins of a Q4_K block from their 12 packed bytes.
+pub fn q4k_scales_mins(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let mut sc = [0u8; 8];
+    let mut mn = [0u8; 8];
+    for j in 0..8 {
+        if j < 4 {
+            sc[j] = packed[j] & 63;
+            mn[j] = packed[j + 4] & 63;
+        } else {
+            sc[j] = (packed[j + 4] & 0xF) | ((packed[j - 4] >> 6) << 4);
+            mn[j] = (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4);
+        }
+    }
+    (sc, mn)
+}
+
+/// The same eight scales and eight mins, unpacked with word operations (what the SIMD
+/// tiers use; the plain loop above is the reference it is tested against): bytes 0..8 of
+/// the result are the scales, 8..16 the mins.
+#[inline(always)]
+pub fn q4k_scale_words(packed: &[u8]) -> [u8; 16] {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let word =
+        |i: usize| u32::from_le_bytes([packed[i], packed[i + 1], packed[i + 2], packed[i + 3]]);
+    let (a, b, c) = (word(0), word(4), word(8));
+    let words = [
+        a & LOW6,
+        (c & LOW4) | (((a >> 6) & LOW2) << 4),
+        b & LOW6,
+        ((c >> 4) & LOW4) | (((b >> 6) & LOW2) << 4),
+    ];
+    let mut out = [0u8; 16];
+    for (o, w) in out.chunks_exact_mut(4).zip(words) {
+        o.copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+/// The 256 unsigned 4-bit values of a Q4_K block in order (0..=15).
+pub fn q4k_values(block: &[u8]) -> [u8; QK_K] {
+    let qs = &block[16..16 + QK_K / 2];
+    let mut v = [0u8; QK_K];
+    for j in 0..4 {
+        for l in 0..32 {
+            v[64 * j + l] = qs[32 * j + l] & 0xF;
+            v[64 * j + 32 + l] = qs[32 * j + l] >> 4;
+        }
+    }
+    v
+}
+
+/// The 256 signed 6-bit values of a Q6_K block in order (−32..=31).
+pub fn q6k_values(block: &[u8]) -> [i8; QK_K] {
+    let (ql, qh) = (&block[..128], &block[128..192]);
+    let mut v = [0i8; QK_K];
+    for h in 0..2 {
+        for l in 0..32 {
+            let (lo, hi, bits) = (ql[64 * h + l], ql[64 * h + 32 + l], qh[32 * h + l]);
+            let at = 128 * h + l;
+            v[at] = ((lo & 0xF) | ((bits & 3) << 4)) as i8 - 32;
+            v[at + 32] = ((hi & 0xF) | (((bits >> 2) & 3) << 4)) as i8 - 32;
+            v[at + 64] = ((lo >> 4) | (((bits >> 4) & 3) << 4)) as i8 - 32;
+            v[at + 96] = ((hi >> 4) | (((bits >> 6) & 3) << 4)) as i8 - 32;
+        }
+    }
+    v
+}
+
+pub fn q6k_scales(block: &[u8]) -> [i8; 16] {
+    std::array::from_fn(|i| block[192 + i] as i8)
+}
+
+/// Expands one row of Q4_K blocks to f32 (the embedding lookup of a quantized table).
+pub fn dequantize_q4k(row: &[u8], out: &mut [f32]) {
+    for (block, y) in row.chunks_exact(Q4K_BYTES).zip(out.chunks_exact_mut(QK_K)) {
+        let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+        let (sc, mn) = q4k_scales_mins(&block[4..16]);
+        for (i, (&q, y)) in q4k_values(block).iter().zip(y.iter_mut()).enumerate() {
+            let s = i / 32;
+            *y = d * sc[s] as f32 * q as f32 - dmin * mn[s] as f32;
+        }
+    }
+}
+
+/// Expands one row of Q6_K blocks to f32.
+pub fn dequantize_q6k(row: &[u8], out: &mut [f32]) {
+    for (block, y) in row.chunks_exact(Q6K_BYTES).zip(out.chunks_exact_mut(QK_K)) {
+        let d = f16_at(block, 208);
+        let sc = q6k_scales(block);
+        for (i, (&q, y)) in q6k_values(block).iter().zip(y.iter_mut()).enumerate() {
+            *y = d * sc[i / 16] as f32 * q as f32;
+        }
+    }
+}

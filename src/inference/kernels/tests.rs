@@ -1,0 +1,312 @@
+//! Every tier against the scalar reference, and the reference against candle's `QMatMul`.
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use rand::{Rng, SeedableRng};
+
+use super::blocks::{BlockQ8K, Q4K_BYTES, Q6K_BYTES, QK_K};
+use super::*;
+
+fn rng(seed: u64) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// Random blocks with every bit pattern of the quantized parts and sane f16 scales.
+fn random_rows(quant: Quant, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    let mut r = rng(seed);
+    let bytes = quant.block_bytes();
+    let mut data = vec![0u8; rows * cols / QK_K * bytes];
+    r.fill(&mut data[..]);
+    for block in data.chunks_exact_mut(bytes) {
+        let mut put = |at: usize, v: f32| {
+            block[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes())
+        };
+        match quant {
+            Quant::Q4K => {
+                put(0, r.random_range(0.0..0.02));
+                put(2, r.random_range(0.0..0.02));
+            }
+            Quant::Q6K => put(208, r.random_range(-0.02..0.02)),
+        }
+    }
+    data
+}
+
+fn random_f32(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = rng(seed);
+    (0..n).map(|_| r.random_range(-2.0f32..2.0)).collect()
+}
+
+/// `Σ |w_i · a_i|` of a row pair: the scale a float-order difference is relative to.
+fn magnitude(m: &PackedMatrix, i: usize, a: &[BlockQ8K]) -> f32 {
+    let mut w = vec![0f32; m.cols()];
+    m.dequantize_row(i, &mut w);
+    let a = a
+        .iter()
+        .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d));
+    w.iter()
+        .zip(a)
+        .map(|(w, a)| (w * a).abs())
+        .sum::<f32>()
+        .max(1e-6)
+}
+
+fn reference(m: &PackedMatrix, acts: &Activations) -> Vec<f32> {
+    let mut out = vec![0f32; acts.rows() * m.rows()];
+    for r in 0..acts.rows() {
+        for i in 0..m.rows() {
+            let mut v = [0f32];
+            match m.quant() {
+                Quant::Q4K => scalar::q4k_rows(m.row(i), &[acts.row(r)], &mut v),
+                Quant::Q6K => scalar::q6k_rows(m.row(i), &[acts.row(r)], &mut v),
+            }
+            out[r * m.rows() + i] = v[0];
+        }
+    }
+    out
+}
+
+fn supported_tiers() -> Vec<Tier> {
+    Tier::ALL.into_iter().filter(|t| t.supported()).collect()
+}
+
+#[test]
+fn every_tier_equals_the_scalar_reference_on_edge_shapes() {
+    for quant in [Quant::Q4K, Quant::Q6K] {
+        for (rows, cols, act_rows) in [
+            (1, 256, 1),
+            (13, 512, 3),
+            (7, 768, 5),
+            (17, 256, 9),
+            (3, 2816, 4),
+        ] {
+            let seed = (rows * cols + act_rows) as u64;
+            let data = random_rows(quant, rows, cols, seed);
+            let acts =
+                Activations::quantize(&random_f32(act_rows * cols, seed + 1), act_rows, cols);
+            for tier in supported_tiers() {
+                let m = PackedMatrix::new(quant, rows, cols, data.clone(), tier).unwrap();
+                let want = reference(&m, &acts);
+                let got = matmul(&[&m], &acts);
+                for r in 0..act_rows {
+                    for i in 0..rows {
+                        let (g, w) = (got[r * rows + i], want[r * rows + i]);
+                        let tol = 1e-5 * magnitude(&m, i, acts.row(r));
+                        assert!(
+                            (g - w).abs() <= tol,
+                            "{quant:?} {tier:?} {rows}x{cols} act {r} row {i}: {g} vs {w} (tol {tol})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn scalar_reference_equals_the_dequantized_dot_product() {
+    for quant in [Quant::Q4K, Quant::Q6K] {
+        let m =
+            PackedMatrix::new(quant, 4, 512, random_rows(quant, 4, 512, 7), Tier::Scalar).unwrap();
+        let acts = Activations::quantize(&random_f32(2 * 512, 8), 2, 512);
+        let got = reference(&m, &acts);
+        for r in 0..2 {
+            let a: Vec<f32> = acts
+                .row(r)
+                .iter()
+                .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d))
+                .collect();
+            for i in 0..4 {
+                let mut w = vec![0f32; 512];
+                m.dequantize_row(i, &mut w);
+                let exact: f64 = w.iter().zip(&a).map(|(w, a)| *w as f64 * *a as f64).sum();
+                let tol = 1e-5 * magnitude(&m, i, acts.row(r)) as f64;
+                assert!(
+                    (got[r * 4 + i] as f64 - exact).abs() <= tol,
+                    "{quant:?}: {} vs {exact}",
+                    got[r * 4 + i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_matmul_matches_candle_qmatmul() {
+    let (rows, cols) = (24, 768);
+    let weights = Tensor::from_vec(random_f32(rows * cols, 3), (rows, cols), &Device::Cpu).unwrap();
+    let x = random_f32(5 * cols, 4);
+    let input = Tensor::from_vec(x.clone(), (5, cols), &Device::Cpu).unwrap();
+    for (dtype, quant) in [(GgmlDType::Q4K, Quant::Q4K), (GgmlDType::Q6K, Quant::Q6K)] {
+        let q = QTensor::quantize(&weights, dtype).unwrap();
+        let bytes = q.data().unwrap().to_vec();
+        let theirs: Vec<f32> = QMatMul::from_qtensor(q)
+            .unwrap()
+            .forward(&input)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for tier in supported_tiers() {
+            let m = PackedMatrix::new(quant, rows, cols, bytes.clone(), tier).unwrap();
+            let ours = matmul(&[&m], &Activations::quantize(&x, 5, cols));
+            for (a, b) in ours.iter().zip(&theirs) {
+                assert!(
+                    (a - b).abs() <= 2e-3 * (1.0 + b.abs()),
+                    "{quant:?} {tier:?}: {a} vs candle {b}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn joint_matmul_and_swiglu_equal_their_parts() {
+    let cols = 512;
+    for tier in supported_tiers() {
+        let a = PackedMatrix::new(
+            Quant::Q4K,
+            9,
+            cols,
+            random_rows(Quant::Q4K, 9, cols, 11),
+            tier,
+        )
+        .unwrap();
+        let b = PackedMatrix::new(
+            Quant::Q6K,
+            5,
+            cols,
+            random_rows(Quant::Q6K, 5, cols, 12),
+            tier,
+        )
+        .unwrap();
+        let c = PackedMatrix::new(
+            Quant::Q4K,
+            5,
+            cols,
+            random_rows(Quant::Q4K, 5, cols, 13),
+            tier,
+        )
+        .unwrap();
+        let acts = Activations::quantize(&random_f32(3 * cols, 14), 3, cols);
+        let joint = matmul(&[&a, &b], &acts);
+        let (ra, rb) = (matmul(&[&a], &acts), matmul(&[&b], &acts));
+        for r in 0..3 {
+            assert_eq!(&joint[r * 14..r * 14 + 9], &ra[r * 9..r * 9 + 9]);
+            assert_eq!(&joint[r * 14 + 9..r * 14 + 14], &rb[r * 5..r * 5 + 5]);
+        }
+        let fused = swiglu(&b, &c, &acts);
+        let rc = matmul(&[&c], &acts);
+        for (k, v) in fused.iter().enumerate() {
+            let g = rb[k];
+            let want = g / (1.0 + (-g).exp()) * rc[k];
+            assert!(
+                (v - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "{v} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn dequantized_rows_match_candle() {
+    let (rows, cols) = (3, 512);
+    let weights =
+        Tensor::from_vec(random_f32(rows * cols, 21), (rows, cols), &Device::Cpu).unwrap();
+    for (dtype, quant) in [(GgmlDType::Q4K, Quant::Q4K), (GgmlDType::Q6K, Quant::Q6K)] {
+        let q = QTensor::quantize(&weights, dtype).unwrap();
+        let theirs: Vec<f32> = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let m =
+            PackedMatrix::new(quant, rows, cols, q.data().unwrap().to_vec(), Tier::Scalar).unwrap();
+        let mut ours = vec![0f32; rows * cols];
+        for (i, row) in ours.chunks_exact_mut(cols).enumerate() {
+            m.dequantize_row(i, row);
+        }
+        assert_eq!(ours, theirs, "{quant:?}");
+    }
+}
+
+#[test]
+fn q8k_rounds_like_llama_cpp_and_sums_its_groups() {
+    let mut x = vec![0f32; QK_K];
+    x[0] = -127.0;
+    x[1] = 0.5;
+    x[2] = 1.5;
+    x[3] = 2.5;
+    let mut b = [BlockQ8K::default()];
+    blocks::quantize_q8k(&x, &mut b);
+    assert_eq!(b[0].d, 1.0);
+    assert_eq!(&b[0].qs[..4], &[-127, 0, 2, 2], "ties go to even");
+    assert_eq!(b[0].bsums[0], -123);
+    assert_eq!(Q4K_BYTES + Q6K_BYTES, 354);
+}
+
+#[test]
+fn word_unpacking_of_q4k_scales_equals_the_reference() {
+    let mut r = rng(41);
+    for _ in 0..1000 {
+        let mut packed = [0u8; 12];
+        r.fill(&mut packed[..]);
+        let (sc, mn) = blocks::q4k_scales_mins(&packed);
+        let words = blocks::q4k_scale_words(&packed);
+        assert_eq!(&words[..8], &sc);
+        assert_eq!(&words[8..], &mn);
+    }
+}
+
+#[test]
+fn a_matrix_whose_bytes_do_not_fit_its_shape_is_refused() {
+    assert!(PackedMatrix::new(Quant::Q4K, 2, 256, vec![0; 144], Tier::Scalar).is_none());
+    assert!(PackedMatrix::new(Quant::Q4K, 1, 300, vec![0; 144], Tier::Scalar).is_none());
+}
+
+#[test]
+fn kernel_names_parse_and_unknown_ones_are_refused() {
+    assert_eq!(Kernels::parse("candle"), Ok(Kernels::Candle));
+    assert_eq!(Kernels::parse("scalar"), Ok(Kernels::Own(Tier::Scalar)));
+    assert!(Kernels::parse("avx9")
+        .unwrap_err()
+        .contains("unknown kernels"));
+}
+
+#[test]
+fn one_row_equals_candles_vec_dot_to_float_rounding() {
+    // candle's single-row path is llama.cpp's `vec_dot` (integer scales, Q8_K input): ours
+    // must agree to float rounding, not just to quantization noise.
+    let (rows, cols) = (16, 1024);
+    let weights =
+        Tensor::from_vec(random_f32(rows * cols, 31), (rows, cols), &Device::Cpu).unwrap();
+    let x = random_f32(cols, 32);
+    let input = Tensor::from_vec(x.clone(), (1, cols), &Device::Cpu).unwrap();
+    for (dtype, quant) in [(GgmlDType::Q4K, Quant::Q4K), (GgmlDType::Q6K, Quant::Q6K)] {
+        let q = QTensor::quantize(&weights, dtype).unwrap();
+        let bytes = q.data().unwrap().to_vec();
+        let theirs: Vec<f32> = QMatMul::from_qtensor(q)
+            .unwrap()
+            .forward(&input)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let acts = Activations::quantize(&x, 1, cols);
+        for tier in supported_tiers() {
+            let m = PackedMatrix::new(quant, rows, cols, bytes.clone(), tier).unwrap();
+            let ours = matmul(&[&m], &acts);
+            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                let tol = 1e-5 * magnitude(&m, i, acts.row(0));
+                assert!(
+                    (a - b).abs() <= tol,
+                    "{quant:?} {tier:?} row {i}: {a} vs candle {b}"
+                );
+            }
+        }
+    }
+}
