@@ -1,24 +1,53 @@
 #!/usr/bin/env bash
-# Speed and memory of smolbot against llama.cpp on the same file in the same run, as ratios.
-# Development-time: needs llama-cpp-python (see README, "Golden files and benchmarks").
+# Speed and memory of smolbot's own kernels against candle's QMatMul path and, when
+# llama-cpp-python is installed (development only), llama.cpp, on the same file in the same
+# run, alternating engines: a warm-up, then medians of ROUNDS runs, printed as ratios.
 #   scripts/bench.sh [MODEL.gguf]   (default: the full-size synthetic SmolLM3-3B, made on demand)
-# Env: THREADS (2), PYTHON (python3), LLAMA_PRELOAD (e.g. the no-AMX shim).
+# Env: THREADS (2), ROUNDS (3), PROMPT (512), GEN (128), PYTHON (python3),
+#      LLAMA_PRELOAD (e.g. the no-AMX shim).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-2}
+rounds=${ROUNDS:-3}
+prompt=${PROMPT:-512}
+gen=${GEN:-128}
 py=${PYTHON:-python3}
 cargo build --release --quiet
 model=${1:-models/smollm3-synthetic-3b.gguf}
 if [ ! -s "$model" ]; then
   target/release/smolbot synth --size full --out "$model"
 fi
-ours=$(target/release/smolbot bench --model "$model" --threads "$threads" --cpu --json)
-theirs=$(LD_PRELOAD=${LLAMA_PRELOAD:-} "$py" scripts/bench_llama_cpp.py --model "$model" --threads "$threads")
-echo "smolbot:   $ours"
-echo "llama.cpp: $theirs"
-python3 - "$ours" "$theirs" <<'PY'
-import json, sys
-a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+llama=0
+if "$py" -c "import llama_cpp" 2>/dev/null; then llama=1; fi
+ours() {
+  SMOLBOT_KERNELS=$1 target/release/smolbot bench --model "$model" --threads "$threads" --cpu \
+    --prompt-tokens "$prompt" --gen-tokens "$gen" --json | tail -1
+}
+theirs() {
+  LD_PRELOAD=${LLAMA_PRELOAD:-} "$py" scripts/bench_llama_cpp.py --model "$model" --threads "$threads" | tail -1
+}
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+ours auto >/dev/null # warm-up: the file into the page cache
+for _ in $(seq "$rounds"); do
+  ours auto >>"$out"
+  ours candle >>"$out"
+  if [ "$llama" = 1 ]; then theirs >>"$out"; fi
+done
+python3 - "$out" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+def name(r):
+    return r.get("kernels", "llama.cpp") if r["engine"] == "smolbot" else "llama.cpp"
+first = next(r for r in rows if r["engine"] == "smolbot")
+print(f"host: {first['cpu']} ({' '.join(first['cpu_flags'])}), {first['threads']} threads, "
+      f"read bandwidth {first['read_bandwidth_gb_s']:.1f} GB/s")
+engines = list(dict.fromkeys(name(r) for r in rows))
+med = {e: {k: statistics.median(r[k] for r in rows if name(r) == e and r.get(k) is not None)
+           for k in ("prompt_tok_s", "gen_tok_s", "peak_rss_mb")} for e in engines}
+ours = engines[0]
 for k, label in [("prompt_tok_s", "prompt tok/s"), ("gen_tok_s", "generation tok/s"), ("peak_rss_mb", "peak RSS MB")]:
-    print(f"{label:18} smolbot {a[k]:9.2f}   llama.cpp {b[k]:9.2f}   ratio {a[k] / b[k]:.2f}")
+    cells = "   ".join(f"{e} {med[e][k]:9.2f}" for e in engines)
+    ratios = "   ".join(f"{ours}/{e} {med[ours][k] / med[e][k]:.2f}" for e in engines[1:])
+    print(f"{label:18} {cells}   {ratios}")
 PY

@@ -276,7 +276,7 @@ impl Activations {
 }
 
 /// How far ahead of the block being read the SIMD kernels prefetch weights, in bytes.
-const PREFETCH: usize = 2048;
+const PREFETCH: usize = 4096;
 
 /// Weight rows handled together while a group of activation rows stays in L1.
 const ROW_TILE: usize = 8;
