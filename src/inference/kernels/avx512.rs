@@ -15,12 +15,7 @@ use super::PREFETCH;
 /// The CPU must support AVX-512F/BW, AVX2, FMA and F16C; every `acts[r]` holds
 /// `w.len() / 144` blocks.
 pub unsafe fn q4k_rows(w: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
-    match acts.len() {
-        1 => out[..1].copy_from_slice(&q4k::<1>(w, [acts[0]])),
-        2 => out[..2].copy_from_slice(&q4k::<2>(w, [acts[0], acts[1]])),
-        3 => out[..3].copy_from_slice(&q4k::<3>(w, [acts[0], acts[1], acts[2]])),
-        _ => out[..4].copy_from_slice(&q4k::<4>(w, [acts[0], acts[1], acts[2], acts[3]])),
-    }
+    by_rows!(q4k, w, acts, out)
 }
 
 /// `out[r] = w · acts[r]` for one row of Q6_K blocks and 1–4 activation rows.
@@ -28,12 +23,7 @@ pub unsafe fn q4k_rows(w: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
 /// # Safety
 /// As [`q4k_rows`], with 210-byte blocks.
 pub unsafe fn q6k_rows(w: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
-    match acts.len() {
-        1 => out[..1].copy_from_slice(&q6k::<1>(w, [acts[0]])),
-        2 => out[..2].copy_from_slice(&q6k::<2>(w, [acts[0], acts[1]])),
-        3 => out[..3].copy_from_slice(&q6k::<3>(w, [acts[0], acts[1], acts[2]])),
-        _ => out[..4].copy_from_slice(&q6k::<4>(w, [acts[0], acts[1], acts[2], acts[3]])),
-    }
+    by_rows!(q6k, w, acts, out)
 }
 
 /// `vpermw` indices that spread 16-bit lanes `first..first + 32 / per` each over `per` lanes.

@@ -17,6 +17,20 @@
 //! Tiers are chosen at run time (`is_x86_feature_detected!`), never by `target-cpu`: the
 //! same binary runs on every host. `SMOLBOT_KERNELS=candle|scalar|avx2|avx512|auto` forces one.
 
+/// Calls `$kernel::<R>` (a const-generic kernel over R activation rows) for the 1–4 rows of
+/// `$acts`, writing `$out[..R]`: the one dispatch every SIMD tier shares.
+macro_rules! by_rows {
+    ($kernel:ident, $w:expr, $acts:expr, $out:expr) => {{
+        let (w, a, out) = ($w, $acts, $out);
+        match a.len() {
+            1 => out[..1].copy_from_slice(&$kernel::<1>(w, [a[0]])),
+            2 => out[..2].copy_from_slice(&$kernel::<2>(w, [a[0], a[1]])),
+            3 => out[..3].copy_from_slice(&$kernel::<3>(w, [a[0], a[1], a[2]])),
+            _ => out[..4].copy_from_slice(&$kernel::<4>(w, [a[0], a[1], a[2], a[3]])),
+        }
+    }};
+}
+
 pub mod blocks;
 pub mod op;
 pub mod pool;
