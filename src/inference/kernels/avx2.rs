@@ -1,4 +1,4 @@
-//! AVX2 + FMA kernels (Zen 3 and every x86 host this project has seen). One weight row
+//! AVX2 + FMA + F16C kernels (Zen 3 and every x86 host this project has seen). One weight row
 //! against up to four activation rows: the weight's nibbles are unpacked once and reused for
 //! each activation row, so a prompt's rows cost one weight read per four tokens.
 //!
@@ -8,13 +8,13 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::blocks::{f16_at, q4k_scale_words, BlockQ8K, Q4K_BYTES, Q6K_BYTES};
-use super::PREFETCH;
+use super::blocks::{BlockQ8K, Q4K_BYTES, Q6K_BYTES};
+use super::x86::{f16_one, f16_pair, hsum4, hsum8, prefetch, q4k_mins_term, q4k_scales_mins};
 
 /// `out[r] = w · acts[r]` for one row of Q4_K blocks and 1–4 activation rows.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; every `acts[r]` holds `w.len() / 144` blocks.
+/// The CPU must support AVX2, FMA and F16C; every `acts[r]` holds `w.len() / 144` blocks.
 pub unsafe fn q4k_rows(w: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
     by_rows!(q4k, w, acts, out)
 }
@@ -42,39 +42,13 @@ const SPREAD: [[u8; 32]; 8] = {
     t
 };
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn spread(k: usize) -> __m256i {
     // SAFETY: 32 bytes of a constant table.
     unsafe { _mm256_loadu_si256(SPREAD[k].as_ptr() as *const __m256i) }
 }
 
-#[target_feature(enable = "avx2,fma")]
-fn hsum8(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
-
-#[target_feature(enable = "avx2,fma")]
-fn hsum4(s: __m128) -> f32 {
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
-
-/// Asks for the weight bytes `PREFETCH` ahead of `p` (the next rows when near a row's
-/// end: rows are contiguous), so two cores keep enough reads in flight to stream memory.
-#[target_feature(enable = "avx2,fma")]
-fn prefetch(p: *const u8, bytes: usize) {
-    let mut at = 0;
-    while at < bytes {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + at) as *const i8);
-        at += 64;
-    }
-}
-
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q4k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
     let nb = w.len() / Q4K_BYTES;
     for a in &acts {
@@ -86,16 +60,8 @@ fn q4k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
     for i in 0..nb {
         let block = &w[i * Q4K_BYTES..(i + 1) * Q4K_BYTES];
         prefetch(block.as_ptr(), Q4K_BYTES);
-        let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
-        let words = q4k_scale_words(&block[4..16]);
-        // SAFETY: `words` is 16 bytes: 8 scales, then 8 mins.
-        let (scales, mins) = unsafe {
-            let all = _mm_loadu_si128(words.as_ptr() as *const __m128i);
-            (
-                _mm_cvtepu8_epi16(all),
-                _mm_cvtepu8_epi16(_mm_srli_si128(all, 8)),
-            )
-        };
+        let (d, dmin) = f16_pair(block, 0);
+        let (scales, mins) = q4k_scales_mins(&block[4..16]);
         let scales = _mm256_broadcastsi128_si256(scales);
         let mut sumi = [_mm256_setzero_si256(); R];
         for j in 0..4 {
@@ -122,10 +88,7 @@ fn q4k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
         }
         for r in 0..R {
             let a = &acts[r][i];
-            let bs = a.bsums.as_ptr() as *const __m128i;
-            // SAFETY: bsums holds 16 i16, two 128-bit loads.
-            let pairs = unsafe { _mm_hadd_epi16(_mm_loadu_si128(bs), _mm_loadu_si128(bs.add(1))) };
-            let prod = _mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs));
+            let prod = q4k_mins_term(mins, a);
             acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(dmin * a.d), prod, acc_m[r]);
             acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
         }
@@ -133,7 +96,7 @@ fn q4k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
     std::array::from_fn(|r| hsum8(acc[r]) - hsum4(acc_m[r]))
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q6k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
     let nb = w.len() / Q6K_BYTES;
     for a in &acts {
@@ -146,7 +109,7 @@ fn q6k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
         let block = &w[i * Q6K_BYTES..(i + 1) * Q6K_BYTES];
         prefetch(block.as_ptr(), Q6K_BYTES);
         let p = block.as_ptr();
-        let d = f16_at(block, 208);
+        let d = f16_one(block, 208);
         let sc = &block[192..208];
         // SAFETY: the 16 scale bytes lie inside the block.
         let scales16 =

@@ -6,8 +6,8 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::blocks::{q4k_scale_words, BlockQ8K, Q4K_BYTES, Q6K_BYTES};
-use super::PREFETCH;
+use super::blocks::{BlockQ8K, Q4K_BYTES, Q6K_BYTES};
+use super::x86::{f16_one, f16_pair, hsum4, prefetch, q4k_mins_term, q4k_scales_mins};
 
 /// `out[r] = w · acts[r]` for one row of Q4_K blocks and 1–4 activation rows.
 ///
@@ -47,39 +47,6 @@ fn load_idx(idx: &[i16; 32]) -> __m512i {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-fn hsum4(s: __m128) -> f32 {
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
-
-/// The block's f16 pair at `at` as two f32 (F16C).
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-fn f16_pair(block: &[u8], at: usize) -> (f32, f32) {
-    let bits = u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]]);
-    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
-    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
-}
-
-/// The block's f16 at `at` as f32 (F16C).
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-fn f16_one(block: &[u8], at: usize) -> f32 {
-    let bits = u16::from_le_bytes([block[at], block[at + 1]]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
-
-/// Asks for the weight bytes `PREFETCH` ahead of `p` (the next rows when near a row's
-/// end: rows are contiguous), so two cores keep enough reads in flight to stream memory.
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-fn prefetch(p: *const u8, bytes: usize) {
-    let mut at = 0;
-    while at < bytes {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + at) as *const i8);
-        at += 64;
-    }
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 fn q4k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
     let nb = w.len() / Q4K_BYTES;
     for a in &acts {
@@ -99,15 +66,7 @@ fn q4k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
         prefetch(block.as_ptr(), Q4K_BYTES);
         let p = block.as_ptr();
         let (d, dmin) = f16_pair(block, 0);
-        let words = q4k_scale_words(&block[4..16]);
-        // SAFETY: `words` is 16 bytes: 8 scales, then 8 mins.
-        let (scales, mins) = unsafe {
-            let all = _mm_loadu_si128(words.as_ptr() as *const __m128i);
-            (
-                _mm_cvtepu8_epi16(all),
-                _mm_cvtepu8_epi16(_mm_srli_si128(all, 8)),
-            )
-        };
+        let (scales, mins) = q4k_scales_mins(&block[4..16]);
         let scales = _mm512_castsi128_si512(scales);
         let mut sumi = [_mm512_setzero_si512(); R];
         for (j, spread) in spreads.iter().enumerate() {
@@ -126,10 +85,7 @@ fn q4k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
         }
         for r in 0..R {
             let a = &acts[r][i];
-            let bs = a.bsums.as_ptr() as *const __m128i;
-            // SAFETY: bsums holds 16 i16, two 128-bit loads.
-            let pairs = unsafe { _mm_hadd_epi16(_mm_loadu_si128(bs), _mm_loadu_si128(bs.add(1))) };
-            let prod = _mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs));
+            let prod = q4k_mins_term(mins, a);
             acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(dmin * a.d), prod, acc_m[r]);
             acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(d * a.d), _mm512_cvtepi32_ps(sumi[r]), acc[r]);
         }

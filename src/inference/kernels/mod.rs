@@ -40,6 +40,8 @@ pub mod scalar;
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use std::sync::Arc;
 
@@ -52,7 +54,7 @@ use blocks::{quantize_q8k, BlockQ8K, Q4K_BYTES, Q6K_BYTES, QK_K};
 pub enum Tier {
     /// Portable Rust: the reference, and the fallback a test forces.
     Scalar,
-    /// AVX2 + FMA (x86-64-v3).
+    /// AVX2 + FMA + F16C (x86-64-v3).
     Avx2,
     /// AVX-512 F + BW (Intel Xeon since Skylake-SP, AMD Zen 4 and later).
     Avx512,
@@ -75,11 +77,14 @@ impl Tier {
         match self {
             Tier::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Tier::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Tier::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
             #[cfg(target_arch = "x86_64")]
             Tier::Avx512 => {
                 Tier::Avx2.supported()
-                    && is_x86_feature_detected!("f16c")
                     && is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")
             }

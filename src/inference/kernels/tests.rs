@@ -131,23 +131,37 @@ fn scalar_reference_equals_the_dequantized_dot_product() {
     }
 }
 
+/// A random `(rows, cols)` matrix quantized by candle to each type our kernels read: its
+/// bytes and candle's `QMatMul` of the activation rows `x` with it.
+fn candle_products(
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    seed: u64,
+) -> Vec<(Quant, Vec<u8>, Vec<f32>)> {
+    let weights =
+        Tensor::from_vec(random_f32(rows * cols, seed), (rows, cols), &Device::Cpu).unwrap();
+    let input = Tensor::from_vec(x.to_vec(), (x.len() / cols, cols), &Device::Cpu).unwrap();
+    [(GgmlDType::Q4K, Quant::Q4K), (GgmlDType::Q6K, Quant::Q6K)]
+        .into_iter()
+        .map(|(dtype, quant)| {
+            let q = QTensor::quantize(&weights, dtype).unwrap();
+            let bytes = q.data().unwrap().to_vec();
+            let product = QMatMul::from_qtensor(q).unwrap().forward(&input).unwrap();
+            (
+                quant,
+                bytes,
+                product.flatten_all().unwrap().to_vec1().unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn packed_matmul_matches_candle_qmatmul() {
     let (rows, cols) = (24, 768);
-    let weights = Tensor::from_vec(random_f32(rows * cols, 3), (rows, cols), &Device::Cpu).unwrap();
     let x = random_f32(5 * cols, 4);
-    let input = Tensor::from_vec(x.clone(), (5, cols), &Device::Cpu).unwrap();
-    for (dtype, quant) in [(GgmlDType::Q4K, Quant::Q4K), (GgmlDType::Q6K, Quant::Q6K)] {
-        let q = QTensor::quantize(&weights, dtype).unwrap();
-        let bytes = q.data().unwrap().to_vec();
-        let theirs: Vec<f32> = QMatMul::from_qtensor(q)
-            .unwrap()
-            .forward(&input)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+    for (quant, bytes, theirs) in candle_products(rows, cols, &x, 3) {
         for tier in supported_tiers() {
             let m = PackedMatrix::new(quant, rows, cols, bytes.clone(), tier).unwrap();
             let ours = matmul(&[&m], &Activations::quantize(&x, 5, cols));
@@ -281,22 +295,9 @@ fn one_row_equals_candles_vec_dot_to_float_rounding() {
     // candle's single-row path is llama.cpp's `vec_dot` (integer scales, Q8_K input): ours
     // must agree to float rounding, not just to quantization noise.
     let (rows, cols) = (16, 1024);
-    let weights =
-        Tensor::from_vec(random_f32(rows * cols, 31), (rows, cols), &Device::Cpu).unwrap();
     let x = random_f32(cols, 32);
-    let input = Tensor::from_vec(x.clone(), (1, cols), &Device::Cpu).unwrap();
-    for (dtype, quant) in [(GgmlDType::Q4K, Quant::Q4K), (GgmlDType::Q6K, Quant::Q6K)] {
-        let q = QTensor::quantize(&weights, dtype).unwrap();
-        let bytes = q.data().unwrap().to_vec();
-        let theirs: Vec<f32> = QMatMul::from_qtensor(q)
-            .unwrap()
-            .forward(&input)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let acts = Activations::quantize(&x, 1, cols);
+    let acts = Activations::quantize(&x, 1, cols);
+    for (quant, bytes, theirs) in candle_products(rows, cols, &x, 31) {
         for tier in supported_tiers() {
             let m = PackedMatrix::new(quant, rows, cols, bytes.clone(), tier).unwrap();
             let ours = matmul(&[&m], &acts);
