@@ -54,13 +54,22 @@ pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
         }
         let iscale = -127.0 / max;
         for (q, &v) in y.qs.iter_mut().zip(xs) {
-            *q = (iscale * v).round_ties_even().min(127.0) as i8;
+            *q = nearest_int(iscale * v).min(127) as i8;
         }
         for (s, group) in y.bsums.iter_mut().zip(y.qs.chunks_exact(16)) {
             *s = group.iter().map(|&q| q as i16).sum();
         }
         y.d = 1.0 / iscale;
     }
+}
+
+/// Rounds to nearest, ties to even, for |v| < 2²²: llama.cpp's `nearest_int`, exact like
+/// `round_ties_even` in that range but inlined and vectorisable where that one is a libm
+/// call (4% of a prompt's time).
+#[inline(always)]
+fn nearest_int(v: f32) -> i32 {
+    let shifted = v + 12_582_912.0;
+    (shifted.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
 #[inline(always)]
@@ -161,6 +170,20 @@ pub fn dequantize_q6k(row: &[u8], out: &mut [f32]) {
         let sc = q6k_scales(block);
         for (i, (&q, y)) in q6k_values(block).iter().zip(y.iter_mut()).enumerate() {
             *y = d * sc[i / 16] as f32 * q as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nearest_int_equals_round_ties_even_on_the_quantized_range() {
+        let mut v = -130.0f32;
+        while v <= 130.0 {
+            for x in [v, v + 0.5, f32::from_bits(v.to_bits() + 1)] {
+                assert_eq!(super::nearest_int(x), x.round_ties_even() as i32, "{x}");
+            }
+            v += 0.0625 + 1e-3;
         }
     }
 }

@@ -254,11 +254,19 @@ fn q8k_rounds_like_llama_cpp_and_sums_its_groups() {
     x[1] = 0.5;
     x[2] = 1.5;
     x[3] = 2.5;
+    x[4] = -0.5;
+    x[5] = -1.5;
+    x[6] = 126.49;
     let mut b = [BlockQ8K::default()];
     blocks::quantize_q8k(&x, &mut b);
     assert_eq!(b[0].d, 1.0);
-    assert_eq!(&b[0].qs[..4], &[-127, 0, 2, 2], "ties go to even");
-    assert_eq!(b[0].bsums[0], -123);
+    // iscale = -127 / max = 1: the values are rounded as they are.
+    assert_eq!(
+        &b[0].qs[..7],
+        &[-127, 0, 2, 2, 0, -2, 126],
+        "ties go to even"
+    );
+    assert_eq!(b[0].bsums[0], -127 + 4 - 2 + 126);
     assert_eq!(Q4K_BYTES + Q6K_BYTES, 354);
 }
 
