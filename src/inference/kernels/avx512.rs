@@ -1,30 +1,12 @@
-//! AVX-512 (F + BW) kernels, for the Intel Xeon and AMD Zen 4/5 hosts: the AVX2 scheme at
-//! twice the width. A Q4_K chunk of 32 weight bytes becomes one 64-value vector (low
-//! nibbles, then high nibbles: 64 consecutive positions), so activations are read in their
-//! natural order with one 64-byte load; a Q6_K half-block gives two such vectors.
+//! AVX-512 kernels, for the Intel Xeon and AMD Zen 4/5 hosts: the AVX2 scheme at twice the
+//! width. A Q4_K chunk of 32 weight bytes becomes one 64-value vector (low nibbles, then high
+//! nibbles: 64 consecutive positions), so activations are read in their natural order with
+//! one 64-byte load; a Q6_K half-block gives two such vectors.
+//!
+//! Two tiers from one body: `bw` (AVX-512 F + BW: `vpmaddwd` then `vpaddd` per product) and
+//! `vnni` (AVX-512 VNNI: `vpdpwssd` does both), one instruction fewer in the inner loop.
 
-#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
-
-use super::blocks::{BlockQ8K, Q4K_BYTES, Q6K_BYTES};
-use super::x86::{f16_one, f16_pair, hsum4, prefetch, q4k_mins_term, q4k_scales_mins};
-
-/// `out[r] = w · acts[r]` for one row of Q4_K blocks and 1–4 activation rows.
-///
-/// # Safety
-/// The CPU must support AVX-512F/BW, AVX2, FMA and F16C; every `acts[r]` holds
-/// `w.len() / 144` blocks.
-pub unsafe fn q4k_rows(w: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
-    by_rows!(q4k, w, acts, out)
-}
-
-/// `out[r] = w · acts[r]` for one row of Q6_K blocks and 1–4 activation rows.
-///
-/// # Safety
-/// As [`q4k_rows`], with 210-byte blocks.
-pub unsafe fn q6k_rows(w: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
-    by_rows!(q6k, w, acts, out)
-}
 
 /// `vpermw` indices that spread 16-bit lanes `first..first + 32 / per` each over `per` lanes.
 const fn spread(first: i16, per: usize) -> [i16; 32] {
@@ -40,133 +22,197 @@ const fn spread(first: i16, per: usize) -> [i16; 32] {
 const Q4K_SPREAD: [[i16; 32]; 4] = [spread(0, 16), spread(2, 16), spread(4, 16), spread(6, 16)];
 const Q6K_SPREAD: [[i16; 32]; 4] = [spread(0, 8), spread(4, 8), spread(8, 8), spread(12, 8)];
 
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
 fn load_idx(idx: &[i16; 32]) -> __m512i {
     // SAFETY: 64 bytes.
     unsafe { _mm512_loadu_si512(idx.as_ptr() as *const _) }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-fn q4k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
-    let nb = w.len() / Q4K_BYTES;
-    for a in &acts {
-        assert!(a.len() >= nb);
-    }
-    let m4 = _mm512_set1_epi8(0x0F);
-    let spreads = [
-        load_idx(&Q4K_SPREAD[0]),
-        load_idx(&Q4K_SPREAD[1]),
-        load_idx(&Q4K_SPREAD[2]),
-        load_idx(&Q4K_SPREAD[3]),
-    ];
-    let mut acc = [_mm512_setzero_ps(); R];
-    let mut acc_m = [_mm_setzero_ps(); R];
-    for i in 0..nb {
-        let block = &w[i * Q4K_BYTES..(i + 1) * Q4K_BYTES];
-        prefetch(block.as_ptr(), Q4K_BYTES);
-        let p = block.as_ptr();
-        let (d, dmin) = f16_pair(block, 0);
-        let (scales, mins) = q4k_scales_mins(&block[4..16]);
-        let scales = _mm512_castsi128_si512(scales);
-        let mut sumi = [_mm512_setzero_si512(); R];
-        for (j, spread) in spreads.iter().enumerate() {
-            // SAFETY: 32 bytes at 16 + 32j lie inside the 144-byte block.
-            let q = unsafe { _mm256_loadu_si256(p.add(16 + 32 * j) as *const __m256i) };
-            let q = _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1);
-            let q = _mm512_and_si512(q, m4);
-            let s = _mm512_permutexvar_epi16(*spread, scales);
-            for r in 0..R {
-                // SAFETY: values 64j..64j + 64 of the activation block.
-                let a =
-                    unsafe { _mm512_loadu_si512(acts[r][i].qs.as_ptr().add(64 * j) as *const _) };
-                let prod = _mm512_madd_epi16(_mm512_maddubs_epi16(q, a), s);
-                sumi[r] = _mm512_add_epi32(sumi[r], prod);
-            }
-        }
-        for r in 0..R {
-            let a = &acts[r][i];
-            let prod = q4k_mins_term(mins, a);
-            acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(dmin * a.d), prod, acc_m[r]);
-            acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(d * a.d), _mm512_cvtepi32_ps(sumi[r]), acc[r]);
-        }
-    }
-    let mut out = [0f32; R];
-    for r in 0..R {
-        out[r] = _mm512_reduce_add_ps(acc[r]) - hsum4(acc_m[r]);
-    }
-    out
-}
+/// One tier's kernels: `$features` to compile them for, and `dot(acc, pairs, scales)`,
+/// which adds the 16-bit `pairs` times the block's 16-bit `scales` into `acc`'s 32-bit lanes.
+macro_rules! avx512_tier {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $dot:path) => {
+        $(#[$doc])*
+        pub mod $name {
+            use std::arch::x86_64::*;
 
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-fn q6k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
-    let nb = w.len() / Q6K_BYTES;
-    for a in &acts {
-        assert!(a.len() >= nb);
-    }
-    let m4 = _mm512_set1_epi8(0x0F);
-    let m2 = _mm512_set1_epi8(0x03);
-    let spreads = [
-        load_idx(&Q6K_SPREAD[0]),
-        load_idx(&Q6K_SPREAD[1]),
-        load_idx(&Q6K_SPREAD[2]),
-        load_idx(&Q6K_SPREAD[3]),
-    ];
-    let mut acc = [_mm512_setzero_ps(); R];
-    for i in 0..nb {
-        let block = &w[i * Q6K_BYTES..(i + 1) * Q6K_BYTES];
-        prefetch(block.as_ptr(), Q6K_BYTES);
-        let p = block.as_ptr();
-        let d = f16_one(block, 208);
-        // SAFETY: the 16 scale bytes lie inside the block.
-        let scales16 =
-            _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(p.add(192) as *const __m128i) });
-        let scales = _mm512_castsi256_si512(scales16);
-        let mut sumi = [_mm512_setzero_si512(); R];
-        for h in 0..2 {
-            // SAFETY: ql spans bytes 0..128 and qh 128..192 of the block.
-            let (ql, bits) = unsafe {
-                (
-                    _mm512_loadu_si512(p.add(64 * h) as *const _),
-                    _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i),
-                )
+            use super::super::blocks::{BlockQ8K, Q4K_BYTES, Q6K_BYTES};
+            use super::super::x86::{
+                f16_one, f16_pair, hsum4, prefetch, q4k_mins_term, q4k_scales_mins,
             };
-            // Positions 128h..128h + 64 take bits 0–1 then 2–3 of qh; the next 64 bits 4–5, 6–7.
-            let bits =
-                _mm512_inserti64x4(_mm512_castsi256_si512(bits), _mm256_srli_epi16(bits, 2), 1);
-            let high_lo = _mm512_slli_epi16(_mm512_and_si512(bits, m2), 4);
-            let high_hi = _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(bits, 4), m2), 4);
-            let q = [
-                _mm512_or_si512(_mm512_and_si512(ql, m4), high_lo),
-                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), high_hi),
+            use super::{load_idx, Q4K_SPREAD, Q6K_SPREAD};
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn dot(acc: __m512i, pairs: __m512i, scales: __m512i) -> __m512i {
+                $dot(acc, pairs, scales)
+            }
+
+        /// `out[r] = w · acts[r]` for one row of Q4_K blocks and 1–4 activation rows.
+        ///
+        /// # Safety
+        /// The CPU must support this tier's features; every `acts[r]` holds
+        /// `w.len() / 144` blocks.
+        pub unsafe fn q4k_rows(w: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+            by_rows!(q4k, w, acts, out)
+        }
+
+        /// `out[r] = w · acts[r]` for one row of Q6_K blocks and 1–4 activation rows.
+        ///
+        /// # Safety
+        /// As [`q4k_rows`], with 210-byte blocks.
+        pub unsafe fn q6k_rows(w: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+            by_rows!(q6k, w, acts, out)
+        }
+
+        #[target_feature(enable = $features)]
+        fn q4k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
+            let nb = w.len() / Q4K_BYTES;
+            for a in &acts {
+                assert!(a.len() >= nb);
+            }
+            let m4 = _mm512_set1_epi8(0x0F);
+            let spreads = [
+                load_idx(&Q4K_SPREAD[0]),
+                load_idx(&Q4K_SPREAD[1]),
+                load_idx(&Q4K_SPREAD[2]),
+                load_idx(&Q4K_SPREAD[3]),
             ];
-            for (k, qk) in q.iter().enumerate() {
-                let m = 2 * h + k;
-                let s = _mm512_permutexvar_epi16(spreads[m], scales);
+            let mut acc = [_mm512_setzero_ps(); R];
+            let mut acc_m = [_mm_setzero_ps(); R];
+            for i in 0..nb {
+                let block = &w[i * Q4K_BYTES..(i + 1) * Q4K_BYTES];
+                prefetch(block.as_ptr(), Q4K_BYTES);
+                let p = block.as_ptr();
+                let (d, dmin) = f16_pair(block, 0);
+                let (scales, mins) = q4k_scales_mins(&block[4..16]);
+                let scales = _mm512_castsi128_si512(scales);
+                let mut sumi = [_mm512_setzero_si512(); R];
+                for (j, spread) in spreads.iter().enumerate() {
+                    // SAFETY: 32 bytes at 16 + 32j lie inside the 144-byte block.
+                    let q = unsafe { _mm256_loadu_si256(p.add(16 + 32 * j) as *const __m256i) };
+                    let q = _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1);
+                    let q = _mm512_and_si512(q, m4);
+                    let s = _mm512_permutexvar_epi16(*spread, scales);
+                    for r in 0..R {
+                        // SAFETY: values 64j..64j + 64 of the activation block.
+                        let a =
+                            unsafe { _mm512_loadu_si512(acts[r][i].qs.as_ptr().add(64 * j) as *const _) };
+                        sumi[r] = dot(sumi[r], _mm512_maddubs_epi16(q, a), s);
+                    }
+                }
                 for r in 0..R {
-                    // SAFETY: values 64m..64m + 64 of the activation block.
-                    let a = unsafe {
-                        _mm512_loadu_si512(acts[r][i].qs.as_ptr().add(64 * m) as *const _)
-                    };
-                    let prod = _mm512_madd_epi16(_mm512_maddubs_epi16(*qk, a), s);
-                    sumi[r] = _mm512_add_epi32(sumi[r], prod);
+                    let a = &acts[r][i];
+                    let prod = q4k_mins_term(mins, a);
+                    acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(dmin * a.d), prod, acc_m[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(d * a.d), _mm512_cvtepi32_ps(sumi[r]), acc[r]);
                 }
             }
+            let mut out = [0f32; R];
+            for r in 0..R {
+                out[r] = _mm512_reduce_add_ps(acc[r]) - hsum4(acc_m[r]);
+            }
+            out
         }
-        for r in 0..R {
-            let a = &acts[r][i];
-            // SAFETY: bsums holds 16 i16.
-            let bsums = unsafe { _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i) };
-            // The stored values are q + 32: take 32 · Σ scale · bsum back out.
-            let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
-            let offset = _mm512_castsi256_si512(offset);
-            let offset = _mm512_inserti64x4(offset, _mm256_setzero_si256(), 1);
-            let total = _mm512_sub_epi32(sumi[r], offset);
-            acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(d * a.d), _mm512_cvtepi32_ps(total), acc[r]);
+
+        #[target_feature(enable = $features)]
+        fn q6k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
+            let nb = w.len() / Q6K_BYTES;
+            for a in &acts {
+                assert!(a.len() >= nb);
+            }
+            let m4 = _mm512_set1_epi8(0x0F);
+            let m2 = _mm512_set1_epi8(0x03);
+            let spreads = [
+                load_idx(&Q6K_SPREAD[0]),
+                load_idx(&Q6K_SPREAD[1]),
+                load_idx(&Q6K_SPREAD[2]),
+                load_idx(&Q6K_SPREAD[3]),
+            ];
+            let mut acc = [_mm512_setzero_ps(); R];
+            for i in 0..nb {
+                let block = &w[i * Q6K_BYTES..(i + 1) * Q6K_BYTES];
+                prefetch(block.as_ptr(), Q6K_BYTES);
+                let p = block.as_ptr();
+                let d = f16_one(block, 208);
+                // SAFETY: the 16 scale bytes lie inside the block.
+                let scales16 =
+                    _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(p.add(192) as *const __m128i) });
+                let scales = _mm512_castsi256_si512(scales16);
+                let mut sumi = [_mm512_setzero_si512(); R];
+                for h in 0..2 {
+                    // SAFETY: ql spans bytes 0..128 and qh 128..192 of the block.
+                    let (ql, bits) = unsafe {
+                        (
+                            _mm512_loadu_si512(p.add(64 * h) as *const _),
+                            _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i),
+                        )
+                    };
+                    // Positions 128h..128h + 64 take bits 0–1 then 2–3 of qh; the next 64 bits 4–5, 6–7.
+                    let bits =
+                        _mm512_inserti64x4(_mm512_castsi256_si512(bits), _mm256_srli_epi16(bits, 2), 1);
+                    let high_lo = _mm512_slli_epi16(_mm512_and_si512(bits, m2), 4);
+                    let high_hi = _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(bits, 4), m2), 4);
+                    let q = [
+                        _mm512_or_si512(_mm512_and_si512(ql, m4), high_lo),
+                        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), high_hi),
+                    ];
+                    for (k, qk) in q.iter().enumerate() {
+                        let m = 2 * h + k;
+                        let s = _mm512_permutexvar_epi16(spreads[m], scales);
+                        for r in 0..R {
+                            // SAFETY: values 64m..64m + 64 of the activation block.
+                            let a = unsafe {
+                                _mm512_loadu_si512(acts[r][i].qs.as_ptr().add(64 * m) as *const _)
+                            };
+                            sumi[r] = dot(sumi[r], _mm512_maddubs_epi16(*qk, a), s);
+                        }
+                    }
+                }
+                for r in 0..R {
+                    let a = &acts[r][i];
+                    // SAFETY: bsums holds 16 i16.
+                    let bsums = unsafe { _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i) };
+                    // The stored values are q + 32: take 32 · Σ scale · bsum back out.
+                    let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
+                    let offset = _mm512_castsi256_si512(offset);
+                    let offset = _mm512_inserti64x4(offset, _mm256_setzero_si256(), 1);
+                    let total = _mm512_sub_epi32(sumi[r], offset);
+                    acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(d * a.d), _mm512_cvtepi32_ps(total), acc[r]);
+                }
+            }
+            let mut out = [0f32; R];
+            for r in 0..R {
+                out[r] = _mm512_reduce_add_ps(acc[r]);
+            }
+            out
         }
-    }
-    let mut out = [0f32; R];
-    for r in 0..R {
-        out[r] = _mm512_reduce_add_ps(acc[r]);
-    }
-    out
+        }
+    };
 }
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn madd_add(acc: __m512i, pairs: __m512i, scales: __m512i) -> __m512i {
+    _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, scales))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn dpwssd(acc: __m512i, pairs: __m512i, scales: __m512i) -> __m512i {
+    _mm512_dpwssd_epi32(acc, pairs, scales)
+}
+
+avx512_tier!(
+    /// AVX-512 F + BW (Intel Xeon since Skylake-SP).
+    bw,
+    "avx512f,avx512bw,avx2,fma,f16c",
+    super::madd_add
+);
+avx512_tier!(
+    /// AVX-512 F + BW + VNNI (Intel Xeon since Cascade Lake, AMD Zen 4 and later).
+    vnni,
+    "avx512f,avx512bw,avx512vnni,avx2,fma,f16c",
+    super::dpwssd
+);

@@ -15,7 +15,7 @@
 //! path on CUDA, on CPUs without AVX2 and for every other quantization type.
 //!
 //! Tiers are chosen at run time (`is_x86_feature_detected!`), never by `target-cpu`: the
-//! same binary runs on every host. `SMOLBOT_KERNELS=candle|scalar|avx2|avx512|auto` forces one.
+//! same binary runs on every host. `SMOLBOT_KERNELS=candle|scalar|avx2|avx512|avx512vnni|auto` forces one.
 
 /// Calls `$kernel::<R>` (a const-generic kernel over R activation rows) for the 1–4 rows of
 /// `$acts`, writing `$out[..R]`: the one dispatch every SIMD tier shares.
@@ -58,17 +58,20 @@ pub enum Tier {
     Avx2,
     /// AVX-512 F + BW (Intel Xeon since Skylake-SP, AMD Zen 4 and later).
     Avx512,
+    /// AVX-512 with VNNI (Intel Xeon since Cascade Lake, AMD Zen 4 and later).
+    Avx512Vnni,
 }
 
 impl Tier {
     /// Every tier, slowest first.
-    pub const ALL: [Tier; 3] = [Tier::Scalar, Tier::Avx2, Tier::Avx512];
+    pub const ALL: [Tier; 4] = [Tier::Scalar, Tier::Avx2, Tier::Avx512, Tier::Avx512Vnni];
 
     pub fn name(self) -> &'static str {
         match self {
             Tier::Scalar => "scalar",
             Tier::Avx2 => "avx2",
             Tier::Avx512 => "avx512",
+            Tier::Avx512Vnni => "avx512vnni",
         }
     }
 
@@ -88,8 +91,10 @@ impl Tier {
                     && is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")
             }
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512Vnni => Tier::Avx512.supported() && is_x86_feature_detected!("avx512vnni"),
             #[cfg(not(target_arch = "x86_64"))]
-            Tier::Avx2 | Tier::Avx512 => false,
+            Tier::Avx2 | Tier::Avx512 | Tier::Avx512Vnni => false,
         }
     }
 
@@ -134,7 +139,7 @@ impl Kernels {
                     .into_iter()
                     .find(|t| t.name() == name)
                     .ok_or_else(|| {
-                        format!("unknown kernels {name:?}: expected candle, auto, scalar, avx2 or avx512")
+                        format!("unknown kernels {name:?}: expected candle, auto, scalar, avx2, avx512 or avx512vnni")
                     })?;
                 if !tier.supported() {
                     return Err(format!("this CPU cannot run the {name} kernels"));
@@ -257,11 +262,17 @@ fn row_kernel(quant: Quant, tier: Tier) -> RowKernel {
         #[cfg(target_arch = "x86_64")]
         (Tier::Avx2, Quant::Q6K) => |w, a, o| unsafe { avx2::q6k_rows(w, a, o) },
         #[cfg(target_arch = "x86_64")]
-        (Tier::Avx512, Quant::Q4K) => |w, a, o| unsafe { avx512::q4k_rows(w, a, o) },
+        (Tier::Avx512, Quant::Q4K) => |w, a, o| unsafe { avx512::bw::q4k_rows(w, a, o) },
         #[cfg(target_arch = "x86_64")]
-        (Tier::Avx512, Quant::Q6K) => |w, a, o| unsafe { avx512::q6k_rows(w, a, o) },
+        (Tier::Avx512, Quant::Q6K) => |w, a, o| unsafe { avx512::bw::q6k_rows(w, a, o) },
+        #[cfg(target_arch = "x86_64")]
+        (Tier::Avx512Vnni, Quant::Q4K) => |w, a, o| unsafe { avx512::vnni::q4k_rows(w, a, o) },
+        #[cfg(target_arch = "x86_64")]
+        (Tier::Avx512Vnni, Quant::Q6K) => |w, a, o| unsafe { avx512::vnni::q6k_rows(w, a, o) },
         #[cfg(not(target_arch = "x86_64"))]
-        (Tier::Avx2 | Tier::Avx512, _) => unreachable!("SIMD tiers are never supported off x86_64"),
+        (Tier::Avx2 | Tier::Avx512 | Tier::Avx512Vnni, _) => {
+            unreachable!("SIMD tiers are never supported off x86_64")
+        }
     }
 }
 
