@@ -24,7 +24,8 @@ ours() {
     --prompt-tokens "$prompt" --gen-tokens "$gen" --json | tail -1
 }
 theirs() {
-  LD_PRELOAD=${LLAMA_PRELOAD:-} "$py" scripts/bench_llama_cpp.py --model "$model" --threads "$threads" | tail -1
+  LD_PRELOAD=${LLAMA_PRELOAD:-} "$py" scripts/bench_llama_cpp.py --model "$model" --threads "$threads" \
+    --prompt-tokens "$prompt" --gen-tokens "$gen" | tail -1
 }
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
