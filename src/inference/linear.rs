@@ -50,6 +50,11 @@ impl Linear {
         })
     }
 
+    /// Whether our packed kernels run this matrix.
+    pub fn is_packed(&self) -> bool {
+        self.packed().is_some()
+    }
+
     fn packed(&self) -> Option<&Arc<PackedMatrix>> {
         match self {
             Linear::Packed(m) => Some(m),

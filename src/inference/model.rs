@@ -12,6 +12,7 @@ use candle_nn::kv_cache::KvCache;
 use super::config::TransformerConfig;
 use super::error::{InferenceError, Result};
 use super::gguf::GgufFile;
+use super::kernels::attention::DecodeAttention;
 use super::kernels::Kernels;
 use super::linear::{self, Embedding, Linear, Loading};
 use super::rope::RopeFrequencies;
@@ -62,6 +63,8 @@ pub struct Transformer {
     lm_head: Linear,
     rope: RopeFrequencies,
     device: Device,
+    /// Decode attention runs on our kernels' pool (where our kernels run the matmuls).
+    own_attention: bool,
 }
 
 /// One sequence's attention state: keys and values of every position seen so far.
@@ -193,6 +196,11 @@ impl Transformer {
                 use_rope,
             });
         }
+        // Only beside our matmuls: a model whose matrices stay candle's (Q4_1 and other types
+        // our kernels do not read) keeps candle's attention too, one path throughout.
+        let own_attention = layers
+            .iter()
+            .all(|l| l.wq.is_packed() && l.down.is_packed());
         Ok(Self {
             norm: RmsNorm::load(file, "output_norm.weight", cfg.rms_eps, device)?,
             rope: RopeFrequencies::new(&cfg),
@@ -201,6 +209,7 @@ impl Transformer {
             layers,
             lm_head,
             device: device.clone(),
+            own_attention,
         })
     }
 
@@ -415,6 +424,15 @@ impl Transformer {
             k = self.apply_rope(&k, cos, sin)?;
         }
         let (k, v) = kv.append(&k, v)?;
+        if t == 1 && self.own_attention {
+            let op = DecodeAttention {
+                n_head: cfg.n_head,
+                n_kv: cfg.n_head_kv,
+                head_dim: cfg.head_dim,
+                scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+            };
+            return Ok(q.contiguous()?.apply_op3_no_bwd(&k, &v, &op)?);
+        }
         let n_rep = cfg.n_head / cfg.n_head_kv;
         // Query heads sharing a KV head are stacked as extra rows, so K and V are never copied.
         let q = q.reshape((1, cfg.n_head_kv, n_rep * t, cfg.head_dim))?;

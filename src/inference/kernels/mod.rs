@@ -31,6 +31,7 @@ macro_rules! by_rows {
     }};
 }
 
+pub mod attention;
 pub mod blocks;
 pub mod op;
 pub mod pool;

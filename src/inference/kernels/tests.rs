@@ -319,3 +319,48 @@ fn one_row_equals_candles_vec_dot_to_float_rounding() {
         }
     }
 }
+
+#[test]
+fn decode_attention_equals_candles_ops_over_a_cache_view() {
+    use super::attention::DecodeAttention;
+    let dev = &Device::Cpu;
+    for (n_head, n_kv, hd, cap, len) in [(16, 4, 128, 40, 33), (9, 3, 64, 8, 1), (4, 4, 32, 20, 20)]
+    {
+        let tensor = |n: usize, dims: (usize, usize, usize, usize), seed| {
+            Tensor::from_vec(random_f32(n, seed), dims, dev).unwrap()
+        };
+        let q = tensor(n_head * hd, (1, n_head, 1, hd), 51);
+        let k = tensor(n_kv * cap * hd, (1, n_kv, cap, hd), 52)
+            .narrow(2, 0, len)
+            .unwrap();
+        let v = tensor(n_kv * cap * hd, (1, n_kv, cap, hd), 53)
+            .narrow(2, 0, len)
+            .unwrap();
+        let scale = 1.0 / (hd as f64).sqrt();
+        let grouped = q.reshape((1, n_kv, n_head / n_kv, hd)).unwrap();
+        let scores = (grouped.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+        let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+        let want: Vec<f32> = probs
+            .matmul(&v)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let op = DecodeAttention {
+            n_head,
+            n_kv,
+            head_dim: hd,
+            scale: scale as f32,
+        };
+        let got = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
+        assert_eq!(got.dims(), &[1, 1, n_head * hd]);
+        let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "{n_head}/{n_kv} heads: {a} vs {b}"
+            );
+        }
+    }
+}
