@@ -9,7 +9,7 @@ use candle_core::{Device, Module, Tensor};
 use super::error::Result;
 use super::gguf::GgufFile;
 use super::kernels::op::PackedOp;
-use super::kernels::{Kernels, PackedMatrix, Quant};
+use super::kernels::{Kernels, PackedMatrix, Quant, Tier};
 
 /// One weight matrix `(out, in)` applied as `x · Wᵀ`.
 #[derive(Clone)]
@@ -63,6 +63,11 @@ impl Linear {
     }
 
     /// Which kernels run this matrix ("candle" or our tier's name).
+    /// Our kernels' tier, where this matrix runs on them.
+    pub fn tier(&self) -> Option<Tier> {
+        self.packed().map(|m| m.tier())
+    }
+
     pub fn kernels(&self) -> &'static str {
         match self {
             Linear::Candle(_) => "candle",

@@ -12,8 +12,9 @@ use candle_nn::kv_cache::KvCache;
 use super::config::TransformerConfig;
 use super::error::{InferenceError, Result};
 use super::gguf::GgufFile;
-use super::kernels::attention::DecodeAttention;
+use super::kernels::attention::Attention;
 use super::kernels::Kernels;
+use super::kernels::Tier;
 use super::linear::{self, Embedding, Linear, Loading};
 use super::rope::RopeFrequencies;
 
@@ -63,8 +64,8 @@ pub struct Transformer {
     lm_head: Linear,
     rope: RopeFrequencies,
     device: Device,
-    /// Decode attention runs on our kernels' pool (where our kernels run the matmuls).
-    own_attention: bool,
+    /// Attention runs on our kernels' pool at this tier (where our kernels run the matmuls).
+    own_attention: Option<Tier>,
 }
 
 /// One sequence's attention state: keys and values of every position seen so far.
@@ -200,7 +201,9 @@ impl Transformer {
         // our kernels do not read) keeps candle's attention too, one path throughout.
         let own_attention = layers
             .iter()
-            .all(|l| l.wq.is_packed() && l.down.is_packed());
+            .all(|l| l.wq.is_packed() && l.down.is_packed())
+            .then(|| layers.first().and_then(|l| l.wq.tier()))
+            .flatten();
         Ok(Self {
             norm: RmsNorm::load(file, "output_norm.weight", cfg.rms_eps, device)?,
             rope: RopeFrequencies::new(&cfg),
@@ -424,12 +427,13 @@ impl Transformer {
             k = self.apply_rope(&k, cos, sin)?;
         }
         let (k, v) = kv.append(&k, v)?;
-        if t == 1 && self.own_attention {
-            let op = DecodeAttention {
+        if let Some(tier) = self.own_attention {
+            let op = Attention {
                 n_head: cfg.n_head,
                 n_kv: cfg.n_head_kv,
                 head_dim: cfg.head_dim,
                 scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+                tier,
             };
             return Ok(q.contiguous()?.apply_op3_no_bwd(&k, &v, &op)?);
         }

@@ -1,7 +1,7 @@
 //! Every tier against the scalar reference, and the reference against candle's `QMatMul`.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use rand::{Rng, SeedableRng};
 
 use super::blocks::{BlockQ8K, Q4K_BYTES, Q6K_BYTES, QK_K};
@@ -321,46 +321,79 @@ fn one_row_equals_candles_vec_dot_to_float_rounding() {
 }
 
 #[test]
-fn decode_attention_equals_candles_ops_over_a_cache_view() {
-    use super::attention::DecodeAttention;
+fn attention_equals_candles_ops_over_a_cache_view_for_every_tier_and_cache_type() {
+    use super::attention::Attention;
     let dev = &Device::Cpu;
-    for (n_head, n_kv, hd, cap, len) in [(16, 4, 128, 40, 33), (9, 3, 64, 8, 1), (4, 4, 32, 20, 20)]
-    {
+    // (query heads, KV heads, head dim, cache capacity, cached positions, new rows)
+    let shapes = [
+        (16, 4, 128, 40, 33, 1),
+        (16, 4, 128, 64, 40, 21),
+        (9, 3, 64, 8, 1, 1),
+        (4, 4, 32, 20, 20, 20),
+        (4, 2, 24, 50, 37, 9),
+    ];
+    for (n_head, n_kv, hd, cap, len, t) in shapes {
         let tensor = |n: usize, dims: (usize, usize, usize, usize), seed| {
             Tensor::from_vec(random_f32(n, seed), dims, dev).unwrap()
         };
-        let q = tensor(n_head * hd, (1, n_head, 1, hd), 51);
-        let k = tensor(n_kv * cap * hd, (1, n_kv, cap, hd), 52)
-            .narrow(2, 0, len)
-            .unwrap();
-        let v = tensor(n_kv * cap * hd, (1, n_kv, cap, hd), 53)
-            .narrow(2, 0, len)
-            .unwrap();
+        let q = tensor(n_head * t * hd, (1, n_head, t, hd), 51);
+        let k = tensor(n_kv * cap * hd, (1, n_kv, cap, hd), 52);
+        let v = tensor(n_kv * cap * hd, (1, n_kv, cap, hd), 53);
         let scale = 1.0 / (hd as f64).sqrt();
-        let grouped = q.reshape((1, n_kv, n_head / n_kv, hd)).unwrap();
-        let scores = (grouped.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
-        let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
-        let want: Vec<f32> = probs
-            .matmul(&v)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let op = DecodeAttention {
-            n_head,
-            n_kv,
-            head_dim: hd,
-            scale: scale as f32,
-        };
-        let got = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
-        assert_eq!(got.dims(), &[1, 1, n_head * hd]);
-        let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
-        for (a, b) in got.iter().zip(&want) {
-            assert!(
-                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                "{n_head}/{n_kv} heads: {a} vs {b}"
+        for dtype in [DType::F32, DType::F16] {
+            let (k, v) = (k.to_dtype(dtype).unwrap(), v.to_dtype(dtype).unwrap());
+            let (k, v) = (k.narrow(2, 0, len).unwrap(), v.narrow(2, 0, len).unwrap());
+            let (kf, vf) = (
+                k.to_dtype(DType::F32).unwrap(),
+                v.to_dtype(DType::F32).unwrap(),
             );
+            let n_rep = n_head / n_kv;
+            let grouped = q.reshape((1, n_kv, n_rep * t, hd)).unwrap();
+            let scores = (grouped.matmul(&kf.t().unwrap()).unwrap() * scale).unwrap();
+            let offset = len - t;
+            let mask: Vec<f32> = (0..n_rep * t * len)
+                .map(|at| {
+                    let (i, j) = ((at / len) % t, at % len);
+                    if j > offset + i {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (1, 1, n_rep * t, len), dev).unwrap();
+            let probs =
+                candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask).unwrap()).unwrap();
+            let want: Vec<f32> = probs
+                .matmul(&vf)
+                .unwrap()
+                .reshape((1, n_head, t, hd))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for tier in Tier::ALL.into_iter().filter(|t| t.supported()) {
+                let op = Attention {
+                    n_head,
+                    n_kv,
+                    head_dim: hd,
+                    scale: scale as f32,
+                    tier,
+                };
+                let got = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
+                assert_eq!(got.dims(), &[1, t, n_head * hd]);
+                let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+                for (a, b) in got.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{tier:?} {dtype:?} {n_head}/{n_kv} heads, {t} rows after {offset}: \
+                         {a} vs {b}"
+                    );
+                }
+            }
         }
     }
 }
