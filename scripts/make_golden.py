@@ -17,6 +17,7 @@ from llama_cpp import Llama
 
 # smolbot keeps K and V in f32; llama.cpp's default f16 cache would add its own rounding.
 EXACT = {"type_k": 0, "type_v": 0}
+HALF = {"type_k": 1, "type_v": 1}
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
@@ -139,6 +140,13 @@ def main():
     nll = token_nll(tiny, tokens, window)
     write("tiny_smollm3_nll.json", {**meta, "model_sha256": sha256(args.tiny), "window": window,
                                     "tokens": tokens, "nll": nll, "ppl": float(np.exp(np.mean(nll)))})
+    del tiny
+    # llama.cpp's default f16 KV cache, which smolbot's `--cache-type f16` is compared with.
+    tiny = Llama(model_path=args.tiny, logits_all=True, n_ctx=window, n_batch=window, n_threads=2, verbose=False, **HALF)
+    nll = token_nll(tiny, tokens, window)
+    write("tiny_smollm3_f16kv_nll.json", {**meta, "model_sha256": sha256(args.tiny), "window": window,
+                                          "kv_cache": "f16", "tokens": tokens, "nll": nll,
+                                          "ppl": float(np.exp(np.mean(nll)))})
     write("tiny_smollm3_tokenizer.json", {**meta, "model_sha256": sha256(args.tiny),
                                           "cases": tokenizer_cases(tiny, TOKENIZER_TEXTS)})
     del tiny

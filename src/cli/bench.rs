@@ -215,6 +215,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let file_mb = std::fs::metadata(&args.engine.model)?.len() as f64 / 1e6;
     let threads = candle_core::utils::get_num_threads();
     let kernels = model.transformer.kernels();
+    let cache_type = model.transformer.cache_type().name();
     let weight_mb = model.transformer.packed_bytes() as f64 / 1e6;
     // Measured last, so the probe's gigabyte does not count in the peaks above.
     let bandwidth = read_bandwidth_gbs();
@@ -232,6 +233,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 "cpu": cpu,
                 "cpu_flags": flags,
                 "kernels": kernels,
+                "cache_type": cache_type,
                 "threads": threads,
                 "load_s": load_s,
                 "load_peak_rss_mb": load_rss_mb,
@@ -263,7 +265,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
     } else {
         println!("cpu:         {cpu} ({})", flags.join(" "));
-        println!("kernels:     {kernels}, {threads} threads");
+        println!("kernels:     {kernels}, {threads} threads, KV cache {cache_type}");
         println!("load:        {load_s:.2} s");
         println!(
             "prompt:      {} tokens, {:.1} tok/s",

@@ -82,9 +82,21 @@ pub struct EngineArgs {
     /// CPU threads for the matrix kernels (default: all cores).
     #[arg(long, env = "SMOLBOT_THREADS")]
     pub threads: Option<usize>,
+    /// KV cache element type: f16 (half the memory and the bytes read at long context,
+    /// llama.cpp's default) or f32 (exact; what the golden tests compare).
+    #[arg(long, env = "SMOLBOT_CACHE_TYPE", value_parser = ["f32", "f16"])]
+    pub cache_type: Option<String>,
     /// Run on the CPU even when built with CUDA.
     #[arg(long, env = "SMOLBOT_CPU")]
     pub cpu: bool,
+}
+
+/// Hands `--cache-type` to the model loader, which reads `SMOLBOT_CACHE_TYPE`.
+pub(crate) fn apply_cache_type(cache_type: Option<&str>) {
+    if let Some(t) = cache_type {
+        // Safe: called on the main thread before any other thread exists.
+        unsafe { std::env::set_var("SMOLBOT_CACHE_TYPE", t) };
+    }
 }
 
 impl EngineArgs {
@@ -95,6 +107,7 @@ impl EngineArgs {
             // Safe: called on the main thread before any other thread exists.
             unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
         }
+        apply_cache_type(self.cache_type.as_deref());
         smolbot::inference::device::select(self.cpu)
     }
 }

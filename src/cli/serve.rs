@@ -50,6 +50,10 @@ pub struct ModelArgs {
     /// CPU threads for the matrix kernels (default: all cores).
     #[arg(long, env = "SMOLBOT_THREADS")]
     pub threads: Option<usize>,
+    /// KV cache element type: f16 (half the memory and the bytes read at long context,
+    /// llama.cpp's default) or f32 (exact; what the golden tests compare).
+    #[arg(long, env = "SMOLBOT_CACHE_TYPE", value_parser = ["f32", "f16"])]
+    pub cache_type: Option<String>,
     /// Run on the CPU even when built with CUDA.
     #[arg(long, env = "SMOLBOT_CPU")]
     pub cpu: bool,
@@ -64,6 +68,7 @@ impl ModelArgs {
             // Safe: no other thread exists yet.
             unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
         }
+        super::apply_cache_type(self.cache_type.as_deref());
         if self.model.is_none() && !self.stub {
             self.model = Some(super::pull::resolve_for_serve(&self.hub)?);
         }

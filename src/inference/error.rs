@@ -47,6 +47,8 @@ pub enum InferenceError {
     BatchShape { tokens: usize, caches: usize },
     #[error("SMOLBOT_KERNELS: {0}")]
     Kernels(String),
+    #[error("SMOLBOT_CACHE_TYPE: {0}")]
+    CacheType(String),
     #[error("invalid sampling setting: {0}")]
     Sampling(String),
     #[error("tensor computation failed: {0}")]

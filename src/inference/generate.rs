@@ -13,8 +13,9 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use super::error::Result;
+use super::kv_cache::SequenceCache;
 use super::logprobs::TokenLogprobs;
-use super::model::{SequenceCache, Transformer};
+use super::model::Transformer;
 use super::sampling::SamplingParams;
 use super::sequence::{step, Sequence};
 

@@ -3,7 +3,8 @@
 //! before any sampling setting reshapes them, as llama.cpp and vLLM report them.
 
 use super::error::{InferenceError, Result};
-use super::model::{SequenceCache, Transformer};
+use super::kv_cache::SequenceCache;
+use super::model::Transformer;
 
 /// Rows of logits held at once while scoring a prompt: 128 rows of SmolLM3's 128k vocabulary
 /// are 64 MiB of f32, where the whole of a 4,000-token prompt would be 2 GiB.

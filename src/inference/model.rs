@@ -13,18 +13,14 @@ use super::config::TransformerConfig;
 use super::error::{InferenceError, Result};
 use super::gguf::GgufFile;
 use super::kernels::attention::Attention;
-use super::kernels::Kernels;
-use super::kernels::Tier;
+use super::kernels::{Kernels, Tier};
+use super::kv_cache::{CacheType, SequenceCache};
 use super::linear::{self, Embedding, Linear, Loading};
 use super::rope::RopeFrequencies;
 
 /// Longest run of tokens pushed through attention at once: bounds the score matrix of a long
 /// prompt to `heads × 512 × context` floats instead of `heads × context²`.
 pub const PREFILL_CHUNK: usize = 512;
-
-/// KV cache entries are allocated in steps of this many positions, so a short chat does not
-/// reserve the whole 64k context and a long one grows with few copies.
-const KV_GROW_STEP: usize = 512;
 
 struct RmsNorm {
     weight: Tensor,
@@ -66,68 +62,7 @@ pub struct Transformer {
     device: Device,
     /// Attention runs on our kernels' pool at this tier (where our kernels run the matmuls).
     own_attention: Option<Tier>,
-}
-
-/// One sequence's attention state: keys and values of every position seen so far.
-pub struct SequenceCache {
-    layers: Vec<KvCache>,
-    len: usize,
-}
-
-impl SequenceCache {
-    /// Number of positions already in the cache.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn clear(&mut self) {
-        self.layers.iter_mut().for_each(KvCache::reset);
-        self.len = 0;
-    }
-
-    /// Forgets every position from `len` on, keeping the first `len` (a shared prefix of the
-    /// next prompt). candle's cache cannot shrink in place, so the kept part is copied back:
-    /// about 0.1 s for 2,000 positions of SmolLM3-3B.
-    pub fn truncate(&mut self, len: usize) -> Result<()> {
-        if len >= self.len {
-            return Ok(());
-        }
-        if len == 0 {
-            self.clear();
-            return Ok(());
-        }
-        for kv in &mut self.layers {
-            // A real copy: appending a view of the cache's own storage back into it would
-            // read and write the same buffer.
-            let (Some(k), Some(v)) = (kv.k()?, kv.v()?) else {
-                continue;
-            };
-            let k = k.narrow(2, 0, len)?.contiguous()?.copy()?;
-            let v = v.narrow(2, 0, len)?.contiguous()?.copy()?;
-            kv.reset();
-            kv.append(&k, &v)?;
-        }
-        self.len = len;
-        Ok(())
-    }
-
-    /// Bytes the cache holds allocated (it grows in steps, so at least `len` positions).
-    pub fn allocated_bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|kv| {
-                [kv.k_cache(), kv.v_cache()]
-                    .iter()
-                    .filter_map(|c| c.all_data().as_ref())
-                    .map(|t| t.elem_count() * t.dtype().size_in_bytes())
-                    .sum::<usize>()
-            })
-            .sum()
-    }
+    cache_type: CacheType,
 }
 
 /// How weight matrices are held in memory.
@@ -213,6 +148,7 @@ impl Transformer {
             lm_head,
             device: device.clone(),
             own_attention,
+            cache_type: CacheType::F32,
         })
     }
 
@@ -245,12 +181,22 @@ impl Transformer {
     }
 
     pub fn new_cache(&self) -> SequenceCache {
-        SequenceCache {
-            layers: (0..self.cfg.n_layer)
-                .map(|_| KvCache::new(2, KV_GROW_STEP))
-                .collect(),
-            len: 0,
-        }
+        SequenceCache::new(self.cfg.n_layer)
+    }
+
+    /// Keeps keys and values as `requested` where our attention reads them; candle's path
+    /// (other quantization types, CUDA) keeps f32.
+    pub fn with_cache_type(mut self, requested: CacheType) -> Self {
+        self.cache_type = match self.own_attention {
+            Some(_) => requested,
+            None => CacheType::F32,
+        };
+        self
+    }
+
+    /// The element type of this model's KV caches.
+    pub fn cache_type(&self) -> CacheType {
+        self.cache_type
     }
 
     /// Runs `tokens` after what `cache` holds and appends them to it. Returns logits as a
@@ -426,7 +372,10 @@ impl Transformer {
             q = self.apply_rope(&q, cos, sin)?;
             k = self.apply_rope(&k, cos, sin)?;
         }
-        let (k, v) = kv.append(&k, v)?;
+        let (k, v) = match self.cache_type.dtype() {
+            DType::F32 => kv.append(&k, v)?,
+            dtype => kv.append(&k.to_dtype(dtype)?, &v.to_dtype(dtype)?)?,
+        };
         if let Some(tier) = self.own_attention {
             let op = Attention {
                 n_head: cfg.n_head,

@@ -3,7 +3,8 @@
 //! budget; the least recently used cache goes first.
 
 use super::error::Result;
-use super::model::{SequenceCache, Transformer};
+use super::kv_cache::SequenceCache;
+use super::model::Transformer;
 
 /// 1 GiB holds about 7,000 positions of SmolLM3-3B's f32 cache (147 kB each): a few chats'
 /// histories next to the 2 GB of weights.

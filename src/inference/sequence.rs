@@ -15,8 +15,9 @@ use super::generate::{
     GenerationRequest, GenerationStats, PrefillProgress, Sampled, StopReason, TokenAction,
     TokenSink, PREFILL_STEP,
 };
+use super::kv_cache::SequenceCache;
 use super::logprobs::{row_logprobs, score_prompt};
-use super::model::{SequenceCache, Transformer};
+use super::model::Transformer;
 use super::sampling::Sampler;
 
 /// Where a sequence stands.

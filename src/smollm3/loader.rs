@@ -8,7 +8,7 @@ use candle_core::Device;
 use super::config::ModelConfig;
 use super::error::Smollm3Error;
 use super::tokenizer::GgufTokenizer;
-use crate::inference::{GgufFile, Transformer};
+use crate::inference::{CacheType, GgufFile, Transformer};
 
 /// A model ready to generate.
 pub struct LoadedModel {
@@ -22,7 +22,8 @@ impl LoadedModel {
         let file = GgufFile::open(path)?;
         let config = ModelConfig::from_gguf(&file)?;
         let tokenizer = GgufTokenizer::from_gguf(&file)?;
-        let transformer = Transformer::load(&file, config.transformer.clone(), device)?;
+        let transformer = Transformer::load(&file, config.transformer.clone(), device)?
+            .with_cache_type(CacheType::from_env()?);
         Ok(Self {
             config,
             tokenizer,
