@@ -11,20 +11,20 @@ use std::arch::x86_64::*;
 use super::blocks::{BlockQ8K, Q4K_BYTES, Q6K_BYTES};
 use super::x86::{f16_one, f16_pair, hsum4, hsum8, prefetch, q4k_mins_term, q4k_scales_mins};
 
-/// `out[r] = w · acts[r]` for one row of Q4_K blocks and 1–4 activation rows.
+/// `out[r] = w · acts[r]` for one row of Q4_K blocks and 1–8 activation rows.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; every `acts[r]` holds `w.len() / 144` blocks.
 pub unsafe fn q4k_rows(w: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
-    by_rows!(q4k, w, acts, out)
+    by_rows!(rows4, q4k, w, acts, out)
 }
 
-/// `out[r] = w · acts[r]` for one row of Q6_K blocks and 1–4 activation rows.
+/// `out[r] = w · acts[r]` for one row of Q6_K blocks and 1–8 activation rows.
 ///
 /// # Safety
 /// As [`q4k_rows`], with 210-byte blocks.
 pub unsafe fn q6k_rows(w: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
-    by_rows!(q6k, w, acts, out)
+    by_rows!(rows4, q6k, w, acts, out)
 }
 
 /// `pshufb` controls: entry `k` copies 16-bit lane `k` of each 128-bit half to all 8 lanes.

@@ -16,13 +16,15 @@ pub const Q4K_BYTES: usize = 144;
 pub const Q6K_BYTES: usize = 210;
 
 /// One superblock of activations: `x ≈ d · qs`, with the sum of every 16 `qs` precomputed so
-/// the weights' offsets (Q4_K mins, Q6_K's −32) cost one multiply per 16 values.
+/// the weights' offsets (Q4_K mins, Q6_K's −32) cost one multiply per 16 values, and of every
+/// 32 (`pairs`, Q4_K's sub-block) so the Q4_K mins take one load and one multiply-add.
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct BlockQ8K {
     pub d: f32,
     pub qs: [i8; QK_K],
     pub bsums: [i16; QK_K / 16],
+    pub pairs: [i16; QK_K / 32],
 }
 
 impl Default for BlockQ8K {
@@ -31,6 +33,7 @@ impl Default for BlockQ8K {
             d: 0.0,
             qs: [0; QK_K],
             bsums: [0; QK_K / 16],
+            pairs: [0; QK_K / 32],
         }
     }
 }
@@ -58,6 +61,9 @@ pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
         }
         for (s, group) in y.bsums.iter_mut().zip(y.qs.chunks_exact(16)) {
             *s = group.iter().map(|&q| q as i16).sum();
+        }
+        for (p, two) in y.pairs.iter_mut().zip(y.bsums.chunks_exact(2)) {
+            *p = two[0] + two[1];
         }
         y.d = 1.0 / iscale;
     }

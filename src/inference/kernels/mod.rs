@@ -17,16 +17,34 @@
 //! Tiers are chosen at run time (`is_x86_feature_detected!`), never by `target-cpu`: the
 //! same binary runs on every host. `SMOLBOT_KERNELS=candle|scalar|avx2|avx512|avx512vnni|auto` forces one.
 
-/// Calls `$kernel::<R>` (a const-generic kernel over R activation rows) for the 1–4 rows of
-/// `$acts`, writing `$out[..R]`: the one dispatch every SIMD tier shares.
+/// Calls `$kernel::<R>` (a const-generic kernel over R activation rows) for `$acts`, writing
+/// `$out`: in groups of up to 8 rows (`rows8`, for the 32-register AVX-512 tiers) or 4 (`rows4`,
+/// AVX2's 16 registers hold no more accumulators): the one dispatch every SIMD tier shares.
 macro_rules! by_rows {
-    ($kernel:ident, $w:expr, $acts:expr, $out:expr) => {{
-        let (w, a, out) = ($w, $acts, $out);
-        match a.len() {
-            1 => out[..1].copy_from_slice(&$kernel::<1>(w, [a[0]])),
-            2 => out[..2].copy_from_slice(&$kernel::<2>(w, [a[0], a[1]])),
-            3 => out[..3].copy_from_slice(&$kernel::<3>(w, [a[0], a[1], a[2]])),
-            _ => out[..4].copy_from_slice(&$kernel::<4>(w, [a[0], a[1], a[2], a[3]])),
+    (rows4, $kernel:ident, $w:expr, $acts:expr, $out:expr) => {{
+        let w = $w;
+        for (a, out) in $acts.chunks(4).zip($out.chunks_mut(4)) {
+            match a.len() {
+                1 => out.copy_from_slice(&$kernel::<1>(w, [a[0]])),
+                2 => out.copy_from_slice(&$kernel::<2>(w, [a[0], a[1]])),
+                3 => out.copy_from_slice(&$kernel::<3>(w, [a[0], a[1], a[2]])),
+                _ => out.copy_from_slice(&$kernel::<4>(w, [a[0], a[1], a[2], a[3]])),
+            }
+        }
+    }};
+    (rows8, $kernel:ident, $w:expr, $acts:expr, $out:expr) => {{
+        let w = $w;
+        for (a, out) in $acts.chunks(8).zip($out.chunks_mut(8)) {
+            match a.len() {
+                1 => out.copy_from_slice(&$kernel::<1>(w, [a[0]])),
+                2 => out.copy_from_slice(&$kernel::<2>(w, [a[0], a[1]])),
+                3 => out.copy_from_slice(&$kernel::<3>(w, [a[0], a[1], a[2]])),
+                4 => out.copy_from_slice(&$kernel::<4>(w, [a[0], a[1], a[2], a[3]])),
+                5 => out.copy_from_slice(&$kernel::<5>(w, std::array::from_fn(|i| a[i]))),
+                6 => out.copy_from_slice(&$kernel::<6>(w, std::array::from_fn(|i| a[i]))),
+                7 => out.copy_from_slice(&$kernel::<7>(w, std::array::from_fn(|i| a[i]))),
+                _ => out.copy_from_slice(&$kernel::<8>(w, std::array::from_fn(|i| a[i]))),
+            }
         }
     }};
 }
@@ -183,7 +201,7 @@ impl Quant {
     }
 }
 
-/// `out[r] = row · acts[r]` for one weight row and 1–4 activation rows.
+/// `out[r] = row · acts[r]` for one weight row and 1–8 activation rows.
 type RowKernel = fn(&[u8], &[&[BlockQ8K]], &mut [f32]);
 
 /// A weight matrix `(rows, cols)` in the file's own blocks, one row after another.
@@ -312,7 +330,7 @@ const PREFETCH: usize = 4096;
 /// Weight rows handled together while a group of activation rows stays in L1.
 const ROW_TILE: usize = 8;
 /// Activation rows per kernel call (each weight block is unpacked once for all of them).
-const ACT_GROUP: usize = 4;
+const ACT_GROUP: usize = 8;
 
 /// A raw output pointer shared by the pool's workers, each writing its own indices.
 #[derive(Clone, Copy)]

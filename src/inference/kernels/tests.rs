@@ -79,6 +79,7 @@ fn every_tier_equals_the_scalar_reference_on_edge_shapes() {
             (7, 768, 5),
             (17, 256, 9),
             (3, 2816, 4),
+            (4, 512, 15),
         ] {
             let seed = (rows * cols + act_rows) as u64;
             let data = random_rows(quant, rows, cols, seed);

@@ -73,8 +73,7 @@ pub fn q4k_scales_mins(packed: &[u8]) -> (__m128i, __m128i) {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn q4k_mins_term(mins: __m128i, a: &BlockQ8K) -> __m128 {
-    let bs = a.bsums.as_ptr() as *const __m128i;
-    // SAFETY: bsums holds 16 i16, two 128-bit loads.
-    let pairs = unsafe { _mm_hadd_epi16(_mm_loadu_si128(bs), _mm_loadu_si128(bs.add(1))) };
+    // SAFETY: `pairs` holds 8 i16, one 128-bit load.
+    let pairs = unsafe { _mm_loadu_si128(a.pairs.as_ptr() as *const __m128i) };
     _mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs))
 }
