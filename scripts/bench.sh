@@ -45,9 +45,10 @@ print(f"host: {first['cpu']} ({' '.join(first['cpu_flags'])}), {first['threads']
       f"read bandwidth {first['read_bandwidth_gb_s']:.1f} GB/s")
 engines = list(dict.fromkeys(name(r) for r in rows))
 med = {e: {k: statistics.median(r[k] for r in rows if name(r) == e and r.get(k) is not None)
-           for k in ("prompt_tok_s", "gen_tok_s", "peak_rss_mb")} for e in engines}
+           for k in ("prompt_tok_s", "gen_tok_s", "peak_rss_mb", "load_s")} for e in engines}
 ours = engines[0]
-for k, label in [("prompt_tok_s", "prompt tok/s"), ("gen_tok_s", "generation tok/s"), ("peak_rss_mb", "peak RSS MB")]:
+for k, label in [("prompt_tok_s", "prompt tok/s"), ("gen_tok_s", "generation tok/s"), ("peak_rss_mb", "peak RSS MB"),
+                 ("load_s", "load s (warm cache)")]:
     cells = "   ".join(f"{e} {med[e][k]:9.2f}" for e in engines)
     ratios = "   ".join(f"{ours}/{e} {med[ours][k] / med[e][k]:.2f}" for e in engines[1:])
     print(f"{label:18} {cells}   {ratios}")
