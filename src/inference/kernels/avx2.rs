@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::blocks::{BlockQ8K, Q4K_BYTES, Q6K_BYTES};
-use super::x86::{f16_one, f16_pair, hsum4, hsum8, prefetch, q4k_mins_term, q4k_scales_mins};
+use super::x86::{f16_one, f16_pair, hsum8, prefetch, q4k_mins_term, q4k_scales_mins};
 
 /// `out[r] = w · acts[r]` for one row of Q4_K blocks and 1–8 activation rows.
 ///
@@ -56,7 +56,6 @@ fn q4k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
     }
     let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); R];
-    let mut acc_m = [_mm_setzero_ps(); R];
     for i in 0..nb {
         let block = &w[i * Q4K_BYTES..(i + 1) * Q4K_BYTES];
         prefetch(block.as_ptr(), Q4K_BYTES);
@@ -86,14 +85,17 @@ fn q4k<const R: usize>(w: &[u8], acts: [&[BlockQ8K]; R]) -> [f32; R] {
                 sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p_lo, p_hi));
             }
         }
+        // As the AVX-512 tiers: the mins term in the low lanes of the one accumulator, the
+        // block's scales as vectors, only the activation scale broadcast per row.
+        let (d, dmin) = (_mm256_set1_ps(d), _mm256_set1_ps(dmin));
         for r in 0..R {
             let a = &acts[r][i];
-            let prod = q4k_mins_term(mins, a);
-            acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(dmin * a.d), prod, acc_m[r]);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+            let prod = _mm256_zextps128_ps256(q4k_mins_term(mins, a));
+            let block = _mm256_fnmadd_ps(dmin, prod, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sumi[r])));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(a.d), block, acc[r]);
         }
     }
-    std::array::from_fn(|r| hsum8(acc[r]) - hsum4(acc_m[r]))
+    std::array::from_fn(|r| hsum8(acc[r]))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
