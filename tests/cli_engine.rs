@@ -181,6 +181,62 @@ fn unsupported_architecture_and_missing_key_are_named() {
     assert_rejected(&path, &["smollm3.block_count", "missing"]);
 }
 
+/// The tiny model with metadata key `key` set to `value` (as a u64).
+fn with_count(name: &str, key: &str, value: u64) -> PathBuf {
+    rewrite(name, |meta, _| {
+        meta.retain(|(k, _)| k != key);
+        meta.push((key.into(), Value::U64(value)));
+    })
+}
+
+#[test]
+fn counts_beyond_what_the_file_holds_are_rejected_before_allocating() {
+    // 10^9 layers once cost 16.7 GB and a minute; the file holds 8 layers' tensors.
+    let path = with_count("layers.gguf", "smollm3.block_count", 1_000_000_000);
+    assert_rejected(
+        &path,
+        &[
+            "smollm3.block_count",
+            "1000000000 layers",
+            "at most 8 layers",
+        ],
+    );
+    assert_rejected(
+        &with_count("nolayers.gguf", "smollm3.block_count", 0),
+        &["smollm3.block_count", "0 layers"],
+    );
+    assert_rejected(
+        &with_count("context.gguf", "smollm3.context_length", (1 << 31) - 1),
+        &["smollm3.context_length", "2147483647 is outside"],
+    );
+    assert_rejected(
+        &with_count("headdim.gguf", "smollm3.attention.key_length", 1 << 40),
+        &["smollm3.attention.key_length", "beyond"],
+    );
+    assert_rejected(
+        &with_count("ffn.gguf", "smollm3.feed_forward_length", u64::MAX),
+        &["smollm3.feed_forward_length"],
+    );
+}
+
+#[test]
+fn a_special_token_id_outside_the_vocabulary_is_ignored_with_a_warning() {
+    let path = with_count("bos.gguf", "tokenizer.ggml.bos_token_id", 1 << 40);
+    let out = smolbot(&[
+        "tokenize",
+        "--model",
+        path.to_str().unwrap(),
+        "--text",
+        "hello",
+    ]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("tokenizer.ggml.bos_token_id") && err.contains("ignored"),
+        "no warning: {err}"
+    );
+}
+
 #[test]
 fn greedy_smollm2_answers_paris_with_llama_cpp_tokens() {
     let golden = golden("smollm2_greedy.json");

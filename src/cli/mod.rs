@@ -112,7 +112,23 @@ impl EngineArgs {
     }
 }
 
+/// Warnings (a file's odd metadata, say) reach stderr for the one-shot commands; `serve` and
+/// `chat` set up their own logging.
+fn init_warnings() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if !matches!(cli.command, Command::Serve(_) | Command::Chat(_)) {
+        init_warnings();
+    }
     match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Generate(a) => generate::run(a),

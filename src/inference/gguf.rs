@@ -113,6 +113,11 @@ impl GgufFile {
             .collect()
     }
 
+    /// How many tensors the file holds: the bound on any count its metadata states.
+    pub fn tensor_count(&self) -> usize {
+        self.content.tensor_infos.len()
+    }
+
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
         self.content.tensor_infos.get(name)
     }

@@ -10,6 +10,17 @@ use crate::inference::{GgufFile, InferenceError, RopeScaling, TransformerConfig}
 /// SmolLM3 layers `3, 7, 11, …` use no positional encoding (llama.cpp: `n_no_rope_layer_step`).
 pub const SMOLLM3_NOPE_STEP: usize = 4;
 
+/// Tensors each decoder layer needs (norms, Q/K/V/O, gate/up/down): a file states no more
+/// layers than its tensor count can hold.
+const TENSORS_PER_LAYER: usize = 9;
+
+/// Largest width, head count or vocabulary accepted from a file: far above any real model
+/// (SmolLM3: FFN 11,008, vocabulary 128,256) and small enough that no shape product overflows.
+const MAX_DIMENSION: usize = 1 << 22;
+
+/// Longest context accepted from a file (16M positions; SmolLM3 states 65,536).
+const MAX_CONTEXT: usize = 1 << 24;
+
 /// Decoder families this build can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
@@ -52,17 +63,51 @@ impl ModelConfig {
             }
         };
         let key = |k: &str| format!("{arch_name}.{k}");
+        let bad = |k: &str, problem: String| InferenceError::BadKey {
+            path: file.path().to_path_buf(),
+            key: key(k),
+            problem,
+        };
+        // Counts are checked against what the file can hold before anything is sized by them.
         let n_layer = file.get_usize(&key("block_count"))?;
-        let n_embd = file.get_usize(&key("embedding_length"))?;
-        let n_head = file.get_usize(&key("attention.head_count"))?;
+        let tensors = file.tensor_count();
+        if n_layer == 0 || n_layer > tensors / TENSORS_PER_LAYER {
+            return Err(bad(
+                "block_count",
+                format!(
+                    "says {n_layer} layers, but the file holds {tensors} tensors: room for at \
+                     most {} layers of {TENSORS_PER_LAYER}",
+                    tensors / TENSORS_PER_LAYER
+                ),
+            ));
+        }
+        let dimension = |k: &str, value: usize| -> Result<usize, InferenceError> {
+            if value > MAX_DIMENSION {
+                return Err(bad(
+                    k,
+                    format!("{value} is beyond the {MAX_DIMENSION} this server accepts"),
+                ));
+            }
+            Ok(value)
+        };
+        let n_embd = dimension(
+            "embedding_length",
+            file.get_usize(&key("embedding_length"))?,
+        )?;
+        let n_head = dimension(
+            "attention.head_count",
+            file.get_usize(&key("attention.head_count"))?,
+        )?;
         let n_head_kv = file
             .opt_usize(&key("attention.head_count_kv"))?
             .unwrap_or(n_head);
+        let n_head_kv = dimension("attention.head_count_kv", n_head_kv)?;
         let head_dim = match file.opt_usize(&key("attention.key_length"))? {
             Some(d) => d,
             None if n_head > 0 => n_embd / n_head,
             None => 0,
         };
+        let head_dim = dimension("attention.key_length", head_dim)?;
         let vocab_size = match file.opt_usize(&key("vocab_size"))? {
             Some(v) => v,
             None if file.has("tokenizer.ggml.tokens") => {
@@ -76,6 +121,18 @@ impl ModelConfig {
                     key: key("vocab_size"),
                 })?,
         };
+        let vocab_size = dimension("vocab_size", vocab_size)?;
+        let context_length = file.get_usize(&key("context_length"))?;
+        if context_length == 0 || context_length > MAX_CONTEXT {
+            return Err(bad(
+                "context_length",
+                format!("{context_length} is outside 1..={MAX_CONTEXT}"),
+            ));
+        }
+        let rope_dim = file
+            .opt_usize(&key("rope.dimension_count"))?
+            .unwrap_or(head_dim);
+        let rope_dim = dimension("rope.dimension_count", rope_dim)?;
         let rope_layers = (0..n_layer)
             .map(|i| match arch {
                 Architecture::SmolLm3 => (i + 1) % SMOLLM3_NOPE_STEP != 0,
@@ -88,14 +145,15 @@ impl ModelConfig {
             n_head,
             n_head_kv,
             head_dim,
-            n_ff: file.get_usize(&key("feed_forward_length"))?,
+            n_ff: dimension(
+                "feed_forward_length",
+                file.get_usize(&key("feed_forward_length"))?,
+            )?,
             vocab_size,
-            context_length: file.get_usize(&key("context_length"))?,
+            context_length,
             rms_eps: file.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
             rope_theta: file.opt_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0),
-            rope_dim: file
-                .opt_usize(&key("rope.dimension_count"))?
-                .unwrap_or(head_dim),
+            rope_dim,
             rope_scaling: rope_scaling(file, arch_name)?,
             rope_layers,
         };

@@ -114,10 +114,15 @@ impl GgufTokenizer {
             .map_err(|e| problem(format!("special tokens: {e}")))?;
 
         let id = |key: &str| -> Result<Option<u32>, Smollm3Error> {
-            Ok(file
-                .opt_usize(key)?
-                .filter(|&i| i < tokens.len())
-                .map(|i| i as u32))
+            let id = file.opt_usize(key)?;
+            if let Some(i) = id.filter(|&i| i >= tokens.len()) {
+                tracing::warn!(
+                    "{}: {key} = {i} is outside the {}-token vocabulary; ignored",
+                    file.path().display(),
+                    tokens.len()
+                );
+            }
+            Ok(id.filter(|&i| i < tokens.len()).map(|i| i as u32))
         };
         let mut end_of_generation: Vec<u32> = [
             id("tokenizer.ggml.eos_token_id")?,
