@@ -83,6 +83,73 @@ impl ToolChoice {
     }
 }
 
+/// Sampling as a request asks for it: every value optional. [`ChatCodec::prepare`] (and
+/// [`ChatCodec::prepare_completion`]) is the one place that fills in the defaults
+/// (llama.cpp's), draws a seed when none is given and checks the ranges, so no front end
+/// repeats them or needs the engine's own sampling type.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sampling {
+    pub temperature: Option<f32>,
+    /// 0 disables top-k.
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    /// `None` draws a fresh seed, so asking again gives another answer.
+    pub seed: Option<u64>,
+}
+
+/// The values a request gets for what it leaves out, for front ends that show them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingDefaults {
+    pub temperature: f32,
+    pub top_p: f32,
+}
+
+impl Sampling {
+    /// Always the most likely token: the same prompt gives the same answer.
+    pub fn greedy() -> Self {
+        Self {
+            temperature: Some(0.0),
+            seed: Some(SamplingParams::default().seed),
+            ..Self::default()
+        }
+    }
+
+    /// The defaults of the values a front end lets people change.
+    pub fn defaults() -> SamplingDefaults {
+        let defaults = SamplingParams::default();
+        SamplingDefaults {
+            temperature: defaults.temperature,
+            top_p: defaults.top_p,
+        }
+    }
+
+    /// Checks the values given, naming the field of any out of its range; a stored setting
+    /// is checked so before any request uses it.
+    pub fn check(&self) -> Result<(), ServiceError> {
+        self.resolve().map(drop)
+    }
+
+    /// Every value filled in (the defaults, a fresh seed) and checked.
+    fn resolve(&self) -> Result<SamplingParams, ServiceError> {
+        let defaults = SamplingParams::default();
+        checked_sampling(&SamplingParams {
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            top_k: self.top_k.unwrap_or(defaults.top_k),
+            top_p: self.top_p.unwrap_or(defaults.top_p),
+            min_p: self.min_p.unwrap_or(defaults.min_p),
+            repeat_penalty: self.repeat_penalty.unwrap_or(defaults.repeat_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(defaults.frequency_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(defaults.presence_penalty),
+            seed: self.seed.unwrap_or_else(rand::random),
+            ..defaults
+        })
+    }
+}
+
 /// A limit on the answer's length, with the name the client gave it (OpenAI has two).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenLimit {
@@ -103,7 +170,7 @@ pub struct ChatRequest {
     pub template_kwargs: Map<String, Json>,
     /// `None` generates until an end token or the context is full.
     pub max_tokens: Option<TokenLimit>,
-    pub sampling: SamplingParams,
+    pub sampling: Sampling,
     pub stop: Vec<String>,
     /// Score each generated token with this many alternatives (OpenAI's `top_logprobs`).
     pub logprobs: Option<usize>,
@@ -115,7 +182,7 @@ pub struct CompletionRequest {
     pub prompt: Vec<u32>,
     /// 0 only scores the prompt.
     pub max_tokens: Option<TokenLimit>,
-    pub sampling: SamplingParams,
+    pub sampling: Sampling,
     pub stop: Vec<String>,
     /// Score each token with this many alternatives.
     pub logprobs: Option<usize>,
@@ -240,7 +307,7 @@ impl ChatCodec {
     /// Renders, tokenizes and checks `request` against the model's limits. Only the template's
     /// markup becomes control tokens: a user who types `<|im_end|>` cannot close their turn.
     pub fn prepare(&self, request: &ChatRequest) -> Result<PreparedChat, ServiceError> {
-        let sampling = checked_sampling(&request.sampling)?;
+        let sampling = request.sampling.resolve()?;
         let stop = checked_stop(&request.stop)?;
         let forced = self.forced_opening(request)?;
         let ctx = self.render_context(request)?;
@@ -299,7 +366,7 @@ impl ChatCodec {
             prompt: request.prompt.clone(),
             generation: GenerationRequest {
                 max_tokens,
-                sampling: checked_sampling(&request.sampling)?,
+                sampling: request.sampling.resolve()?,
                 stop_tokens: self.tokenizer.end_of_generation().to_vec(),
                 logprobs: top,
                 prompt_logprobs: request.score_prompt.then_some(top.unwrap_or(0)),
@@ -513,7 +580,7 @@ mod tests {
             enable_thinking: None,
             template_kwargs: Map::new(),
             max_tokens: None,
-            sampling: SamplingParams::default(),
+            sampling: Sampling::default(),
             stop: vec![],
             logprobs: None,
         };
@@ -541,6 +608,36 @@ mod tests {
             }
         }
         assert!(checked_sampling(&SamplingParams::default()).is_ok());
+    }
+
+    #[test]
+    fn requests_leave_out_what_the_defaults_fill_in() {
+        let defaults = SamplingParams::default();
+        let given = Sampling {
+            temperature: Some(0.3),
+            seed: Some(7),
+            ..Sampling::default()
+        };
+        let resolved = given.resolve().expect("in range");
+        assert_eq!(resolved.temperature, 0.3);
+        assert_eq!(resolved.seed, 7);
+        assert_eq!(resolved.top_k, defaults.top_k);
+        assert_eq!(resolved.top_p, Sampling::defaults().top_p);
+        let seeds: std::collections::HashSet<u64> = (0..4)
+            .map(|_| Sampling::default().resolve().expect("defaults").seed)
+            .collect();
+        assert!(
+            seeds.len() > 1,
+            "no seed given draws a fresh one: {seeds:?}"
+        );
+        let bad = Sampling {
+            min_p: Some(1.5),
+            ..Sampling::default()
+        };
+        assert!(matches!(
+            bad.check(),
+            Err(ServiceError::InvalidParameter { field: "min_p", .. })
+        ));
     }
 
     #[test]

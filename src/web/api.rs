@@ -20,7 +20,6 @@ use super::error::ApiError;
 use super::json::ApiJson;
 use super::openai::{ChatCompletionRequest, ReplyCollector, ResponseMeta};
 use super::sse::{chat_stream, ChunkWriter};
-use crate::services::events::GenerationEvent;
 use crate::services::metrics::QueueState;
 use crate::services::ServiceError;
 
@@ -101,31 +100,17 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     check_model(&state, body.model.as_deref())?;
     let request = body.to_chat_request()?;
-    let codec = state.engine().codec().clone();
-    let chat = blocking(move || codec.prepare(&request)).await?;
-    let mut generation = state.engine().submit(chat)?;
+    let generation = state.engine().generate(request).await?;
     let meta = ResponseMeta::new(&state.engine().info().id);
     if body.streaming() {
         let writer = ChunkWriter::new(meta, body.include_usage());
         return Ok(chat_stream(generation, writer).into_response());
     }
-    let mut reply = ReplyCollector::default();
-    while let Some(event) = generation.next().await {
-        match event {
-            GenerationEvent::Reasoning(text) => reply.reasoning(&text),
-            GenerationEvent::Content(text) => reply.content(&text),
-            GenerationEvent::ToolCall(call) => reply.tool_call(&call),
-            GenerationEvent::Progress(_) => {}
-            GenerationEvent::Done(done) => {
-                let codec = state.engine().codec();
-                return Ok(Json(reply.finish(meta, done, |id| codec.piece(id))).into_response());
-            }
-            GenerationEvent::Failed(message) => {
-                return Err(ServiceError::Generation(message).into())
-            }
-        }
-    }
-    Err(ServiceError::EngineStopped.into())
+    let reply = generation.collect().await?;
+    let codec = state.engine().codec();
+    let body =
+        ReplyCollector::from_reply(&reply).finish(meta, reply.completion, |id| codec.piece(id));
+    Ok(Json(body).into_response())
 }
 
 async fn models(State(state): State<AppState>) -> Json<Value> {
@@ -179,7 +164,7 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         },
         "requests": metrics.requests(),
         "kv_cache_bytes": metrics.kv_cache_bytes(),
-        "peak_rss_bytes": crate::inference::device::peak_rss_bytes(),
+        "peak_rss_bytes": crate::services::metrics::peak_rss_bytes(),
     }))
 }
 

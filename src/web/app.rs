@@ -15,7 +15,7 @@ use super::assets;
 use super::conversations;
 use super::error::{ApiError, ErrorKind};
 use super::page;
-use crate::services::{Engine, Runs, SessionStore};
+use crate::services::{Conversations, Engine, Runs, SessionStore};
 
 /// Largest request body accepted. A full 65,536-token conversation is about 300 kB of text;
 /// 8 MiB leaves room for JSON escaping and tool schemas while refusing abuse early.
@@ -28,9 +28,9 @@ pub struct AppState {
     api_key: Option<Arc<str>>,
     /// The conversation store; `None` serves no `/api/conversations` (503).
     sessions: Option<SessionStore>,
-    /// The chat runs writing into `sessions`, shared by the page and the API so a
+    /// The conversation service over `sessions`, shared by the page and the API so a
     /// conversation has one answer being written at a time, whoever sent the message.
-    runs: Option<Runs>,
+    conversations: Option<Conversations>,
 }
 
 impl AppState {
@@ -40,7 +40,7 @@ impl AppState {
             engine,
             api_key: api_key.filter(|k| !k.is_empty()).map(Arc::from),
             sessions: None,
-            runs: None,
+            conversations: None,
         }
     }
 
@@ -54,7 +54,8 @@ impl AppState {
 
     /// Keeps conversations in `store` and serves them under `/api/conversations`.
     pub fn with_sessions(mut self, store: SessionStore) -> Self {
-        self.runs = Some(Runs::new(store.clone()));
+        let runs = Runs::new(store.clone());
+        self.conversations = Some(Conversations::new(self.engine.clone(), runs));
         self.sessions = Some(store);
         self
     }
@@ -63,8 +64,13 @@ impl AppState {
         self.sessions.as_ref()
     }
 
+    /// The conversation service; there is one exactly when there is a store.
+    pub fn conversations(&self) -> Option<&Conversations> {
+        self.conversations.as_ref()
+    }
+
     pub fn runs(&self) -> Option<&Runs> {
-        self.runs.as_ref()
+        self.conversations.as_ref().map(Conversations::runs)
     }
 }
 
@@ -78,7 +84,10 @@ pub fn app(state: AppState) -> Router {
         .merge(v1)
         .merge(api::utility_routes())
         .merge(conversations::routes())
-        .merge(page::routes(state.engine().clone(), state.runs().cloned()))
+        .merge(page::routes(
+            state.engine().clone(),
+            state.conversations().cloned(),
+        ))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

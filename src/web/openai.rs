@@ -12,10 +12,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
 
 use super::error::ApiError;
-use crate::inference::logprobs::TokenLogprobs;
-use crate::inference::sampling::SamplingParams;
-use crate::services::chat::{json_kind, ChatMessage, ChatRequest, Role, TokenLimit, ToolChoice};
-use crate::services::events::{Completion, Timings, Usage};
+use crate::services::chat::{
+    json_kind, ChatMessage, ChatRequest, Role, Sampling, TokenLimit, ToolChoice,
+};
+use crate::services::events::{Completion, Timings, TokenLogprobs, Usage};
+use crate::services::Reply;
 use crate::smollm3::tool_calls::ToolCall;
 
 /// `POST /v1/chat/completions` (also the body of `/apply-template`).
@@ -147,20 +148,16 @@ impl ChatCompletionRequest {
             }),
             (None, None) => None,
         };
-        let defaults = SamplingParams::default();
-        let sampling = SamplingParams {
-            temperature: self.temperature.unwrap_or(defaults.temperature),
-            top_k: self.top_k.unwrap_or(defaults.top_k),
-            top_p: self.top_p.unwrap_or(defaults.top_p),
-            min_p: self.min_p.unwrap_or(defaults.min_p),
-            repeat_penalty: self.repeat_penalty.unwrap_or(defaults.repeat_penalty),
-            repeat_last_n: defaults.repeat_last_n,
-            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
-            presence_penalty: self.presence_penalty.unwrap_or(0.0),
-            seed: match self.seed {
-                Some(seed) if seed >= 0 => seed as u64,
-                _ => rand::random(),
-            },
+        let sampling = Sampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            // A negative seed asks for a fresh one, as llama.cpp's -1 does.
+            seed: self.seed.and_then(|seed| u64::try_from(seed).ok()),
         };
         Ok(ChatRequest {
             messages,
@@ -570,6 +567,19 @@ pub struct ReplyCollector {
 }
 
 impl ReplyCollector {
+    /// The wire form of a reply collected by the engine.
+    pub fn from_reply(reply: &Reply) -> Self {
+        let mut collector = Self::default();
+        if let Some(reasoning) = &reply.reasoning {
+            collector.reasoning(reasoning);
+        }
+        collector.content(&reply.content);
+        for call in &reply.calls {
+            collector.tool_call(call);
+        }
+        collector
+    }
+
     pub fn reasoning(&mut self, text: &str) {
         self.reasoning
             .get_or_insert_with(String::new)
@@ -653,8 +663,8 @@ mod tests {
         assert_eq!(r.messages[1].content, "a\nb");
         assert_eq!(r.messages[2].tool_calls[0].arguments, json!({"x": 1}));
         assert_eq!(r.messages[3].role, Role::Tool);
-        assert_eq!(r.sampling.temperature, 0.2);
-        assert_eq!(r.sampling.seed, 7);
+        assert_eq!(r.sampling.temperature, Some(0.2));
+        assert_eq!(r.sampling.seed, Some(7));
         assert_eq!(
             r.max_tokens.map(|m| (m.field, m.value)),
             Some(("max_tokens", 12))
@@ -691,8 +701,8 @@ mod tests {
                                "presence_penalty": 0.5, "frequency_penalty": -0.25}))
         .unwrap();
         assert_eq!(r.tool_choice, ToolChoice::Required);
-        assert_eq!(r.sampling.presence_penalty, 0.5);
-        assert_eq!(r.sampling.frequency_penalty, -0.25);
+        assert_eq!(r.sampling.presence_penalty, Some(0.5));
+        assert_eq!(r.sampling.frequency_penalty, Some(-0.25));
         let r = request(json!({"messages": [user],
             "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}))
         .unwrap();

@@ -11,9 +11,8 @@ use super::meter::{grouped, measure};
 use super::settings::{apply_settings, thinking_html};
 use super::templates::render;
 use super::{load, redirect, PageError, PageState, MAX_MESSAGE_BYTES};
-use crate::inference::sampling::SamplingParams;
+use crate::services::chat::Sampling;
 use crate::services::sessions::ConversationSettings;
-use crate::web::transcripts;
 
 /// The slash commands: name, what it inserts when picked in the menu, usage, and help.
 const COMMANDS: &[(&str, &str, &str, &str)] = &[
@@ -176,7 +175,7 @@ pub(super) async fn command(
             if state.busy(&id) {
                 return Err(PageError::Busy);
             }
-            state.store.truncate(id.as_str().to_owned(), 0).await?;
+            state.store().truncate(id.as_str().to_owned(), 0).await?;
             Ok(redirect(&format!("/c/{}", id.as_str())))
         }
         "/export" => {
@@ -187,7 +186,7 @@ pub(super) async fn command(
             Ok(Html(notice("export", "", id.as_str(), &[])?).into_response())
         }
         "/status" => {
-            let info = state.engine.info();
+            let info = state.engine().info();
             let mut lines = vec![format!(
                 "Model: {} ({})",
                 info.id,
@@ -204,7 +203,7 @@ pub(super) async fn command(
                 )
             } else {
                 let (id, conversation) = load(state, raw).await?;
-                let history = state.store.messages(id.as_str().to_owned()).await?;
+                let history = state.store().messages(id.as_str().to_owned()).await?;
                 lines.push(format!(
                     "Conversation: {} ({} messages{})",
                     conversation.title.as_deref().unwrap_or("New chat"),
@@ -223,10 +222,10 @@ pub(super) async fn command(
                 used.map_or_else(|| "?".to_owned(), grouped),
                 grouped(state.context_length())
             ));
-            let defaults = SamplingParams::default();
+            let defaults = Sampling::defaults();
             lines.push(format!(
                 "Thinking {}, temperature {}, top-p {}, max tokens {}",
-                if transcripts::thinking(&settings) {
+                if crate::services::conversation::thinking(&settings) {
                     "on"
                 } else {
                     "off"
