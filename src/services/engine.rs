@@ -18,13 +18,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::backend::{BackendSpec, ModelInfo, TokenModel, TokenSource};
+use super::backend::{BackendSpec, ModelInfo, TokenSource};
 use super::chat::{ChatCodec, ChatRequest, PreparedChat};
 use super::error::ServiceError;
 use super::events::{
     Completion, FinishReason, GenerationEvent, Logprobs, Progress, ReplyParser, Timings, Usage,
 };
 use super::metrics::{GenerationRecord, Metrics};
+use super::token_model::TokenModel;
 use crate::inference::generate::{
     GenerationStats, PrefillProgress, Sampled, StopReason, TokenAction, TokenSink,
 };

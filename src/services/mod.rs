@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod runs;
 pub mod sessions;
 pub mod stub;
+pub mod token_model;
 pub mod tools;
 
 pub use backend::{BackendSpec, ModelInfo};

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value as Json};
 
-use super::backend::TokenModel;
 use super::chat::tool_call_json;
 use super::error::ServiceError;
+use super::token_model::TokenModel;
 use crate::inference::generate::{
     GenerationRequest, GenerationStats, PrefillProgress, Sampled, StopReason, TokenAction,
     TokenSink,

@@ -15,13 +15,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::app::AppState;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::openai::{ChatCompletionRequest, ReplyCollector, ResponseMeta};
 use super::sse::{chat_stream, ChunkWriter};
+use super::state::{blocking, check_model, AppState};
 use crate::services::metrics::QueueState;
-use crate::services::ServiceError;
 
 /// Routes under `/v1`, which an API key protects when one is set.
 pub fn v1_routes() -> Router<AppState> {
@@ -66,32 +65,6 @@ pub async fn require_api_key(
 /// Compares without stopping at the first difference, so timing tells nothing of the key.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Runs blocking work (template, tokenizer) on tokio's blocking pool.
-pub(super) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| ApiError::from(ServiceError::Generation(format!("worker failed: {err}"))))?
-        .map_err(ApiError::from)
-}
-
-/// Refuses a `model` other than the one loaded; an absent or empty one means "the model".
-pub(super) fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
-    let id = &state.engine().info().id;
-    match model {
-        None | Some("") => Ok(()),
-        Some(name) if name == id => Ok(()),
-        Some(name) => Err(ApiError {
-            param: Some("model".into()),
-            code: Some("model_not_found"),
-            ..ApiError::not_found(format!(
-                "the model `{name}` does not exist; this server runs `{id}`"
-            ))
-        }),
-    }
 }
 
 async fn chat_completions(

@@ -16,11 +16,10 @@ use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::api::{blocking, check_model};
-use super::app::AppState;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::openai::{random_id, stop_strings, WireUsage};
+use super::state::{blocking, check_model, AppState};
 use crate::services::chat::{ChatCodec, CompletionRequest, Sampling, TokenLimit};
 use crate::services::events::{Completion, GenerationEvent, TokenLogprobs, Usage};
 use crate::services::ServiceError;

@@ -26,9 +26,9 @@ use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::app::AppState;
 use super::error::{ApiError, ErrorKind};
 use super::json::ApiJson;
+use super::state::AppState;
 use crate::services::events::{GenerationEvent, Progress};
 use crate::services::runs::RunError;
 use crate::services::runs::{Entry, Run, RunEvent, Subscription};
