@@ -15,6 +15,7 @@ use crate::inference::sampling::SamplingParams;
 use crate::smollm3::chat_template::{ChatTemplate, RenderContext};
 use crate::smollm3::prompt::render_prompt;
 use crate::smollm3::pyformat::{python_json, JsonOptions};
+use crate::smollm3::thinking_budget::ThinkingBudget;
 use crate::smollm3::tool_calls::ToolCall;
 use crate::smollm3::{GgufTokenizer, Smollm3Error};
 
@@ -174,6 +175,10 @@ pub struct ChatRequest {
     pub stop: Vec<String>,
     /// Score each generated token with this many alternatives (OpenAI's `top_logprobs`).
     pub logprobs: Option<usize>,
+    /// At most this many reasoning tokens: then the engine writes `</think>` itself and
+    /// the model goes on to the answer (the same [`ThinkingBudget`] as
+    /// `smolbot generate --thinking-budget`). Ignored with thinking off.
+    pub thinking_budget: Option<usize>,
 }
 
 /// A plain text completion (`/v1/completions`): the prompt as tokens, no template.
@@ -199,6 +204,8 @@ pub struct PreparedChat {
     pub prompt: Vec<u32>,
     pub generation: GenerationRequest,
     pub reply: ReplyOptions,
+    /// Counts the reasoning as it is generated and says when to close it.
+    pub thinking_budget: Option<ThinkingBudget>,
 }
 
 /// The model's text side: chat template, tokenizer and context size.
@@ -320,9 +327,18 @@ impl ChatCodec {
             })?
             .ids;
         prompt.extend(&forced);
+        let mut prefix = forced;
+        let thinking_budget = self.thinking_budget(request, &prefix, &prompt)?;
+        if let Some(mut budget) = thinking_budget.clone() {
+            // A budget of 0 closes a reasoning block the prompt opened before the first token.
+            let suffix = budget.prompt_suffix();
+            prompt.extend(&suffix);
+            prefix.extend(suffix);
+        }
         let max_tokens = self.checked_limits(prompt.len(), request.max_tokens, 1)?;
         Ok(PreparedChat {
             prompt,
+            thinking_budget,
             generation: GenerationRequest {
                 max_tokens,
                 sampling,
@@ -334,9 +350,31 @@ impl ChatCodec {
                 stop,
                 parse_tool_calls: request.tool_choice.offers_tools() && !request.tools.is_empty(),
                 raw: false,
-                prefix: forced,
+                prefix,
             },
         })
+    }
+
+    /// The request's thinking budget over `prompt`, when it has one and the answer may
+    /// reason (thinking on, and no tool call forced, which opens the answer without any).
+    fn thinking_budget(
+        &self,
+        request: &ChatRequest,
+        forced: &[u32],
+        prompt: &[u32],
+    ) -> Result<Option<ThinkingBudget>, ServiceError> {
+        let Some(max) = request.thinking_budget else {
+            return Ok(None);
+        };
+        if request.enable_thinking == Some(false) || !forced.is_empty() {
+            return Ok(None);
+        }
+        ThinkingBudget::new(&self.tokenizer, max, prompt)
+            .map(Some)
+            .map_err(|err| ServiceError::InvalidParameter {
+                field: "thinking_budget",
+                problem: err.to_string(),
+            })
     }
 
     /// Checks a text completion against the model's limits; its text is not parsed.
@@ -376,6 +414,7 @@ impl ChatCodec {
                 raw: true,
                 ..ReplyOptions::default()
             },
+            thinking_budget: None,
         })
     }
 
@@ -583,6 +622,7 @@ mod tests {
             sampling: Sampling::default(),
             stop: vec![],
             logprobs: None,
+            thinking_budget: None,
         };
         assert_eq!(
             codec.render(&request).expect("render"),

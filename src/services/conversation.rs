@@ -289,6 +289,7 @@ pub fn chat_request(
             value,
         }),
         sampling: settings.sampling(),
+        thinking_budget: settings.thinking_budget,
         ..ChatRequest::default()
     }
 }
@@ -428,6 +429,39 @@ mod tests {
         let messages = messages.expect("messages");
         let texts: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
         assert_eq!(texts, ["Second", content.trim()]);
+    }
+
+    /// The stub's whole reply to "Hello", or with a thinking budget of `budget` tokens.
+    async fn reply(service: &Conversations, budget: Option<usize>) -> crate::services::Reply {
+        let request = ChatRequest {
+            messages: vec![ChatMessage::new(Role::User, "Hello")],
+            thinking_budget: budget,
+            ..ChatRequest::default()
+        };
+        let generation = service.engine().generate(request).await.expect("queued");
+        generation.collect().await.expect("a reply")
+    }
+
+    #[tokio::test]
+    async fn a_spent_thinking_budget_closes_the_reasoning_and_the_answer_follows() {
+        let (service, _) = service(0.0).await;
+        let free = reply(&service, None).await;
+        let budgeted = reply(&service, Some(3)).await;
+        let free_reasoning = free.reasoning.unwrap_or_default();
+        let reasoning = budgeted.reasoning.unwrap_or_default();
+        assert!(!reasoning.trim().is_empty(), "three tokens of reasoning");
+        assert!(
+            reasoning.len() < free_reasoning.len() / 2,
+            "{reasoning:?} / {free_reasoning:?}"
+        );
+        assert!(free_reasoning.starts_with(reasoning.trim_end()));
+        assert_eq!(budgeted.content, free.content, "the answer is whole");
+        assert!(
+            budgeted.completion.usage.completion_tokens < free.completion.usage.completion_tokens
+        );
+        let none = reply(&service, Some(0)).await;
+        assert!(none.reasoning.unwrap_or_default().trim().is_empty());
+        assert_eq!(none.content, free.content);
     }
 
     #[tokio::test]

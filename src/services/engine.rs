@@ -30,6 +30,7 @@ use crate::inference::generate::{
     GenerationStats, PrefillProgress, Sampled, StopReason, TokenAction, TokenSink,
 };
 use crate::inference::logprobs::TokenLogprobs;
+use crate::smollm3::thinking_budget::ThinkingBudget;
 use crate::smollm3::tool_calls::ToolCall;
 use crate::smollm3::{GgufTokenizer, Smollm3Error};
 
@@ -372,6 +373,7 @@ fn admit<'t, M: TokenModel>(
     let mut sink = JobSink {
         events,
         parser: ReplyParser::new(shared.tokenizer, &chat.reply),
+        budget: chat.thinking_budget.clone(),
         failure: None,
         logprobs: Vec::new(),
         started: Instant::now(),
@@ -432,6 +434,8 @@ fn end<M: TokenModel>(
 struct JobSink<'t> {
     events: mpsc::UnboundedSender<GenerationEvent>,
     parser: ReplyParser<'t>,
+    /// The request's thinking budget: closes the reasoning once it is spent.
+    budget: Option<ThinkingBudget>,
     failure: Option<Smollm3Error>,
     logprobs: Vec<TokenLogprobs>,
     started: Instant,
@@ -479,10 +483,20 @@ impl TokenSink for JobSink<'_> {
         self.first_token
             .get_or_insert_with(|| self.started.elapsed());
         self.logprobs.extend(token.logprobs);
-        match self.read(token.id) {
-            ControlFlow::Continue(()) => TokenAction::Continue,
-            ControlFlow::Break(()) => TokenAction::Stop,
+        if self.read(token.id).is_break() {
+            return TokenAction::Stop;
         }
+        let Some(inject) = self.budget.as_mut().and_then(|b| b.observe(token.id)) else {
+            return TokenAction::Continue;
+        };
+        // The written `</think>` is read like the model's own, so the reply parser closes
+        // the reasoning there.
+        for &id in &inject {
+            if self.read(id).is_break() {
+                return TokenAction::Stop;
+            }
+        }
+        TokenAction::Inject(inject)
     }
 }
 

@@ -159,8 +159,16 @@ impl StubSequence {
         }
         self.stats.generated_tokens += 1;
         let logprobs = request.logprobs.map(|n| certain(next, n));
-        if sink.token(Sampled { id: next, logprobs }) == TokenAction::Stop {
-            return self.end(StopReason::Cancelled);
+        match sink.token(Sampled { id: next, logprobs }) {
+            TokenAction::Stop => return self.end(StopReason::Cancelled),
+            // Written into the reply (a spent thinking budget's `</think>`): the stub goes on
+            // from where its own reply has the last injected token, as a model would.
+            TokenAction::Inject(injected) => {
+                if let Some(&last) = injected.last() {
+                    self.reply.by_ref().find(|&id| id == last);
+                }
+            }
+            TokenAction::Continue => {}
         }
         if self.prompt_len + self.stats.generated_tokens >= limit {
             self.end(StopReason::ContextFull);

@@ -43,6 +43,8 @@ pub struct ChatCompletionRequest {
     pub chat_template_kwargs: Option<Map<String, Json>>,
     /// SmolLM3's switch, also accepted outside `chat_template_kwargs`.
     pub enable_thinking: Option<bool>,
+    /// At most this many reasoning tokens (also accepted in `chat_template_kwargs`).
+    pub thinking_budget: Option<usize>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub n: Option<u32>,
@@ -137,6 +139,21 @@ impl ChatCompletionRequest {
                 ))
             }
         };
+        let kwarg_budget = match template_kwargs.remove("thinking_budget") {
+            None | Some(Json::Null) => None,
+            Some(Json::Number(n)) if n.as_u64().is_some() => {
+                n.as_u64().and_then(|n| usize::try_from(n).ok())
+            }
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "chat_template_kwargs.thinking_budget",
+                    format!(
+                        "`chat_template_kwargs.thinking_budget` must be a whole number ≥ 0, \
+                         got {other}"
+                    ),
+                ))
+            }
+        };
         let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
             (Some(value), _) => Some(TokenLimit {
                 field: "max_completion_tokens",
@@ -169,6 +186,7 @@ impl ChatCompletionRequest {
             sampling,
             stop: stop_strings(self.stop.as_ref())?,
             logprobs: self.logprobs().then_some(self.top_logprobs.unwrap_or(0)),
+            thinking_budget: self.thinking_budget.or(kwarg_budget),
         })
     }
 
@@ -639,6 +657,33 @@ mod tests {
 
     fn param_of(body: Json) -> Option<String> {
         request(body).err().and_then(|e| e.param)
+    }
+
+    #[test]
+    fn the_thinking_budget_is_read_in_either_place_and_leaves_the_template_alone() {
+        let ask = json!([{"role": "user", "content": "hi"}]);
+        let top = request(json!({"messages": ask, "thinking_budget": 7})).unwrap();
+        assert_eq!(top.thinking_budget, Some(7));
+        let kwarg = request(json!({
+            "messages": ask,
+            "chat_template_kwargs": {"thinking_budget": 5, "enable_thinking": true}
+        }))
+        .unwrap();
+        assert_eq!(kwarg.thinking_budget, Some(5));
+        assert!(
+            kwarg.template_kwargs.is_empty(),
+            "{:?}",
+            kwarg.template_kwargs
+        );
+        assert_eq!(
+            request(json!({"messages": ask})).unwrap().thinking_budget,
+            None
+        );
+        assert_eq!(
+            param_of(json!({"messages": ask, "chat_template_kwargs": {"thinking_budget": -1}}))
+                .as_deref(),
+            Some("chat_template_kwargs.thinking_budget")
+        );
     }
 
     #[test]

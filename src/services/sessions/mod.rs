@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_builtin_tools.sql"),
     include_str!("migrations/0003_interrupted.sql"),
+    include_str!("migrations/0004_thinking_budget.sql"),
 ];
 
 /// The database's file name inside the data directory.
@@ -71,6 +72,8 @@ pub struct ConversationSettings {
     pub max_tokens: Option<i64>,
     /// SmolLM3's reasoning switch.
     pub thinking: Option<bool>,
+    /// At most this many reasoning tokens per answer; `None` lets the model reason freely.
+    pub thinking_budget: Option<usize>,
     /// Whether the server offers its built-in tools (`services::tools`: calculator, current
     /// time) to the model in this conversation and runs the calls it makes to them.
     pub builtin_tools: Option<bool>,

@@ -250,6 +250,7 @@ async fn crud_lists_newest_first_and_titles_from_the_first_user_message() {
         top_p: Some(0.9),
         max_tokens: Some(128),
         thinking: Some(false),
+        thinking_budget: Some(64),
         builtin_tools: Some(true),
     };
     let renamed = s

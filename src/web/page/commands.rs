@@ -23,7 +23,12 @@ const COMMANDS: &[(&str, &str, &str, &str)] = &[
         "/clear",
         "delete every message of this chat",
     ),
-    ("/think", "/think", "/think", "turn thinking on"),
+    (
+        "/think",
+        "/think",
+        "/think [N]",
+        "turn thinking on (with N: at most N tokens of it)",
+    ),
     ("/no_think", "/no_think", "/no_think", "turn thinking off"),
     (
         "/temp",
@@ -97,11 +102,24 @@ pub(super) async fn command(
         "/help" => Ok(Html(notice("help", "", raw, &[])?).into_response()),
         "/think" | "/no_think" => {
             let on = name == "/think";
-            let said = if on {
-                "Thinking is on."
-            } else {
-                "Thinking is off."
+            let budget = match argument {
+                "" => None,
+                n if on => Some(n.parse::<usize>().map_err(|_| PageError::NotANumber {
+                    field: "the thinking budget",
+                    value: n.to_owned(),
+                })?),
+                _ => None,
             };
+            let said = match (on, budget) {
+                (true, None) => "Thinking is on.".to_owned(),
+                (true, Some(n)) => format!("Thinking is on, at most {n} tokens of it."),
+                (false, _) => "Thinking is off.".to_owned(),
+            };
+            let said = said.as_str();
+            if raw.is_empty() && budget.is_some() {
+                // The budget is a setting of the conversation, which the first message makes.
+                return Err(PageError::Nothing("message to set a thinking budget for"));
+            }
             if raw.is_empty() {
                 // A new chat: the box carries the setting to the first message.
                 let mut html = notice("text", said, raw, &[])?;
@@ -114,6 +132,8 @@ pub(super) async fn command(
                 raw,
                 move |old| ConversationSettings {
                     thinking: Some(on),
+                    // `/think` alone lifts a budget; `/no_think` keeps it for later.
+                    thinking_budget: if on { budget } else { old.thinking_budget },
                     ..old.clone()
                 },
                 said,

@@ -166,6 +166,7 @@ pub(super) async fn save_settings(
         top_p: optional("top-p", &body.top_p)?,
         max_tokens: optional("max tokens", &body.max_tokens)?,
         thinking: None,
+        thinking_budget: None,
         builtin_tools: body.builtin_tools.is_some().then_some(true),
     };
     parsed.check()?;
@@ -174,6 +175,7 @@ pub(super) async fn save_settings(
         &body.conversation,
         move |old| ConversationSettings {
             thinking: old.thinking,
+            thinking_budget: old.thinking_budget,
             ..parsed
         },
         "Saved.",
