@@ -16,8 +16,8 @@ use smolbot::inference::generate::{
 use smolbot::inference::sampling::SamplingParams;
 use smolbot::inference::sequence::{run_all, step, Sequence};
 use smolbot::inference::Transformer;
-use smolbot::services::chat::{ChatMessage, ChatRequest, Role, TokenLimit};
-use smolbot::services::events::GenerationEvent;
+use smolbot::services::chat::{ChatMessage, ChatRequest, Role, Sampling, TokenLimit};
+use smolbot::services::events::{FinishReason, GenerationEvent};
 use smolbot::services::{BackendSpec, Engine, EngineLimits, GenerationStream};
 use smolbot::smollm3::LoadedModel;
 
@@ -248,12 +248,28 @@ async fn four_chats_sent_at_once_run_together_and_answer_as_each_alone_on_smollm
     let alone = Engine::start_with(spec, limits(1)).await.unwrap();
     for (question, batched) in questions.iter().zip(&collected) {
         let single = collect(&mut ask(&alone, question)).await;
-        assert!(!single.text.is_empty());
+        // Ten tokens and cut by the limit, or fewer and ended by the model: never neither.
+        assert!(single.completion_tokens > 0, "{question}: no token");
+        assert_eq!(
+            single.finish_reason == FinishReason::Length,
+            single.completion_tokens == 10,
+            "{question}: {} tokens, finish {:?}",
+            single.completion_tokens,
+            single.finish_reason
+        );
+        assert_eq!(batched.completion_tokens, single.completion_tokens);
         assert_eq!(
             batched.text, single.text,
             "{question}: same answer together and alone"
         );
     }
+    let answers: std::collections::HashSet<&str> =
+        collected.iter().map(|c| c.text.as_str()).collect();
+    assert_eq!(
+        answers.len(),
+        questions.len(),
+        "each chat answered its own question: {answers:?}"
+    );
 }
 
 fn ask(engine: &Engine, text: &str) -> GenerationStream {
@@ -263,16 +279,18 @@ fn ask(engine: &Engine, text: &str) -> GenerationStream {
             field: "max_tokens",
             value: 10,
         }),
-        sampling: SamplingParams::greedy(),
+        sampling: Sampling::greedy(),
         ..ChatRequest::default()
     };
     let chat = engine.codec().prepare(&request).expect("prepared");
     engine.submit(chat).expect("queued")
 }
 
-/// A chat's answer text and when its first token and its end arrived.
+/// A chat's answer text, how it ended, and when its first token and its end arrived.
 struct Collected {
     text: String,
+    completion_tokens: usize,
+    finish_reason: FinishReason,
     first_token: Instant,
     done: Instant,
 }
@@ -280,19 +298,21 @@ struct Collected {
 async fn collect(stream: &mut GenerationStream) -> Collected {
     let mut text = String::new();
     let mut first_token = None;
-    loop {
+    let completion = loop {
         match stream.next().await.expect("the stream ends with Done") {
             GenerationEvent::Content(piece) | GenerationEvent::Reasoning(piece) => {
                 first_token.get_or_insert_with(Instant::now);
                 text.push_str(&piece);
             }
-            GenerationEvent::Done(_) => break,
+            GenerationEvent::Done(completion) => break completion,
             GenerationEvent::Failed(err) => panic!("generation failed: {err}"),
             _ => {}
         }
-    }
+    };
     Collected {
         text,
+        completion_tokens: completion.usage.completion_tokens,
+        finish_reason: completion.finish_reason,
         first_token: first_token.expect("some text"),
         done: Instant::now(),
     }

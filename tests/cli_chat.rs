@@ -2,7 +2,8 @@
 //! own (a private server socket), the test types with `send-keys` and reads the screen with
 //! `capture-pane`, polling until the text it waits for appears (or a generous deadline, which
 //! only bounds a hang; nothing is asserted about time). Also: the conversation lands in the
-//! server's store.
+//! server's store, and a chat killed mid-answer leaves the question and the partial answer
+//! there, marked `interrupted` by the next opening.
 //!
 //! Without tmux the tests are skipped with a message, except under CI (`CI` set), where a
 //! missing tmux is a failure: `.ci/run` installs it.
@@ -270,4 +271,90 @@ fn ctrl_c_stops_an_answer_and_a_second_one_exits() {
     let messages = &conversations[0].1;
     assert_eq!(messages.len(), 2, "{messages:?}");
     assert_eq!(messages[1].1, MessageStatus::Stopped, "{messages:?}");
+}
+
+/// The process running the chat: the child of the pane's shell.
+fn chat_pid(term: &Terminal) -> u32 {
+    let out = term.tmux(&["display-message", "-p", "-t", "chat", "#{pane_pid}"]);
+    let shell = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+        .expect("the pane's shell lists its children");
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no chat process under the shell {shell}"))
+}
+
+/// The words of the reasoning on the screen, after the question's line.
+fn reasoning_words(screen: &str, question: &str) -> Vec<String> {
+    let (_, after) = screen
+        .split_once(question)
+        .unwrap_or_else(|| panic!("the question is not on the screen:\n{screen}"));
+    after.split_whitespace().map(str::to_owned).collect()
+}
+
+#[test]
+fn a_killed_chat_keeps_the_question_and_the_partial_answer_as_interrupted() {
+    if !tmux_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let term = Terminal::start(
+        "killed",
+        &data,
+        dir.path(),
+        &["--stub-tokens-per-second", "10"],
+    );
+    term.wait_for_prompt("the first prompt", 0);
+    term.type_line("Tell me everything");
+    term.wait_for("a few words of the answer", |s| {
+        s.split_once("Tell me everything")
+            .is_some_and(|(_, after)| after.split_whitespace().count() >= 4)
+    });
+    // Everything on the screen now was streamed more than a second before the kill.
+    let early = reasoning_words(&term.screen(false), "Tell me everything");
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = chat_pid(&term);
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    term.wait_for_exit();
+
+    let database = data.join(smolbot::services::sessions::DATABASE_FILE);
+    let connection = rusqlite::Connection::open(&database).expect("open the database");
+    let verdict: String = connection
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .expect("integrity check");
+    assert_eq!(verdict, "ok");
+    drop(connection);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let messages = runtime.block_on(async {
+        let store = SessionStore::open(&data).await.expect("open the store");
+        let conversation = store.list(None).await.expect("list").remove(0);
+        store.messages(conversation.id).await.expect("messages")
+    });
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    assert_eq!(messages[0].content, "Tell me everything");
+    assert_eq!(messages[0].status, MessageStatus::Complete);
+    assert_eq!(messages[1].status, MessageStatus::Interrupted);
+    let stored: Vec<&str> = messages[1]
+        .reasoning
+        .as_deref()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    // The last word on the screen may have been cut mid-token.
+    let whole = &early[..early.len() - 1];
+    assert!(
+        stored.len() >= whole.len() && stored[..whole.len()] == whole[..],
+        "the reasoning streamed a second before the kill is kept: {early:?} / {stored:?}"
+    );
 }

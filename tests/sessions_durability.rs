@@ -1,7 +1,9 @@
-//! Nothing completed is lost when the server is killed: the real `smolbot serve --stub`
-//! binary over HTTP on 127.0.0.1, SIGKILLed in the middle of a generation, then started
-//! again on the same data directory. Every earlier message must be there unchanged, and the
-//! answer that was cut off must be kept as `stopped` (or be absent).
+//! Nothing said is lost when the server is killed: the real `smolbot serve --stub` binary
+//! over HTTP on 127.0.0.1, SIGKILLed in the middle of a generation (sent by the
+//! conversations API or by the chat page's form post), then started again on the same data
+//! directory. Every earlier message must be there unchanged, the question too, and the
+//! answer that was cut off kept as `interrupted` with at least the text streamed more than
+//! a second before the kill; the database file passes SQLite's integrity check.
 //!
 //! SIGTERM is the graceful path: the server stops accepting, lets the answer in flight
 //! finish or stops it within its grace period, flushes the store and exits with status 0;
@@ -225,25 +227,25 @@ fn sigkill_mid_generation_loses_no_earlier_message() {
         );
         seen.extend_from_slice(&buffer[..n]);
     }
-    // Long enough for the growing answer to be saved at least once (every second).
-    std::thread::sleep(Duration::from_millis(2500));
-    server.kill();
-    drop(stream);
+    let streamed = String::from_utf8_lossy(&seen).into_owned();
+    let early = kill_a_second_after(server, stream, streamed);
+    assert_integrity(dir.path());
 
     let server = Server::start(dir.path(), "second.log");
     let after = messages(&server, &id);
-    assert!(after.len() >= 3, "{after:?}");
+    assert_eq!(after.len(), 4, "the question and the cut answer: {after:?}");
     assert_eq!(after[..2], before[..], "earlier messages are unchanged");
     assert_eq!(after[2]["role"], "user");
     assert_eq!(after[2]["content"], "Second question, with a long answer");
     assert_eq!(after[2]["status"], "complete");
-    if let Some(cut) = after.get(3) {
-        assert_eq!(cut["role"], "assistant");
-        assert_eq!(cut["status"], "stopped", "{cut}");
-        let reasoning = cut["reasoning"].as_str().unwrap_or_default();
-        assert!(!reasoning.is_empty(), "the partial answer is kept: {cut}");
-    }
-    assert!(after.len() <= 4, "{after:?}");
+    let cut = &after[3];
+    assert_eq!(cut["role"], "assistant");
+    assert_eq!(cut["status"], "interrupted", "{cut}");
+    let reasoning = cut["reasoning"].as_str().unwrap_or_default();
+    assert!(
+        reasoning.starts_with(early.trim()),
+        "the text streamed a second before the kill is kept: {early:?} / {cut}"
+    );
 
     // The conversation still works after the restart.
     let (status, reply) = server.json(
@@ -252,6 +254,135 @@ fn sigkill_mid_generation_loses_no_earlier_message() {
         Some(json!({"content": "Third"})),
     );
     assert_eq!(status, 200, "{reply}");
+    server.kill();
+}
+
+/// The body of a raw HTTP/1.1 response read so far, its chunked encoding removed (a chunk
+/// still arriving is left out).
+fn body_so_far(raw: &str) -> String {
+    let Some((head, mut rest)) = raw.split_once("\r\n\r\n") else {
+        return String::new();
+    };
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return rest.to_owned();
+    }
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        body.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    body
+}
+
+/// The reasoning text in a conversation stream's body so far: its `reasoning` events'
+/// `text`, in order.
+fn reasoning_in(body: &str) -> String {
+    body.split("\n\n")
+        .filter(|event| event.lines().any(|line| line == "event: reasoning"))
+        .filter_map(|event| {
+            let data = event.lines().find_map(|line| line.strip_prefix("data: "))?;
+            let data: Value = serde_json::from_str(data).ok()?;
+            Some(data["text"].as_str()?.to_owned())
+        })
+        .collect()
+}
+
+/// Reads the conversation stream `stream` (whose first bytes are `seen`) until its
+/// reasoning has grown for a while, notes the reasoning so far, reads on for two seconds
+/// more (the draft is saved at least every second) and SIGKILLs the server. Returns the
+/// reasoning noted: text streamed well over a second before the kill.
+fn kill_a_second_after(server: Server, mut stream: TcpStream, seen: String) -> String {
+    let mut raw = seen;
+    let mut buffer = [0u8; 4096];
+    let mut read_for = |raw: &mut String, how_long: Duration| {
+        let until = Instant::now() + how_long;
+        while Instant::now() < until {
+            let n = stream.read(&mut buffer).expect("read the stream");
+            assert!(n > 0, "the stream ended early: {raw}");
+            raw.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+    };
+    read_for(&mut raw, Duration::from_millis(1500));
+    let early = reasoning_in(&body_so_far(&raw));
+    assert!(!early.trim().is_empty(), "no reasoning streamed: {raw}");
+    read_for(&mut raw, Duration::from_secs(2));
+    server.kill();
+    early
+}
+
+/// SQLite's own check of the database file, as the kill left it.
+fn assert_integrity(data_dir: &Path) {
+    let path = data_dir.join(smolbot::services::sessions::DATABASE_FILE);
+    let connection = rusqlite::Connection::open(&path).expect("open the database");
+    let verdict: String = connection
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .expect("integrity check");
+    assert_eq!(verdict, "ok");
+}
+
+#[test]
+fn sigkill_while_the_page_answers_keeps_the_question_and_the_partial_answer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), "first.log");
+    let (status, conversation) = server.json("POST", "/api/conversations", Some(json!({})));
+    assert_eq!(status, 201, "{conversation}");
+    let id = conversation["id"].as_str().expect("id").to_owned();
+    // The page's own form post, as `chat.js` sends it.
+    let form = format!("conversation={id}&message=A+long+question&thinking=on");
+    let mut post = server.connect().expect("connect");
+    write!(
+        post,
+        "POST /chat/send HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nHX-Request: true\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )
+    .expect("send");
+    let mut reply = String::new();
+    post.read_to_string(&mut reply).expect("the send's reply");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // Follow the answer the page's post started, from its start.
+    let mut stream = server.connect().expect("connect");
+    Server::send_head(
+        &mut stream,
+        "GET",
+        &format!("/api/conversations/{id}/stream"),
+        None,
+    )
+    .expect("follow the answer");
+    let early = kill_a_second_after(server, stream, String::new());
+    assert_integrity(dir.path());
+
+    let server = Server::start(dir.path(), "second.log");
+    let after = messages(&server, &id);
+    assert_eq!(after.len(), 2, "the question and the cut answer: {after:?}");
+    assert_eq!(after[0]["role"], "user");
+    assert_eq!(after[0]["content"], "A long question");
+    assert_eq!(after[0]["status"], "complete");
+    assert_eq!(after[1]["role"], "assistant");
+    assert_eq!(after[1]["status"], "interrupted", "{}", after[1]);
+    let reasoning = after[1]["reasoning"].as_str().unwrap_or_default();
+    assert!(
+        reasoning.starts_with(early.trim()),
+        "the text streamed a second before the kill is kept: {early:?} / {}",
+        after[1]
+    );
+    let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap_or_default();
+    assert!(log.contains("kept as interrupted"), "{log}");
+    // The page shows it so.
+    let (status, page) = server
+        .try_request("GET", &format!("/c/{id}"), None)
+        .expect("the page");
+    assert_eq!(status, 200);
+    assert!(page.contains("Interrupted."), "{page}");
     server.kill();
 }
 

@@ -830,3 +830,45 @@ async fn the_badge_polls_its_state_and_thinking_counts_its_tokens() {
         .unwrap_or_else(|| panic!("no token count in {summary:?}"));
     assert!(tokens > 5, "{summary}");
 }
+
+#[tokio::test]
+async fn think_with_a_number_sets_a_thinking_budget_that_cuts_the_reasoning() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = stored_app(dir.path()).await;
+    let id = conversation_with(&app, "Hello", "&thinking=on").await;
+    let full = get(&app, &format!("/api/conversations/{id}/messages")).await;
+    let full: serde_json::Value = serde_json::from_str(&full.text).expect("json");
+    let free = full["data"][1]["reasoning"]
+        .as_str()
+        .expect("reasoning")
+        .len();
+
+    let set = send_message(&app, &id, "/think 3", "&thinking=on").await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.text);
+    assert!(set.text.contains("at most 3 tokens"), "{}", set.text);
+    let bad = send_message(&app, &id, "/think lots", "&thinking=on").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+
+    let sent = send_message(&app, &id, "Hello", "&thinking=on").await;
+    let streamed = get(&app, &stream_url(&sent.text)).await;
+    assert!(streamed.text.contains("event: done"), "{}", streamed.text);
+    let after = get(&app, &format!("/api/conversations/{id}/messages")).await;
+    let after: serde_json::Value = serde_json::from_str(&after.text).expect("json");
+    let cut = &after["data"][3];
+    assert_eq!(cut["status"], "complete", "{cut}");
+    let reasoning = cut["reasoning"].as_str().expect("some reasoning").len();
+    assert!(
+        reasoning > 0 && reasoning < free / 2,
+        "{reasoning} of {free}: {cut}"
+    );
+
+    // `/think` alone lifts the budget again.
+    let lifted = send_message(&app, &id, "/think", "&thinking=on").await;
+    assert!(lifted.text.contains("Thinking is on."), "{}", lifted.text);
+    let conversation = get(&app, &format!("/api/conversations/{id}")).await;
+    assert!(
+        conversation.text.contains("\"thinking_budget\":null"),
+        "{}",
+        conversation.text
+    );
+}

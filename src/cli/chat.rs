@@ -1,6 +1,7 @@
-//! `smolbot chat`: an interactive chat in the terminal, on the same engine, chat pipeline and
-//! conversation store as the server, so a terminal conversation shows up in the server's
-//! list and the web page like any other.
+//! `smolbot chat`: an interactive chat in the terminal, on the same engine, conversation
+//! service and store as the server, so a terminal conversation shows up in the server's
+//! list and the web page like any other, and is saved the same way (the question first,
+//! then the answer as a draft that grows; a killed chat leaves it `interrupted`).
 //!
 //! The line editor (history with the arrow keys) runs on the main thread; each answer is
 //! streamed inside the async runtime until it ends or Ctrl-C stops it. While the editor waits
@@ -11,19 +12,15 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 use rustyline::error::ReadlineError;
-use smolbot::inference::sampling::SamplingParams;
-use smolbot::services::chat::{ChatMessage, ChatRequest, Role};
 use smolbot::services::events::{FinishReason, GenerationEvent};
-use smolbot::services::sessions::{
-    tool_calls_json, ConversationPatch, ConversationSettings, MessageStats, MessageStatus,
-    MessageUpdate, NewMessage,
-};
-use smolbot::services::{Engine, EngineLimits, SessionStore};
-use smolbot::smollm3::tool_calls::ToolCall;
+use smolbot::services::runs::{Run, RunEvent};
+use smolbot::services::sessions::{ConversationPatch, ConversationSettings};
+use smolbot::services::{Ask, Conversations, EngineLimits, Runs, SessionStore};
 use tokio::runtime::Runtime;
 
 use super::serve::{init_logging, load_engine, ModelArgs};
@@ -86,12 +83,10 @@ pub fn run(mut args: ChatArgs) -> anyhow::Result<ExitCode> {
         .block_on(SessionStore::open(&data_dir))
         .context("cannot open the conversation store")?;
     let mut chat = Chat {
-        engine,
-        store,
+        conversations: Conversations::new(engine, Runs::new(store)),
         runtime,
         thinking: !args.no_think,
         system: args.system.filter(|s| !s.trim().is_empty()),
-        history: Vec::new(),
         conversation: None,
         color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
@@ -101,15 +96,12 @@ pub fn run(mut args: ChatArgs) -> anyhow::Result<ExitCode> {
 
 /// One terminal chat session.
 struct Chat {
-    engine: Engine,
-    store: SessionStore,
+    conversations: Conversations,
     runtime: Runtime,
     thinking: bool,
     system: Option<String>,
-    /// The conversation so far, as the model sees it (answers without their reasoning).
-    history: Vec<ChatMessage>,
-    /// The stored conversation; created with the first message, so an empty session leaves
-    /// nothing behind in the list.
+    /// The stored conversation, whose messages are the history the model sees; created with
+    /// the first message, so an empty session leaves nothing behind in the list.
     conversation: Option<String>,
     color: bool,
 }
@@ -149,19 +141,12 @@ fn parse_input(line: &str) -> Input<'_> {
     }
 }
 
-/// How an answer ended, for the store.
-struct Ending {
-    status: MessageStatus,
-    finish_reason: Option<String>,
-    stats: MessageStats,
-}
-
 impl Chat {
     fn repl(&mut self) -> anyhow::Result<()> {
         let mut editor = rustyline::DefaultEditor::new().context("cannot open the terminal")?;
         println!(
             "smolbot chat · {} · thinking {} · /help for commands, /exit to quit",
-            self.engine.info().id,
+            self.conversations.engine().info().id,
             on_off(self.thinking)
         );
         loop {
@@ -190,7 +175,6 @@ impl Chat {
                     }
                 }
                 Input::Clear => {
-                    self.history.clear();
                     self.conversation = None;
                     println!("new conversation");
                 }
@@ -218,208 +202,124 @@ impl Chat {
                 settings: Some(self.settings()),
             };
             self.runtime
-                .block_on(self.store.update(id.clone(), patch))
+                .block_on(self.conversations.store().update(id.clone(), patch))
                 .context("cannot save the conversation's settings")?;
         }
         Ok(())
     }
 
-    /// Sends `text`, streams the answer and stores both. A refused or failed answer is
-    /// reported and the chat goes on.
+    /// Sends `text` through the conversation service and streams the answer, which the
+    /// service stores. A refused or failed answer is reported and the chat goes on.
     fn send(&mut self, text: &str) -> anyhow::Result<()> {
-        let mut messages = Vec::with_capacity(self.history.len() + 2);
-        if let Some(system) = &self.system {
-            messages.push(ChatMessage::new(Role::System, system.as_str()));
-        }
-        messages.extend(self.history.iter().cloned());
-        messages.push(ChatMessage::new(Role::User, text));
-        let request = ChatRequest {
-            messages,
-            enable_thinking: Some(self.thinking),
-            sampling: SamplingParams {
-                seed: rand::random(),
-                ..SamplingParams::default()
-            },
-            ..ChatRequest::default()
-        };
-        let generation = self
-            .engine
-            .codec()
-            .prepare(&request)
-            .and_then(|chat| self.engine.submit(chat));
-        let generation = match generation {
-            Ok(generation) => generation,
-            Err(err) => {
-                eprintln!("error: {err}");
-                return Ok(());
-            }
-        };
-        let conversation = match &self.conversation {
-            Some(id) => id.clone(),
+        let store = self.conversations.store().clone();
+        let (conversation, created) = match &self.conversation {
+            Some(id) => (id.clone(), false),
             None => {
                 let created = self
                     .runtime
-                    .block_on(self.store.create(None, self.settings()))
+                    .block_on(store.create(None, self.settings()))
                     .context("cannot store the conversation")?;
-                self.conversation = Some(created.id.clone());
-                created.id
+                (created.id, true)
             }
         };
-        let store = self.store.clone();
-        let color = self.color;
-        let (answer, ending) = self.runtime.block_on(async move {
-            store
-                .append(conversation.clone(), NewMessage::text(Role::User, text))
-                .await?;
-            let draft = store
-                .append(
-                    conversation,
-                    NewMessage {
-                        status: MessageStatus::Generating,
-                        ..NewMessage::text(Role::Assistant, "")
-                    },
-                )
-                .await?;
-            let (answer, ending) = stream(generation, color).await;
-            store
-                .update_message(draft.id, answer.update(&ending))
-                .await?;
-            anyhow::Ok((answer, ending))
-        })?;
-        if matches!(
-            ending.status,
-            MessageStatus::Complete | MessageStatus::Stopped
-        ) {
-            self.history.push(ChatMessage::new(Role::User, text));
-            if !answer.content.is_empty() || !answer.calls.is_empty() {
-                self.history.push(ChatMessage {
-                    role: Role::Assistant,
-                    content: answer.content,
-                    tool_calls: answer.calls,
-                });
+        let started = self
+            .runtime
+            .block_on(self.conversations.send(&conversation, Ask::text(text)));
+        let started = match started {
+            Ok(started) => started,
+            Err(err) => {
+                eprintln!("error: {err}");
+                // A refused first message leaves no empty conversation in the list.
+                if created {
+                    let _ = self.runtime.block_on(store.delete(conversation));
+                }
+                return Ok(());
             }
-        }
+        };
+        self.conversation = Some(conversation);
+        let color = self.color;
+        self.runtime.block_on(stream(&started.run, color));
         Ok(())
     }
 }
 
-/// An answer as it streams.
-#[derive(Default)]
-struct Answer {
-    content: String,
-    reasoning: String,
-    calls: Vec<ToolCall>,
-}
-
-impl Answer {
-    fn update(&self, ending: &Ending) -> MessageUpdate {
-        MessageUpdate {
-            content: self.content.clone(),
-            reasoning: (!self.reasoning.is_empty()).then(|| self.reasoning.clone()),
-            tool_calls: tool_calls_json(&self.calls),
-            status: ending.status,
-            finish_reason: ending.finish_reason.clone(),
-            stats: ending.stats,
-        }
-    }
-}
-
-/// Prints the answer as it arrives, reasoning dimmed, until it ends or Ctrl-C stops it
-/// (dropping the stream cancels the generation within a token).
-async fn stream(
-    mut generation: smolbot::services::GenerationStream,
-    color: bool,
-) -> (Answer, Ending) {
+/// Prints the answer as it arrives, reasoning dimmed, until it ends; Ctrl-C stops it (the
+/// run saves what was written as `stopped`), and the log is read to its end either way.
+async fn stream(run: &Arc<Run>, color: bool) {
     let mut out = std::io::stdout();
-    let mut answer = Answer::default();
-    let mut in_reasoning = false;
+    let mut log = run.subscribe(0);
+    let (mut in_reasoning, mut reasoned, mut answered) = (false, false, false);
     // One listener for the whole answer, so a Ctrl-C between two events is not missed.
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    let ending = loop {
-        let event = tokio::select! {
-            _ = &mut ctrl_c => None,
-            event = generation.next() => Some(event),
+    let mut stopping = false;
+    loop {
+        let entry = tokio::select! {
+            _ = &mut ctrl_c, if !stopping => {
+                stopping = true;
+                let _ = run.stop();
+                continue;
+            }
+            entry = log.next() => entry,
         };
-        let Some(event) = event else {
+        let Some(entry) = entry else { break };
+        let end_reasoning = |out: &mut std::io::Stdout, in_reasoning: bool| {
             if in_reasoning && color {
                 let _ = write!(out, "{RESET}");
             }
-            let _ = writeln!(out, "\n[stopped]");
-            break Ending {
-                status: MessageStatus::Stopped,
-                finish_reason: None,
-                stats: MessageStats::default(),
-            };
         };
-        match event {
-            Some(GenerationEvent::Progress(_)) => {}
-            Some(GenerationEvent::Reasoning(text)) => {
-                if !in_reasoning && answer.reasoning.is_empty() {
+        match &entry.event {
+            RunEvent::Generation(GenerationEvent::Progress(_)) => {}
+            RunEvent::Generation(GenerationEvent::Reasoning(text)) => {
+                if !in_reasoning && !reasoned {
                     in_reasoning = true;
+                    reasoned = true;
                     let _ = write!(out, "{}", if color { DIM } else { "[thinking] " });
                 }
-                answer.reasoning.push_str(&text);
                 let _ = write!(out, "{text}");
             }
-            Some(GenerationEvent::Content(text)) => {
+            RunEvent::Generation(GenerationEvent::Content(text)) => {
                 if in_reasoning {
                     in_reasoning = false;
                     let end = if color { RESET } else { "\n[answer]" };
                     let _ = write!(out, "{end}\n\n");
                 }
-                let text = if answer.content.is_empty() {
-                    text.trim_start_matches('\n')
+                let text = if answered {
+                    text.as_str()
                 } else {
-                    &text
+                    text.trim_start_matches('\n')
                 };
-                answer.content.push_str(text);
+                answered |= !text.is_empty();
                 let _ = write!(out, "{text}");
             }
-            Some(GenerationEvent::ToolCall(call)) => {
+            RunEvent::Generation(GenerationEvent::ToolCall(call)) => {
                 let _ = write!(out, "\n[tool call] {} {}", call.name, call.arguments);
-                answer.calls.push(call);
             }
-            Some(GenerationEvent::Done(done)) => {
-                if in_reasoning && color {
-                    let _ = write!(out, "{RESET}");
-                }
+            RunEvent::ToolResult(result) => {
+                let _ = write!(out, "\n[tool result] {} {}\n", result.name, result.content);
+            }
+            RunEvent::Generation(GenerationEvent::Done(done)) => {
+                end_reasoning(&mut out, in_reasoning);
                 let _ = writeln!(out);
                 if done.finish_reason == FinishReason::Length {
                     let _ = writeln!(out, "[the answer reached its length limit]");
                 }
-                break Ending {
-                    status: MessageStatus::Complete,
-                    finish_reason: Some(done.finish_reason.as_str().to_owned()),
-                    stats: MessageStats::from(&done),
-                };
             }
-            Some(GenerationEvent::Failed(message)) => {
-                if in_reasoning && color {
-                    let _ = write!(out, "{RESET}");
-                }
+            RunEvent::Generation(GenerationEvent::Failed(message)) => {
+                end_reasoning(&mut out, in_reasoning);
                 let _ = writeln!(out);
                 eprintln!("error: {message}");
-                break Ending {
-                    status: MessageStatus::Failed,
-                    finish_reason: None,
-                    stats: MessageStats::default(),
-                };
             }
-            None => {
-                let _ = writeln!(out);
-                eprintln!("error: the engine stopped");
-                break Ending {
-                    status: MessageStatus::Failed,
-                    finish_reason: None,
-                    stats: MessageStats::default(),
-                };
+            RunEvent::Stopped => {
+                end_reasoning(&mut out, in_reasoning);
+                let _ = writeln!(out, "\n[stopped]");
             }
+            RunEvent::Saved(Ok(_)) => {}
+            RunEvent::Saved(Err(message)) => eprintln!("error: {message}"),
         }
         let _ = out.flush();
-    };
+    }
     let _ = out.flush();
-    (answer, ending)
 }
 
 fn on_off(on: bool) -> &'static str {

@@ -112,7 +112,7 @@ pub async fn answer_calls(
 }
 
 /// Appends an empty `generating` assistant message for the next round's answer and
-/// returns its id: a draft that the API's clients can read while it is written.
+/// returns its id: the draft the run writes the answer into as it grows.
 pub async fn next_draft(store: &SessionStore, conversation: &str) -> Result<i64, String> {
     let draft = NewMessage {
         status: MessageStatus::Generating,
@@ -184,11 +184,7 @@ impl ToolLoop {
         if !offers_tools(self.round, self.max_rounds) {
             request.tool_choice = ToolChoice::None;
         }
-        let codec = self.engine.codec().clone();
-        let prepared = tokio::task::spawn_blocking(move || codec.prepare(&request))
-            .await
-            .map_err(|err| ServiceError::Generation(format!("worker failed: {err}")))??;
-        self.engine.submit(prepared)
+        self.engine.generate(request).await
     }
 }
 
@@ -202,7 +198,7 @@ pub fn with_builtin_tools(mut request: ChatRequest) -> ChatRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::runs::{RunEvent, Runs, Saving};
+    use crate::services::runs::{RunEvent, Runs};
     use serde_json::json;
 
     fn call(name: &str, arguments: Json) -> ToolCall {
@@ -266,9 +262,10 @@ mod tests {
         });
         let prepared = engine.codec().prepare(&request).expect("prepare");
         let tools = ToolLoop::new(engine.clone(), request).with_max_rounds(max_rounds);
+        let draft = crate::services::runs::tests::draft(&runs, &conversation).await;
         let run = runs.reserve(&conversation).expect("free").start_with_tools(
             engine.submit(prepared).expect("submit"),
-            Saving::Append,
+            draft,
             true,
             Some(tools),
         );
@@ -355,7 +352,7 @@ mod tests {
         assert!(last.content.contains("119"), "{}", last.content);
         assert!(matches!(
             log.last().map(|e| &e.event),
-            Some(RunEvent::Saved(Ok(Some(saved)))) if saved.id == last.id
+            Some(RunEvent::Saved(Ok(saved))) if saved.id == last.id
         ));
     }
 

@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::chat::ChatCodec;
 use super::error::ServiceError;
 use super::stub::{StubConfig, StubModel};
+use super::token_model::TokenModel;
 use crate::inference::generate::{GenerationRequest, GenerationStats, TokenSink};
 use crate::inference::prefix_cache::{PrefixCache, DEFAULT_BUDGET_BYTES};
 use crate::inference::sequence::{step, Sequence};
@@ -19,36 +20,6 @@ use crate::smollm3::chat_template::ChatTemplate;
 use crate::smollm3::prompt::{model_template, special_token_kwargs};
 use crate::smollm3::{LoadedModel, Smollm3Error};
 use serde_json::Map;
-
-/// A model as the engine thread sees it: runs several generations a step at a time.
-pub trait TokenModel {
-    /// One generation in progress.
-    type Sequence;
-
-    /// Starts a generation after `prompt` (checked here; nothing runs yet).
-    fn begin(
-        &mut self,
-        prompt: &[u32],
-        request: &GenerationRequest,
-    ) -> Result<Self::Sequence, ServiceError>;
-
-    /// Advances every unfinished sequence by one step, telling its sink the prefill's
-    /// progress or its new token; the sink may stop it at either.
-    fn step(
-        &mut self,
-        running: &mut [(&mut Self::Sequence, &mut dyn TokenSink)],
-    ) -> Result<(), ServiceError>;
-
-    fn is_finished(&self, seq: &Self::Sequence) -> bool;
-
-    /// Ends a sequence (an unfinished one as cancelled) and returns its counts.
-    fn finish(&mut self, seq: Self::Sequence) -> GenerationStats;
-
-    /// Bytes of KV cache kept between requests (for the metrics).
-    fn kept_cache_bytes(&self) -> usize {
-        0
-    }
-}
 
 /// The loaded token source; an enum rather than a trait object because [`TokenModel`]
 /// names its sequence type.

@@ -15,6 +15,7 @@ use crate::inference::sampling::SamplingParams;
 use crate::smollm3::chat_template::{ChatTemplate, RenderContext};
 use crate::smollm3::prompt::render_prompt;
 use crate::smollm3::pyformat::{python_json, JsonOptions};
+use crate::smollm3::thinking_budget::ThinkingBudget;
 use crate::smollm3::tool_calls::ToolCall;
 use crate::smollm3::{GgufTokenizer, Smollm3Error};
 
@@ -83,6 +84,73 @@ impl ToolChoice {
     }
 }
 
+/// Sampling as a request asks for it: every value optional. [`ChatCodec::prepare`] (and
+/// [`ChatCodec::prepare_completion`]) is the one place that fills in the defaults
+/// (llama.cpp's), draws a seed when none is given and checks the ranges, so no front end
+/// repeats them or needs the engine's own sampling type.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sampling {
+    pub temperature: Option<f32>,
+    /// 0 disables top-k.
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    /// `None` draws a fresh seed, so asking again gives another answer.
+    pub seed: Option<u64>,
+}
+
+/// The values a request gets for what it leaves out, for front ends that show them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingDefaults {
+    pub temperature: f32,
+    pub top_p: f32,
+}
+
+impl Sampling {
+    /// Always the most likely token: the same prompt gives the same answer.
+    pub fn greedy() -> Self {
+        Self {
+            temperature: Some(0.0),
+            seed: Some(SamplingParams::default().seed),
+            ..Self::default()
+        }
+    }
+
+    /// The defaults of the values a front end lets people change.
+    pub fn defaults() -> SamplingDefaults {
+        let defaults = SamplingParams::default();
+        SamplingDefaults {
+            temperature: defaults.temperature,
+            top_p: defaults.top_p,
+        }
+    }
+
+    /// Checks the values given, naming the field of any out of its range; a stored setting
+    /// is checked so before any request uses it.
+    pub fn check(&self) -> Result<(), ServiceError> {
+        self.resolve().map(drop)
+    }
+
+    /// Every value filled in (the defaults, a fresh seed) and checked.
+    fn resolve(&self) -> Result<SamplingParams, ServiceError> {
+        let defaults = SamplingParams::default();
+        checked_sampling(&SamplingParams {
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            top_k: self.top_k.unwrap_or(defaults.top_k),
+            top_p: self.top_p.unwrap_or(defaults.top_p),
+            min_p: self.min_p.unwrap_or(defaults.min_p),
+            repeat_penalty: self.repeat_penalty.unwrap_or(defaults.repeat_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(defaults.frequency_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(defaults.presence_penalty),
+            seed: self.seed.unwrap_or_else(rand::random),
+            ..defaults
+        })
+    }
+}
+
 /// A limit on the answer's length, with the name the client gave it (OpenAI has two).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenLimit {
@@ -103,10 +171,14 @@ pub struct ChatRequest {
     pub template_kwargs: Map<String, Json>,
     /// `None` generates until an end token or the context is full.
     pub max_tokens: Option<TokenLimit>,
-    pub sampling: SamplingParams,
+    pub sampling: Sampling,
     pub stop: Vec<String>,
     /// Score each generated token with this many alternatives (OpenAI's `top_logprobs`).
     pub logprobs: Option<usize>,
+    /// At most this many reasoning tokens: then the engine writes `</think>` itself and
+    /// the model goes on to the answer (the same [`ThinkingBudget`] as
+    /// `smolbot generate --thinking-budget`). Ignored with thinking off.
+    pub thinking_budget: Option<usize>,
 }
 
 /// A plain text completion (`/v1/completions`): the prompt as tokens, no template.
@@ -115,7 +187,7 @@ pub struct CompletionRequest {
     pub prompt: Vec<u32>,
     /// 0 only scores the prompt.
     pub max_tokens: Option<TokenLimit>,
-    pub sampling: SamplingParams,
+    pub sampling: Sampling,
     pub stop: Vec<String>,
     /// Score each token with this many alternatives.
     pub logprobs: Option<usize>,
@@ -132,6 +204,8 @@ pub struct PreparedChat {
     pub prompt: Vec<u32>,
     pub generation: GenerationRequest,
     pub reply: ReplyOptions,
+    /// Counts the reasoning as it is generated and says when to close it.
+    pub thinking_budget: Option<ThinkingBudget>,
 }
 
 /// The model's text side: chat template, tokenizer and context size.
@@ -240,7 +314,7 @@ impl ChatCodec {
     /// Renders, tokenizes and checks `request` against the model's limits. Only the template's
     /// markup becomes control tokens: a user who types `<|im_end|>` cannot close their turn.
     pub fn prepare(&self, request: &ChatRequest) -> Result<PreparedChat, ServiceError> {
-        let sampling = checked_sampling(&request.sampling)?;
+        let sampling = request.sampling.resolve()?;
         let stop = checked_stop(&request.stop)?;
         let forced = self.forced_opening(request)?;
         let ctx = self.render_context(request)?;
@@ -253,9 +327,18 @@ impl ChatCodec {
             })?
             .ids;
         prompt.extend(&forced);
+        let mut prefix = forced;
+        let thinking_budget = self.thinking_budget(request, &prefix, &prompt)?;
+        if let Some(mut budget) = thinking_budget.clone() {
+            // A budget of 0 closes a reasoning block the prompt opened before the first token.
+            let suffix = budget.prompt_suffix();
+            prompt.extend(&suffix);
+            prefix.extend(suffix);
+        }
         let max_tokens = self.checked_limits(prompt.len(), request.max_tokens, 1)?;
         Ok(PreparedChat {
             prompt,
+            thinking_budget,
             generation: GenerationRequest {
                 max_tokens,
                 sampling,
@@ -267,9 +350,31 @@ impl ChatCodec {
                 stop,
                 parse_tool_calls: request.tool_choice.offers_tools() && !request.tools.is_empty(),
                 raw: false,
-                prefix: forced,
+                prefix,
             },
         })
+    }
+
+    /// The request's thinking budget over `prompt`, when it has one and the answer may
+    /// reason (thinking on, and no tool call forced, which opens the answer without any).
+    fn thinking_budget(
+        &self,
+        request: &ChatRequest,
+        forced: &[u32],
+        prompt: &[u32],
+    ) -> Result<Option<ThinkingBudget>, ServiceError> {
+        let Some(max) = request.thinking_budget else {
+            return Ok(None);
+        };
+        if request.enable_thinking == Some(false) || !forced.is_empty() {
+            return Ok(None);
+        }
+        ThinkingBudget::new(&self.tokenizer, max, prompt)
+            .map(Some)
+            .map_err(|err| ServiceError::InvalidParameter {
+                field: "thinking_budget",
+                problem: err.to_string(),
+            })
     }
 
     /// Checks a text completion against the model's limits; its text is not parsed.
@@ -299,7 +404,7 @@ impl ChatCodec {
             prompt: request.prompt.clone(),
             generation: GenerationRequest {
                 max_tokens,
-                sampling: checked_sampling(&request.sampling)?,
+                sampling: request.sampling.resolve()?,
                 stop_tokens: self.tokenizer.end_of_generation().to_vec(),
                 logprobs: top,
                 prompt_logprobs: request.score_prompt.then_some(top.unwrap_or(0)),
@@ -309,6 +414,7 @@ impl ChatCodec {
                 raw: true,
                 ..ReplyOptions::default()
             },
+            thinking_budget: None,
         })
     }
 
@@ -513,9 +619,10 @@ mod tests {
             enable_thinking: None,
             template_kwargs: Map::new(),
             max_tokens: None,
-            sampling: SamplingParams::default(),
+            sampling: Sampling::default(),
             stop: vec![],
             logprobs: None,
+            thinking_budget: None,
         };
         assert_eq!(
             codec.render(&request).expect("render"),
@@ -541,6 +648,36 @@ mod tests {
             }
         }
         assert!(checked_sampling(&SamplingParams::default()).is_ok());
+    }
+
+    #[test]
+    fn requests_leave_out_what_the_defaults_fill_in() {
+        let defaults = SamplingParams::default();
+        let given = Sampling {
+            temperature: Some(0.3),
+            seed: Some(7),
+            ..Sampling::default()
+        };
+        let resolved = given.resolve().expect("in range");
+        assert_eq!(resolved.temperature, 0.3);
+        assert_eq!(resolved.seed, 7);
+        assert_eq!(resolved.top_k, defaults.top_k);
+        assert_eq!(resolved.top_p, Sampling::defaults().top_p);
+        let seeds: std::collections::HashSet<u64> = (0..4)
+            .map(|_| Sampling::default().resolve().expect("defaults").seed)
+            .collect();
+        assert!(
+            seeds.len() > 1,
+            "no seed given draws a fresh one: {seeds:?}"
+        );
+        let bad = Sampling {
+            min_p: Some(1.5),
+            ..Sampling::default()
+        };
+        assert!(matches!(
+            bad.check(),
+            Err(ServiceError::InvalidParameter { field: "min_p", .. })
+        ));
     }
 
     #[test]

@@ -18,17 +18,20 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::backend::{BackendSpec, ModelInfo, TokenModel, TokenSource};
-use super::chat::{ChatCodec, PreparedChat};
+use super::backend::{BackendSpec, ModelInfo, TokenSource};
+use super::chat::{ChatCodec, ChatRequest, PreparedChat};
 use super::error::ServiceError;
 use super::events::{
     Completion, FinishReason, GenerationEvent, Logprobs, Progress, ReplyParser, Timings, Usage,
 };
 use super::metrics::{GenerationRecord, Metrics};
+use super::token_model::TokenModel;
 use crate::inference::generate::{
     GenerationStats, PrefillProgress, Sampled, StopReason, TokenAction, TokenSink,
 };
 use crate::inference::logprobs::TokenLogprobs;
+use crate::smollm3::thinking_budget::ThinkingBudget;
+use crate::smollm3::tool_calls::ToolCall;
 use crate::smollm3::{GgufTokenizer, Smollm3Error};
 
 /// Requests that may wait for the model by default.
@@ -105,6 +108,43 @@ impl GenerationStream {
     pub async fn next(&mut self) -> Option<GenerationEvent> {
         self.events.recv().await
     }
+
+    /// The whole reply, for callers that do not stream: every non-streaming front end
+    /// collects through this one loop, so they agree on what a failure or a lost engine is.
+    pub async fn collect(mut self) -> Result<Reply, ServiceError> {
+        let (mut reasoning, mut content, mut calls) = (None::<String>, String::new(), Vec::new());
+        while let Some(event) = self.next().await {
+            match event {
+                GenerationEvent::Reasoning(text) => {
+                    reasoning.get_or_insert_with(String::new).push_str(&text);
+                }
+                GenerationEvent::Content(text) => content.push_str(&text),
+                GenerationEvent::ToolCall(call) => calls.push(call),
+                GenerationEvent::Progress(_) => {}
+                GenerationEvent::Done(completion) => {
+                    return Ok(Reply {
+                        reasoning,
+                        content,
+                        calls,
+                        completion,
+                    })
+                }
+                GenerationEvent::Failed(message) => return Err(ServiceError::Generation(message)),
+            }
+        }
+        Err(ServiceError::EngineStopped)
+    }
+}
+
+/// A whole reply, as [`GenerationStream::collect`] gathers it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The reasoning, when the model wrote any (`None` differs from an empty block for
+    /// OpenAI clients, which get no `reasoning_content` then).
+    pub reasoning: Option<String>,
+    pub content: String,
+    pub calls: Vec<ToolCall>,
+    pub completion: Completion,
 }
 
 impl Engine {
@@ -190,6 +230,17 @@ impl Engine {
     /// The template, tokenizer and limits, for work done before a request is queued.
     pub fn codec(&self) -> &Arc<ChatCodec> {
         &self.codec
+    }
+
+    /// Prepares `request` (template, tokenizer and every check) on tokio's blocking pool,
+    /// then queues it: the one way a chat request reaches the model, so no front end
+    /// prepares on a worker thread or words a failed worker on its own.
+    pub async fn generate(&self, request: ChatRequest) -> Result<GenerationStream, ServiceError> {
+        let codec = Arc::clone(&self.codec);
+        let prepared = tokio::task::spawn_blocking(move || codec.prepare(&request))
+            .await
+            .map_err(|err| ServiceError::Generation(format!("worker failed: {err}")))??;
+        self.submit(prepared)
     }
 
     /// Queues `chat` and returns its event stream, or refuses at once when the queue is full.
@@ -322,6 +373,7 @@ fn admit<'t, M: TokenModel>(
     let mut sink = JobSink {
         events,
         parser: ReplyParser::new(shared.tokenizer, &chat.reply),
+        budget: chat.thinking_budget.clone(),
         failure: None,
         logprobs: Vec::new(),
         started: Instant::now(),
@@ -382,6 +434,8 @@ fn end<M: TokenModel>(
 struct JobSink<'t> {
     events: mpsc::UnboundedSender<GenerationEvent>,
     parser: ReplyParser<'t>,
+    /// The request's thinking budget: closes the reasoning once it is spent.
+    budget: Option<ThinkingBudget>,
     failure: Option<Smollm3Error>,
     logprobs: Vec<TokenLogprobs>,
     started: Instant,
@@ -429,10 +483,20 @@ impl TokenSink for JobSink<'_> {
         self.first_token
             .get_or_insert_with(|| self.started.elapsed());
         self.logprobs.extend(token.logprobs);
-        match self.read(token.id) {
-            ControlFlow::Continue(()) => TokenAction::Continue,
-            ControlFlow::Break(()) => TokenAction::Stop,
+        if self.read(token.id).is_break() {
+            return TokenAction::Stop;
         }
+        let Some(inject) = self.budget.as_mut().and_then(|b| b.observe(token.id)) else {
+            return TokenAction::Continue;
+        };
+        // The written `</think>` is read like the model's own, so the reply parser closes
+        // the reasoning there.
+        for &id in &inject {
+            if self.read(id).is_break() {
+                return TokenAction::Stop;
+            }
+        }
+        TokenAction::Inject(inject)
     }
 }
 

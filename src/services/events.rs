@@ -11,7 +11,9 @@
 
 use std::time::Duration;
 
-use crate::inference::logprobs::TokenLogprobs;
+/// A token's score and its alternatives: part of [`Logprobs`], so the front ends that show
+/// scores take it from here, not from the engine.
+pub use crate::inference::logprobs::TokenLogprobs;
 use crate::smollm3::thinking::{ThinkingEvent, ThinkingParser};
 use crate::smollm3::tool_calls::{ToolCall, ToolCallEvent, ToolCallParser};
 use crate::smollm3::{GgufTokenizer, Smollm3Error, StreamDecoder};

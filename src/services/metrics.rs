@@ -7,6 +7,12 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The process's peak resident memory in bytes, where the system tells it: for the status
+/// badge, so the web layer asks the services rather than the engine's device code.
+pub fn peak_rss_bytes() -> Option<u64> {
+    crate::inference::device::peak_rss_bytes()
+}
+
 /// Upper bounds (seconds) of the time-to-first-token buckets: from a cached short turn on a
 /// fast machine to a long prompt on two cores.
 const TTFT_BUCKETS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];

@@ -1,4 +1,5 @@
-//! Shared services between the web layer and the engine: the engine actor that owns the
+//! Shared services between the web layer and the engine: the conversation service every
+//! front end asks through (`conversation`), the engine actor that owns the
 //! model (`engine`), the chat pipeline from request to prompt tokens (`chat`), the typed
 //! event stream of a generation (`events`), the real and stub backends, persistent
 //! conversations (`sessions`), the built-in tools the server runs for the model (`tools`)
@@ -7,6 +8,7 @@
 pub mod agent;
 pub mod backend;
 pub mod chat;
+pub mod conversation;
 pub mod engine;
 pub mod error;
 pub mod events;
@@ -14,10 +16,12 @@ pub mod metrics;
 pub mod runs;
 pub mod sessions;
 pub mod stub;
+pub mod token_model;
 pub mod tools;
 
 pub use backend::{BackendSpec, ModelInfo};
-pub use engine::{Engine, EngineLimits, GenerationStream};
+pub use conversation::{Ask, ConversationError, Conversations, Started};
+pub use engine::{Engine, EngineLimits, GenerationStream, Reply};
 pub use error::ServiceError;
 pub use runs::Runs;
 pub use sessions::SessionStore;

@@ -11,6 +11,10 @@
 //! with [`RunError::Busy`]), and a finished run's log is kept for [`FINISHED_RUN_KEPT`] so a
 //! client that reconnects just after the end still gets it.
 //!
+//! A run writes its answer into a draft row that the caller stored (`generating`): saved
+//! as it grows, at least every [`DRAFT_SAVE_INTERVAL`] or [`DRAFT_SAVE_TOKENS`], and once
+//! more at the end as `complete`, `stopped` or `failed`, before the end is logged.
+//!
 //! The run task's body, [`drive`], loops over rounds of generation on one log: with a
 //! [`ToolLoop`] (the conversation's built-in tools on), a round that ends calling only
 //! built-in tools has its call stored, the tools run, one tool message stored per call and
@@ -26,13 +30,11 @@ use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::{watch, Notify};
 
 use super::agent::{self, ToolLoop, ToolResult};
-use super::chat::Role;
 use super::engine::GenerationStream;
 use super::error::ServiceError;
 use super::events::{Completion, FinishReason, GenerationEvent};
 use super::sessions::{
-    tool_calls_json, MessageStats, MessageStatus, MessageUpdate, NewMessage, SessionStore,
-    StoredMessage,
+    tool_calls_json, MessageStats, MessageStatus, MessageUpdate, SessionStore, StoredMessage,
 };
 use crate::smollm3::tool_calls::ToolCall;
 
@@ -40,9 +42,13 @@ use crate::smollm3::tool_calls::ToolCall;
 /// few seconds, and a minute of a finished answer's events costs little memory.
 pub const FINISHED_RUN_KEPT: Duration = Duration::from_secs(60);
 
-/// How often a run that keeps a draft saves it: a crash loses at most about a second of
-/// text, and a generation writes at most one row a second.
+/// How often a run saves its growing draft: a crash loses at most about a second of text.
 pub const DRAFT_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Pieces of text (about tokens) after which a run saves its draft even within the second:
+/// a fast model loses at most this much, and a save (one UPDATE in its own transaction)
+/// still comes at most every 32 tokens, far below what the store can write.
+pub const DRAFT_SAVE_TOKENS: usize = 32;
 
 /// Why a run could not be started, found or stopped.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -66,9 +72,9 @@ pub enum RunEvent {
     ToolResult(ToolResult),
     /// The run was stopped; what was written is saved as `stopped`.
     Stopped,
-    /// The answer as stored (`None` when nothing was written); the last entry of the log.
-    /// After rounds of tool calls it is the last assistant message stored.
-    Saved(Result<Option<StoredMessage>, String>),
+    /// The answer as stored; the last entry of the log. After rounds of tool calls it is
+    /// the last assistant message stored.
+    Saved(Result<StoredMessage, String>),
 }
 
 /// A logged event with its id (from 1, consecutive) and when the run received it, so a
@@ -78,16 +84,6 @@ pub struct Entry {
     pub id: u64,
     pub at: Instant,
     pub event: RunEvent,
-}
-
-/// How a run keeps its answer in the conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Saving {
-    /// Append the answer when the run ends (nothing when nothing was written): the page.
-    Append,
-    /// Keep this draft message up to date as the answer grows and when it ends: the
-    /// conversations API, whose clients read the draft while it is written.
-    Draft(i64),
 }
 
 #[derive(Default)]
@@ -376,10 +372,11 @@ impl Reservation {
         &self.id
     }
 
-    /// Starts the run over `generation` in a task of its own; `thinking` says the prompt
-    /// left thinking on.
-    pub fn start(self, generation: GenerationStream, saving: Saving, thinking: bool) -> Arc<Run> {
-        self.start_with_tools(generation, saving, thinking, None)
+    /// Starts the run over `generation` in a task of its own, writing the answer into the
+    /// stored message `draft` (a `generating` row); `thinking` says the prompt left
+    /// thinking on.
+    pub fn start(self, generation: GenerationStream, draft: i64, thinking: bool) -> Arc<Run> {
+        self.start_with_tools(generation, draft, thinking, None)
     }
 
     /// [`Reservation::start`] that, with `tools`, runs the built-in tool calls of each round
@@ -387,7 +384,7 @@ impl Reservation {
     pub fn start_with_tools(
         mut self,
         generation: GenerationStream,
-        saving: Saving,
+        draft: i64,
         thinking: bool,
         tools: Option<ToolLoop>,
     ) -> Arc<Run> {
@@ -412,7 +409,7 @@ impl Reservation {
             self.runs.clone(),
             Arc::clone(&run),
             generation,
-            saving,
+            draft,
             tools,
         ));
         run
@@ -452,10 +449,6 @@ impl Answer {
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.content.is_empty() && self.reasoning.is_empty() && self.calls.is_empty()
-    }
-
     fn update(&self, outcome: &Outcome) -> MessageUpdate {
         MessageUpdate {
             content: self.content.trim().to_owned(),
@@ -464,20 +457,6 @@ impl Answer {
             status: outcome.status,
             finish_reason: outcome.finish_reason.clone(),
             stats: outcome.stats,
-        }
-    }
-
-    fn message(&self, outcome: &Outcome) -> NewMessage {
-        let update = self.update(outcome);
-        NewMessage {
-            role: Role::Assistant,
-            content: update.content,
-            reasoning: update.reasoning,
-            tool_calls: update.tool_calls,
-            tool_call_id: None,
-            status: update.status,
-            finish_reason: update.finish_reason,
-            stats: update.stats,
         }
     }
 }
@@ -533,32 +512,22 @@ async fn drive(
     runs: Runs,
     run: Arc<Run>,
     mut generation: GenerationStream,
-    mut saving: Saving,
+    mut draft: i64,
     mut tools: Option<ToolLoop>,
 ) {
     let (ending, saved) = loop {
         let mut answer = Answer::default();
-        let ending = round(&runs.store, &run, generation, saving, &mut answer).await;
-        let saved = save(&runs.store, &run, saving, &answer, &Outcome::of(&ending)).await;
+        let ending = round(&runs.store, &run, generation, draft, &mut answer).await;
+        let saved = save(&runs.store, draft, &answer, &Outcome::of(&ending)).await;
         let Some(tool_loop) = tools.as_mut() else {
             break (ending, saved);
         };
-        match next_round(
-            &runs.store,
-            &run,
-            tool_loop,
-            &ending,
-            saving,
-            &saved,
-            &answer,
-        )
-        .await
-        {
+        match next_round(&runs.store, &run, tool_loop, &ending, &saved, &answer).await {
             Next::End => break (ending, saved),
             Next::EndAs(ending) => break (ending, saved),
-            Next::Round(next, next_saving) => {
+            Next::Round(next, next_draft) => {
                 generation = next;
-                saving = next_saving;
+                draft = next_draft;
             }
         }
     };
@@ -582,8 +551,8 @@ enum Next {
     /// The run ends this way after the round's calls were answered (stopped, or the next
     /// round could not start); every stored call has its result.
     EndAs(Ending),
-    /// The next round, and how it saves its answer.
-    Round(GenerationStream, Saving),
+    /// The next round, and the draft it writes its answer into.
+    Round(GenerationStream, i64),
 }
 
 /// After a round that ended calling only built-in tools, with tools offered and its call
@@ -595,13 +564,12 @@ async fn next_round(
     run: &Run,
     tools: &mut ToolLoop,
     ending: &Ending,
-    saving: Saving,
-    saved: &Result<Option<StoredMessage>, String>,
+    saved: &Result<StoredMessage, String>,
     answer: &Answer,
 ) -> Next {
     let called =
         matches!(ending, Ending::Done(done) if done.finish_reason == FinishReason::ToolCalls);
-    let call_saved = matches!(saved, Ok(Some(_)));
+    let call_saved = saved.is_ok();
     if !called || !call_saved || !tools.offered() || !agent::runs_calls(&answer.calls) {
         return Next::End;
     }
@@ -627,72 +595,113 @@ async fn next_round(
         Ok(generation) => generation,
         Err(err) => return Next::EndAs(Ending::Failed(err.to_string())),
     };
-    // The API's clients read a draft while it is written: each round gets its own, after
-    // the tool messages it answers.
-    let saving = match saving {
-        Saving::Append => Saving::Append,
-        Saving::Draft(_) => match agent::next_draft(store, &run.conversation).await {
-            Ok(id) => Saving::Draft(id),
-            Err(message) => return Next::EndAs(Ending::Failed(message)),
-        },
-    };
-    Next::Round(generation, saving)
+    // Each round's answer gets its own draft, after the tool messages it answers.
+    match agent::next_draft(store, &run.conversation).await {
+        Ok(draft) => Next::Round(generation, draft),
+        Err(message) => Next::EndAs(Ending::Failed(message)),
+    }
 }
 
 /// One generation, logged as it comes, until it ends or the run is stopped (the stream is
-/// dropped then, which stops the engine within a token).
+/// dropped then, which stops the engine within a token). The draft is saved as the answer
+/// grows (see [`DraftSaves`]); the last of those saves is done before this returns, so the
+/// final save comes after it.
 async fn round(
     store: &SessionStore,
     run: &Run,
     mut generation: GenerationStream,
-    saving: Saving,
+    draft: i64,
     answer: &mut Answer,
 ) -> Ending {
-    let mut last_save = Instant::now();
-    loop {
+    let mut saves = DraftSaves::new(store.clone(), draft);
+    let ending = loop {
         let event = tokio::select! {
             biased;
-            () = run.stop.notified() => return Ending::Stopped,
+            () = run.stop.notified() => break Ending::Stopped,
             event = generation.next() => event,
         };
         let event = match event {
-            None => return Ending::Failed(ServiceError::EngineStopped.to_string()),
-            Some(GenerationEvent::Done(done)) => return Ending::Done(done),
-            Some(GenerationEvent::Failed(message)) => return Ending::Failed(message),
+            None => break Ending::Failed(ServiceError::EngineStopped.to_string()),
+            Some(GenerationEvent::Done(done)) => break Ending::Done(done),
+            Some(GenerationEvent::Failed(message)) => break Ending::Failed(message),
             Some(event) => event,
         };
         answer.take(&event);
+        let grew = !matches!(event, GenerationEvent::Progress(_));
         run.publish(RunEvent::Generation(event));
-        if let Saving::Draft(message) = saving {
-            if last_save.elapsed() >= DRAFT_SAVE_INTERVAL {
-                last_save = Instant::now();
-                let partial = answer.update(&Outcome::GENERATING);
-                if let Err(err) = store.update_message(message, partial).await {
-                    tracing::warn!("saving a partial answer failed: {err}");
-                }
+        if grew {
+            saves.grew(answer);
+        }
+    };
+    saves.settle().await;
+    ending
+}
+
+/// The growing answer's saves: after [`DRAFT_SAVE_INTERVAL`] or [`DRAFT_SAVE_TOKENS`]
+/// pieces, whichever comes first, each one UPDATE in its own transaction. They run beside
+/// the run, one at a time, so a slow disk (every commit is synced) delays the draft, never
+/// the answer's events; a save that falls due while one is in flight is made at the next
+/// piece after it.
+struct DraftSaves {
+    store: SessionStore,
+    draft: i64,
+    in_flight: Option<tokio::task::JoinHandle<()>>,
+    last: Instant,
+    unsaved: usize,
+}
+
+impl DraftSaves {
+    fn new(store: SessionStore, draft: i64) -> Self {
+        Self {
+            store,
+            draft,
+            in_flight: None,
+            last: Instant::now(),
+            unsaved: 0,
+        }
+    }
+
+    /// The answer grew by a piece; saves it when a save is due and none is in flight.
+    fn grew(&mut self, answer: &Answer) {
+        self.unsaved += 1;
+        let due = self.unsaved >= DRAFT_SAVE_TOKENS || self.last.elapsed() >= DRAFT_SAVE_INTERVAL;
+        let busy = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|save| !save.is_finished());
+        if !due || busy {
+            return;
+        }
+        self.last = Instant::now();
+        self.unsaved = 0;
+        let (store, draft) = (self.store.clone(), self.draft);
+        let partial = answer.update(&Outcome::GENERATING);
+        self.in_flight = Some(tokio::spawn(async move {
+            if let Err(err) = store.update_message(draft, partial).await {
+                tracing::warn!("saving a partial answer failed: {err}");
+            }
+        }));
+    }
+
+    /// Waits for the save in flight, if any.
+    async fn settle(self) {
+        if let Some(save) = self.in_flight {
+            if let Err(err) = save.await {
+                tracing::warn!("saving a partial answer failed: {err}");
             }
         }
     }
 }
 
-/// Saves the finished answer the way the run keeps it.
+/// Saves the finished answer into its draft, with how it ended.
 async fn save(
     store: &SessionStore,
-    run: &Run,
-    saving: Saving,
+    draft: i64,
     answer: &Answer,
     outcome: &Outcome,
-) -> Result<Option<StoredMessage>, String> {
-    let saved = match saving {
-        Saving::Append if answer.is_empty() => return Ok(None),
-        Saving::Append => {
-            store
-                .append(run.conversation.clone(), answer.message(outcome))
-                .await
-        }
-        Saving::Draft(message) => store.update_message(message, answer.update(outcome)).await,
-    };
-    saved.map(Some).map_err(|err| {
+) -> Result<StoredMessage, String> {
+    let saved = store.update_message(draft, answer.update(outcome)).await;
+    saved.map_err(|err| {
         tracing::error!("an answer could not be saved: {err}");
         err.to_string()
     })
@@ -701,7 +710,8 @@ async fn save(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::services::chat::{ChatMessage, ChatRequest};
+    use crate::services::chat::{ChatMessage, ChatRequest, Role};
+    use crate::services::sessions::NewMessage;
     use crate::services::stub::StubConfig;
     use crate::services::{BackendSpec, Engine};
 
@@ -739,6 +749,16 @@ pub(crate) mod tests {
         engine.submit(prepared).expect("submit")
     }
 
+    /// An empty `generating` answer in `conversation`, for a run to write into.
+    pub(crate) async fn draft(runs: &Runs, conversation: &str) -> i64 {
+        let draft = NewMessage {
+            status: MessageStatus::Generating,
+            ..NewMessage::text(Role::Assistant, "")
+        };
+        let stored = runs.store().append(conversation.to_owned(), draft).await;
+        stored.expect("draft").id
+    }
+
     async fn all(mut subscription: Subscription) -> Vec<Arc<Entry>> {
         let mut out = Vec::new();
         while let Some(entry) = subscription.next().await {
@@ -752,7 +772,7 @@ pub(crate) mod tests {
         let (engine, runs, conversation) = setup(400.0).await;
         let run = runs.reserve(&conversation).expect("free").start(
             generation(&engine),
-            Saving::Append,
+            draft(&runs, &conversation).await,
             true,
         );
         let early = tokio::spawn(all(run.subscribe(0)));
@@ -770,7 +790,7 @@ pub(crate) mod tests {
         assert_eq!(seen, full, "resumed without gaps or repeats");
         assert!(matches!(
             full.last().map(|e| &e.event),
-            Some(RunEvent::Saved(Ok(Some(_))))
+            Some(RunEvent::Saved(Ok(_)))
         ));
         assert!(!runs.is_busy(&conversation));
         let late = all(run.subscribe(0)).await;
@@ -782,7 +802,7 @@ pub(crate) mod tests {
         let (engine, runs, conversation) = setup(50.0).await;
         let run = runs.reserve(&conversation).expect("free").start(
             generation(&engine),
-            Saving::Append,
+            draft(&runs, &conversation).await,
             true,
         );
         assert_eq!(

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value as Json};
 
-use super::backend::TokenModel;
 use super::chat::tool_call_json;
 use super::error::ServiceError;
+use super::token_model::TokenModel;
 use crate::inference::generate::{
     GenerationRequest, GenerationStats, PrefillProgress, Sampled, StopReason, TokenAction,
     TokenSink,
@@ -159,8 +159,16 @@ impl StubSequence {
         }
         self.stats.generated_tokens += 1;
         let logprobs = request.logprobs.map(|n| certain(next, n));
-        if sink.token(Sampled { id: next, logprobs }) == TokenAction::Stop {
-            return self.end(StopReason::Cancelled);
+        match sink.token(Sampled { id: next, logprobs }) {
+            TokenAction::Stop => return self.end(StopReason::Cancelled),
+            // Written into the reply (a spent thinking budget's `</think>`): the stub goes on
+            // from where its own reply has the last injected token, as a model would.
+            TokenAction::Inject(injected) => {
+                if let Some(&last) = injected.last() {
+                    self.reply.by_ref().find(|&id| id == last);
+                }
+            }
+            TokenAction::Continue => {}
         }
         if self.prompt_len + self.stats.generated_tokens >= limit {
             self.end(StopReason::ContextFull);

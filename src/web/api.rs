@@ -15,14 +15,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::app::AppState;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::openai::{ChatCompletionRequest, ReplyCollector, ResponseMeta};
 use super::sse::{chat_stream, ChunkWriter};
-use crate::services::events::GenerationEvent;
+use super::state::{blocking, check_model, AppState};
 use crate::services::metrics::QueueState;
-use crate::services::ServiceError;
 
 /// Routes under `/v1`, which an API key protects when one is set.
 pub fn v1_routes() -> Router<AppState> {
@@ -69,63 +67,23 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Runs blocking work (template, tokenizer) on tokio's blocking pool.
-pub(super) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| ApiError::from(ServiceError::Generation(format!("worker failed: {err}"))))?
-        .map_err(ApiError::from)
-}
-
-/// Refuses a `model` other than the one loaded; an absent or empty one means "the model".
-pub(super) fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
-    let id = &state.engine().info().id;
-    match model {
-        None | Some("") => Ok(()),
-        Some(name) if name == id => Ok(()),
-        Some(name) => Err(ApiError {
-            param: Some("model".into()),
-            code: Some("model_not_found"),
-            ..ApiError::not_found(format!(
-                "the model `{name}` does not exist; this server runs `{id}`"
-            ))
-        }),
-    }
-}
-
 async fn chat_completions(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     check_model(&state, body.model.as_deref())?;
     let request = body.to_chat_request()?;
-    let codec = state.engine().codec().clone();
-    let chat = blocking(move || codec.prepare(&request)).await?;
-    let mut generation = state.engine().submit(chat)?;
+    let generation = state.engine().generate(request).await?;
     let meta = ResponseMeta::new(&state.engine().info().id);
     if body.streaming() {
         let writer = ChunkWriter::new(meta, body.include_usage());
         return Ok(chat_stream(generation, writer).into_response());
     }
-    let mut reply = ReplyCollector::default();
-    while let Some(event) = generation.next().await {
-        match event {
-            GenerationEvent::Reasoning(text) => reply.reasoning(&text),
-            GenerationEvent::Content(text) => reply.content(&text),
-            GenerationEvent::ToolCall(call) => reply.tool_call(&call),
-            GenerationEvent::Progress(_) => {}
-            GenerationEvent::Done(done) => {
-                let codec = state.engine().codec();
-                return Ok(Json(reply.finish(meta, done, |id| codec.piece(id))).into_response());
-            }
-            GenerationEvent::Failed(message) => {
-                return Err(ServiceError::Generation(message).into())
-            }
-        }
-    }
-    Err(ServiceError::EngineStopped.into())
+    let reply = generation.collect().await?;
+    let codec = state.engine().codec();
+    let body =
+        ReplyCollector::from_reply(&reply).finish(meta, reply.completion, |id| codec.piece(id));
+    Ok(Json(body).into_response())
 }
 
 async fn models(State(state): State<AppState>) -> Json<Value> {
@@ -179,7 +137,7 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         },
         "requests": metrics.requests(),
         "kv_cache_bytes": metrics.kv_cache_bytes(),
-        "peak_rss_bytes": crate::inference::device::peak_rss_bytes(),
+        "peak_rss_bytes": crate::services::metrics::peak_rss_bytes(),
     }))
 }
 

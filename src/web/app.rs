@@ -15,58 +15,11 @@ use super::assets;
 use super::conversations;
 use super::error::{ApiError, ErrorKind};
 use super::page;
-use crate::services::{Engine, Runs, SessionStore};
+use super::state::AppState;
 
 /// Largest request body accepted. A full 65,536-token conversation is about 300 kB of text;
 /// 8 MiB leaves room for JSON escaping and tool schemas while refusing abuse early.
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    engine: Engine,
-    api_key: Option<Arc<str>>,
-    /// The conversation store; `None` serves no `/api/conversations` (503).
-    sessions: Option<SessionStore>,
-    /// The chat runs writing into `sessions`, shared by the page and the API so a
-    /// conversation has one answer being written at a time, whoever sent the message.
-    runs: Option<Runs>,
-}
-
-impl AppState {
-    /// `api_key`: when set, `/v1/*` requires `Authorization: Bearer <key>`.
-    pub fn new(engine: Engine, api_key: Option<String>) -> Self {
-        Self {
-            engine,
-            api_key: api_key.filter(|k| !k.is_empty()).map(Arc::from),
-            sessions: None,
-            runs: None,
-        }
-    }
-
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
-    pub fn api_key(&self) -> Option<&str> {
-        self.api_key.as_deref()
-    }
-
-    /// Keeps conversations in `store` and serves them under `/api/conversations`.
-    pub fn with_sessions(mut self, store: SessionStore) -> Self {
-        self.runs = Some(Runs::new(store.clone()));
-        self.sessions = Some(store);
-        self
-    }
-
-    pub fn sessions(&self) -> Option<&SessionStore> {
-        self.sessions.as_ref()
-    }
-
-    pub fn runs(&self) -> Option<&Runs> {
-        self.runs.as_ref()
-    }
-}
 
 /// The application: the API under `/v1` (behind the key, if any) and the utility routes.
 pub fn app(state: AppState) -> Router {
@@ -78,7 +31,10 @@ pub fn app(state: AppState) -> Router {
         .merge(v1)
         .merge(api::utility_routes())
         .merge(conversations::routes())
-        .merge(page::routes(state.engine().clone(), state.runs().cloned()))
+        .merge(page::routes(
+            state.engine().clone(),
+            state.conversations().cloned(),
+        ))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

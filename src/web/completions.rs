@@ -16,15 +16,12 @@ use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::api::{blocking, check_model};
-use super::app::AppState;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::openai::{random_id, stop_strings, WireUsage};
-use crate::inference::logprobs::TokenLogprobs;
-use crate::inference::sampling::SamplingParams;
-use crate::services::chat::{ChatCodec, CompletionRequest, TokenLimit};
-use crate::services::events::{Completion, GenerationEvent, Usage};
+use super::state::{blocking, check_model, AppState};
+use crate::services::chat::{ChatCodec, CompletionRequest, Sampling, TokenLimit};
+use crate::services::events::{Completion, GenerationEvent, TokenLogprobs, Usage};
 use crate::services::ServiceError;
 
 /// OpenAI's default for `max_tokens` on this endpoint.
@@ -141,26 +138,22 @@ impl CompletionBody {
 
     /// The request for one prompt's ids, in the services' terms.
     fn request(&self, prompt: Vec<u32>) -> Result<CompletionRequest, ApiError> {
-        let defaults = SamplingParams::default();
         Ok(CompletionRequest {
             prompt,
             max_tokens: Some(TokenLimit {
                 field: "max_tokens",
                 value: self.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
             }),
-            sampling: SamplingParams {
-                temperature: self.temperature.unwrap_or(defaults.temperature),
-                top_k: self.top_k.unwrap_or(defaults.top_k),
-                top_p: self.top_p.unwrap_or(defaults.top_p),
-                min_p: self.min_p.unwrap_or(defaults.min_p),
-                repeat_penalty: self.repeat_penalty.unwrap_or(defaults.repeat_penalty),
-                frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
-                presence_penalty: self.presence_penalty.unwrap_or(0.0),
-                seed: match self.seed {
-                    Some(seed) if seed >= 0 => seed as u64,
-                    _ => rand::random(),
-                },
-                ..defaults
+            sampling: Sampling {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repeat_penalty: self.repeat_penalty,
+                frequency_penalty: self.frequency_penalty,
+                presence_penalty: self.presence_penalty,
+                // A negative seed asks for a fresh one, as llama.cpp's -1 does.
+                seed: self.seed.and_then(|seed| u64::try_from(seed).ok()),
             },
             stop: stop_strings(self.stop.as_ref())?,
             logprobs: self.logprobs,
@@ -259,21 +252,14 @@ async fn run_one(
     state: &AppState,
     chat: crate::services::chat::PreparedChat,
 ) -> Result<Finished, ApiError> {
-    let mut generation = state.engine().submit(chat)?;
-    let mut text = String::new();
-    while let Some(event) = generation.next().await {
-        match event {
-            GenerationEvent::Content(piece) | GenerationEvent::Reasoning(piece) => {
-                text.push_str(&piece)
-            }
-            GenerationEvent::ToolCall(_) | GenerationEvent::Progress(_) => {}
-            GenerationEvent::Done(done) => return Ok(Finished { text, done }),
-            GenerationEvent::Failed(message) => {
-                return Err(ServiceError::Generation(message).into())
-            }
-        }
-    }
-    Err(ServiceError::EngineStopped.into())
+    let reply = state.engine().submit(chat)?.collect().await?;
+    // Raw completions parse nothing: the whole text comes as content.
+    let mut text = reply.reasoning.unwrap_or_default();
+    text.push_str(&reply.content);
+    Ok(Finished {
+        text,
+        done: reply.completion,
+    })
 }
 
 /// `POST /v1/completions`.

@@ -2,13 +2,14 @@
 //! settings, delete, read messages, export (Markdown or JSONL), import, and send a message
 //! that the model answers.
 //!
-//! Handlers translate only; the [`SessionStore`] keeps the data and the engine writes the
-//! answer. Sending starts a [`Run`] of the conversation (shared with the page, so one answer
-//! is written at a time): it keeps a draft message up to date as the answer grows and saves
-//! it once more when it ends, so the stored conversation never depends on the client
-//! staying. A client that goes away cancels nothing; its SSE events carry the run's entry
-//! ids, and `GET /api/conversations/{id}/stream` with `Last-Event-ID` resumes the answer
-//! being written.
+//! Handlers translate only; the [`SessionStore`] keeps the data and sending goes through
+//! the [`Conversations`] service (shared with the page and the terminal chat, so one answer
+//! is written at a time): it stores the question, then a draft answer that its [`Run`]
+//! keeps up to date as it grows and saves once more when it ends, so the stored
+//! conversation never depends on the client staying. A client that goes away cancels
+//! nothing; its SSE events carry the run's entry ids, and
+//! `GET /api/conversations/{id}/stream` with `Last-Event-ID` resumes the answer being
+//! written.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,18 +26,16 @@ use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::app::AppState;
 use super::error::{ApiError, ErrorKind};
 use super::json::ApiJson;
-use crate::services::agent::{self, ToolLoop};
-use crate::services::chat::{ChatMessage, ChatRequest, Role, TokenLimit};
+use super::state::AppState;
 use crate::services::events::{GenerationEvent, Progress};
-use crate::services::runs::{Entry, Run, RunEvent, Saving, Subscription};
+use crate::services::runs::RunError;
+use crate::services::runs::{Entry, Run, RunEvent, Subscription};
 use crate::services::sessions::{
-    from_jsonl, to_jsonl, to_markdown, ConversationPatch, ConversationSettings, MessageStatus,
-    NewMessage, StoredMessage,
+    from_jsonl, to_jsonl, to_markdown, ConversationPatch, ConversationSettings,
 };
-use crate::services::{Runs, ServiceError, SessionStore};
+use crate::services::{Ask, ConversationError, Conversations, ServiceError, SessionStore, Started};
 
 /// The routes of the conversations API.
 pub fn routes() -> Router<AppState> {
@@ -58,9 +57,9 @@ fn store(state: &AppState) -> Result<SessionStore, ApiError> {
     state.sessions().cloned().ok_or_else(no_store)
 }
 
-/// The runs writing into the store; there are runs exactly when there is a store.
-fn runs(state: &AppState) -> Result<Runs, ApiError> {
-    state.runs().cloned().ok_or_else(no_store)
+/// The conversation service; there is one exactly when there is a store.
+fn conversations(state: &AppState) -> Result<Conversations, ApiError> {
+    state.conversations().cloned().ok_or_else(no_store)
 }
 
 fn no_store() -> ApiError {
@@ -227,48 +226,6 @@ struct SendBody {
     stream: bool,
 }
 
-/// The request for the model: the conversation's settings, its usable history (complete and
-/// stopped messages) and the new user message.
-fn chat_request(
-    settings: &ConversationSettings,
-    history: &[StoredMessage],
-    content: &str,
-) -> ChatRequest {
-    let mut messages = Vec::with_capacity(history.len() + 2);
-    if let Some(system) = settings
-        .system_prompt
-        .as_deref()
-        .filter(|s| !s.trim().is_empty())
-    {
-        messages.push(ChatMessage::new(Role::System, system));
-    }
-    for message in history {
-        let usable = matches!(
-            message.status,
-            MessageStatus::Complete | MessageStatus::Stopped
-        );
-        let empty = message.content.is_empty() && message.tool_calls.is_none();
-        if usable && !empty {
-            messages.push(ChatMessage {
-                role: message.role,
-                content: message.content.clone(),
-                tool_calls: message.calls(),
-            });
-        }
-    }
-    messages.push(ChatMessage::new(Role::User, content));
-    ChatRequest {
-        messages,
-        enable_thinking: settings.thinking,
-        max_tokens: settings.max_tokens.map(|value| TokenLimit {
-            field: "settings.max_tokens",
-            value,
-        }),
-        sampling: settings.sampling(),
-        ..ChatRequest::default()
-    }
-}
-
 async fn send(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -277,42 +234,15 @@ async fn send(
     if body.content.trim().is_empty() {
         return Err(ApiError::invalid("content", "`content` must not be empty"));
     }
-    let store = store(&state)?;
-    let runs = runs(&state)?;
-    let conversation = store.get(id.clone()).await?;
-    let reservation = runs.reserve(&id)?;
-    let history = store.messages(id.clone()).await?;
-    let request = chat_request(&conversation.settings, &history, &body.content);
-    let builtin = agent::builtin_tools_on(&conversation.settings);
-    let request = if builtin {
-        agent::with_builtin_tools(request)
-    } else {
-        request
-    };
-    let tools = builtin.then(|| ToolLoop::new(state.engine().clone(), request.clone()));
-    let thinking = request.enable_thinking.unwrap_or(true);
-    let codec = state.engine().codec().clone();
-    let chat = tokio::task::spawn_blocking(move || codec.prepare(&request))
-        .await
-        .map_err(|err| {
-            ApiError::from(ServiceError::Generation(format!("worker failed: {err}")))
-        })??;
-    // Queued before anything is saved: a busy server refuses without leaving a question
-    // that nobody answers.
-    let generation = state.engine().submit(chat)?;
-    let user = store
-        .append(id.clone(), NewMessage::text(Role::User, body.content))
+    let Started {
+        run,
+        question,
+        draft,
+        ..
+    } = conversations(&state)?
+        .send(&id, Ask::text(body.content))
         .await?;
-    let draft = store
-        .append(
-            id,
-            NewMessage {
-                status: MessageStatus::Generating,
-                ..NewMessage::text(Role::Assistant, "")
-            },
-        )
-        .await?;
-    let run = reservation.start_with_tools(generation, Saving::Draft(draft.id), thinking, tools);
+    let user = json!(question);
     if body.stream {
         let start = json!({ "user_message": user, "assistant_message_id": draft.id });
         return Ok(sse(Some(start), &run, 0).into_response());
@@ -328,12 +258,10 @@ async fn resume(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let runs = runs(&state)?;
-    let run = runs.live(&id).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "no answer is being written in conversation `{id}`; its messages are final"
-        ))
-    })?;
+    let run = conversations(&state)?
+        .runs()
+        .live(&id)
+        .ok_or_else(|| not_answering(&id))?;
     let after = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
@@ -348,16 +276,21 @@ async fn stop(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let runs = runs(&state)?;
-    let run = runs.live(&id).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "no answer is being written in conversation `{id}`; its messages are final"
-        ))
-    })?;
-    // Finished between the lookup and here: nothing left to stop, and it is saved.
-    let _ = run.stop();
-    run.finished().await;
+    conversations(&state)?
+        .stop(&id)
+        .await
+        .map_err(|err| match err {
+            ConversationError::Run(RunError::Unknown(_)) => not_answering(&id),
+            other => other.into(),
+        })?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// 404 for a conversation in which no answer is being written.
+fn not_answering(id: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "no answer is being written in conversation `{id}`; its messages are final"
+    ))
 }
 
 /// Saving the answer failed: the client is told, in words, that it may be incomplete.
@@ -372,14 +305,14 @@ fn save_failed(message: String) -> ApiError {
 }
 
 /// Waits for the end of the answer and returns both messages as one JSON object.
-async fn collect(user: StoredMessage, mut run: Subscription) -> Result<Response, ApiError> {
+async fn collect(user: serde_json::Value, mut run: Subscription) -> Result<Response, ApiError> {
     let mut failure = None;
     while let Some(entry) = run.next().await {
         match &entry.event {
             RunEvent::Generation(GenerationEvent::Failed(message)) => {
                 failure = Some(message.clone());
             }
-            RunEvent::Saved(Ok(Some(message))) => {
+            RunEvent::Saved(Ok(message)) => {
                 if let Some(failure) = failure {
                     return Err(ServiceError::Generation(failure).into());
                 }
@@ -389,10 +322,7 @@ async fn collect(user: StoredMessage, mut run: Subscription) -> Result<Response,
                 );
             }
             RunEvent::Saved(Err(message)) => return Err(save_failed(message.clone())),
-            RunEvent::Saved(Ok(None))
-            | RunEvent::Generation(_)
-            | RunEvent::ToolResult(_)
-            | RunEvent::Stopped => {}
+            RunEvent::Generation(_) | RunEvent::ToolResult(_) | RunEvent::Stopped => {}
         }
     }
     Err(ServiceError::EngineStopped.into())
@@ -431,8 +361,7 @@ fn stream_event(entry: &Entry) -> Option<(&'static str, serde_json::Value, bool)
             let err = ApiError::from(ServiceError::Generation(message.clone()));
             ("error", err.body(), false)
         }
-        RunEvent::Saved(Ok(Some(message))) => ("done", json!({ "message": message }), true),
-        RunEvent::Saved(Ok(None)) => ("done", json!({ "message": null }), true),
+        RunEvent::Saved(Ok(message)) => ("done", json!({ "message": message }), true),
         RunEvent::Saved(Err(message)) => ("error", save_failed(message.clone()).body(), true),
         RunEvent::Generation(GenerationEvent::Done(_)) | RunEvent::Stopped => return None,
     })

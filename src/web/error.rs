@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::services::runs::RunError;
+use crate::services::ConversationError;
 use crate::services::ServiceError;
 
 /// Seconds a client is told to wait when the queue is full: about one short answer's time.
@@ -130,6 +131,22 @@ impl From<RunError> for ApiError {
                 code: Some("conversation_busy"),
             },
             RunError::Unknown(_) | RunError::Finished(_) => Self::not_found(message),
+        }
+    }
+}
+
+impl From<ConversationError> for ApiError {
+    fn from(err: ConversationError) -> Self {
+        match err {
+            ConversationError::Run(err) => err.into(),
+            ConversationError::Service(err) => err.into(),
+            nothing @ ConversationError::Nothing(_) => Self {
+                status: StatusCode::CONFLICT,
+                kind: ErrorKind::InvalidRequest,
+                message: nothing.to_string(),
+                param: None,
+                code: None,
+            },
         }
     }
 }

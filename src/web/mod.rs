@@ -13,6 +13,8 @@ pub mod markdown;
 pub mod openai;
 pub mod page;
 pub mod sse;
+pub mod state;
 pub mod transcripts;
 
-pub use app::{app, AppState};
+pub use app::app;
+pub use state::AppState;

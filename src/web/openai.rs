@@ -12,10 +12,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
 
 use super::error::ApiError;
-use crate::inference::logprobs::TokenLogprobs;
-use crate::inference::sampling::SamplingParams;
-use crate::services::chat::{json_kind, ChatMessage, ChatRequest, Role, TokenLimit, ToolChoice};
-use crate::services::events::{Completion, Timings, Usage};
+use crate::services::chat::{
+    json_kind, ChatMessage, ChatRequest, Role, Sampling, TokenLimit, ToolChoice,
+};
+use crate::services::events::{Completion, Timings, TokenLogprobs, Usage};
+use crate::services::Reply;
 use crate::smollm3::tool_calls::ToolCall;
 
 /// `POST /v1/chat/completions` (also the body of `/apply-template`).
@@ -42,6 +43,8 @@ pub struct ChatCompletionRequest {
     pub chat_template_kwargs: Option<Map<String, Json>>,
     /// SmolLM3's switch, also accepted outside `chat_template_kwargs`.
     pub enable_thinking: Option<bool>,
+    /// At most this many reasoning tokens (also accepted in `chat_template_kwargs`).
+    pub thinking_budget: Option<usize>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub n: Option<u32>,
@@ -136,6 +139,21 @@ impl ChatCompletionRequest {
                 ))
             }
         };
+        let kwarg_budget = match template_kwargs.remove("thinking_budget") {
+            None | Some(Json::Null) => None,
+            Some(Json::Number(n)) if n.as_u64().is_some() => {
+                n.as_u64().and_then(|n| usize::try_from(n).ok())
+            }
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "chat_template_kwargs.thinking_budget",
+                    format!(
+                        "`chat_template_kwargs.thinking_budget` must be a whole number ≥ 0, \
+                         got {other}"
+                    ),
+                ))
+            }
+        };
         let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
             (Some(value), _) => Some(TokenLimit {
                 field: "max_completion_tokens",
@@ -147,20 +165,16 @@ impl ChatCompletionRequest {
             }),
             (None, None) => None,
         };
-        let defaults = SamplingParams::default();
-        let sampling = SamplingParams {
-            temperature: self.temperature.unwrap_or(defaults.temperature),
-            top_k: self.top_k.unwrap_or(defaults.top_k),
-            top_p: self.top_p.unwrap_or(defaults.top_p),
-            min_p: self.min_p.unwrap_or(defaults.min_p),
-            repeat_penalty: self.repeat_penalty.unwrap_or(defaults.repeat_penalty),
-            repeat_last_n: defaults.repeat_last_n,
-            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
-            presence_penalty: self.presence_penalty.unwrap_or(0.0),
-            seed: match self.seed {
-                Some(seed) if seed >= 0 => seed as u64,
-                _ => rand::random(),
-            },
+        let sampling = Sampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            // A negative seed asks for a fresh one, as llama.cpp's -1 does.
+            seed: self.seed.and_then(|seed| u64::try_from(seed).ok()),
         };
         Ok(ChatRequest {
             messages,
@@ -172,6 +186,7 @@ impl ChatCompletionRequest {
             sampling,
             stop: stop_strings(self.stop.as_ref())?,
             logprobs: self.logprobs().then_some(self.top_logprobs.unwrap_or(0)),
+            thinking_budget: self.thinking_budget.or(kwarg_budget),
         })
     }
 
@@ -570,6 +585,19 @@ pub struct ReplyCollector {
 }
 
 impl ReplyCollector {
+    /// The wire form of a reply collected by the engine.
+    pub fn from_reply(reply: &Reply) -> Self {
+        let mut collector = Self::default();
+        if let Some(reasoning) = &reply.reasoning {
+            collector.reasoning(reasoning);
+        }
+        collector.content(&reply.content);
+        for call in &reply.calls {
+            collector.tool_call(call);
+        }
+        collector
+    }
+
     pub fn reasoning(&mut self, text: &str) {
         self.reasoning
             .get_or_insert_with(String::new)
@@ -632,6 +660,33 @@ mod tests {
     }
 
     #[test]
+    fn the_thinking_budget_is_read_in_either_place_and_leaves_the_template_alone() {
+        let ask = json!([{"role": "user", "content": "hi"}]);
+        let top = request(json!({"messages": ask, "thinking_budget": 7})).unwrap();
+        assert_eq!(top.thinking_budget, Some(7));
+        let kwarg = request(json!({
+            "messages": ask,
+            "chat_template_kwargs": {"thinking_budget": 5, "enable_thinking": true}
+        }))
+        .unwrap();
+        assert_eq!(kwarg.thinking_budget, Some(5));
+        assert!(
+            kwarg.template_kwargs.is_empty(),
+            "{:?}",
+            kwarg.template_kwargs
+        );
+        assert_eq!(
+            request(json!({"messages": ask})).unwrap().thinking_budget,
+            None
+        );
+        assert_eq!(
+            param_of(json!({"messages": ask, "chat_template_kwargs": {"thinking_budget": -1}}))
+                .as_deref(),
+            Some("chat_template_kwargs.thinking_budget")
+        );
+    }
+
+    #[test]
     fn fields_of_every_kind_are_read() {
         let r = request(json!({
             "model": "x",
@@ -653,8 +708,8 @@ mod tests {
         assert_eq!(r.messages[1].content, "a\nb");
         assert_eq!(r.messages[2].tool_calls[0].arguments, json!({"x": 1}));
         assert_eq!(r.messages[3].role, Role::Tool);
-        assert_eq!(r.sampling.temperature, 0.2);
-        assert_eq!(r.sampling.seed, 7);
+        assert_eq!(r.sampling.temperature, Some(0.2));
+        assert_eq!(r.sampling.seed, Some(7));
         assert_eq!(
             r.max_tokens.map(|m| (m.field, m.value)),
             Some(("max_tokens", 12))
@@ -691,8 +746,8 @@ mod tests {
                                "presence_penalty": 0.5, "frequency_penalty": -0.25}))
         .unwrap();
         assert_eq!(r.tool_choice, ToolChoice::Required);
-        assert_eq!(r.sampling.presence_penalty, 0.5);
-        assert_eq!(r.sampling.frequency_penalty, -0.25);
+        assert_eq!(r.sampling.presence_penalty, Some(0.5));
+        assert_eq!(r.sampling.frequency_penalty, Some(-0.25));
         let r = request(json!({"messages": [user],
             "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}))
         .unwrap();

@@ -1,6 +1,7 @@
-//! The chat page's conversations, kept in the [`SessionStore`]: ids as the page carries them,
-//! the request sent to the model from a stored conversation, and stored messages as the
-//! templates show them.
+//! The chat page's conversations, kept in the [`SessionStore`]: ids as the page carries them
+//! and stored messages as the templates show them (the request sent to the model from a
+//! stored conversation is the conversation service's,
+//! [`chat_request`](crate::services::conversation::chat_request)).
 //!
 //! The page goes to the same store as `/api/conversations`, so a conversation started on the
 //! page can be read, exported or continued through the API and the other way round. A server
@@ -11,8 +12,8 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use super::markdown::render_markdown;
-use crate::services::chat::{ChatMessage, ChatRequest, Role, TokenLimit};
-use crate::services::sessions::{ConversationSettings, MessageStatus, StoredMessage};
+use crate::services::chat::Role;
+use crate::services::sessions::{MessageStatus, StoredMessage};
 
 /// A conversation's id as the page carries it: 1 to 64 of `[A-Za-z0-9_-]`, so it is safe in
 /// a URL, an HTML attribute and a log line. The store's ids (`conv_` and 16 letters) fit.
@@ -32,61 +33,6 @@ impl ConversationId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-/// Whether a stored message goes back to the model: failed answers and empty leftovers
-/// would only confuse it.
-fn usable(message: &StoredMessage) -> bool {
-    let finished = matches!(
-        message.status,
-        MessageStatus::Complete | MessageStatus::Stopped
-    );
-    finished && !(message.content.is_empty() && message.tool_calls.is_none())
-}
-
-/// The request for the model: the conversation's settings, its usable history, and `next`
-/// (a new user message) when there is one; a regenerated answer has none, as its question is
-/// already the last message of `history`.
-pub fn chat_request(
-    settings: &ConversationSettings,
-    history: &[StoredMessage],
-    next: Option<&str>,
-    tools: Vec<Json>,
-) -> ChatRequest {
-    let mut messages = Vec::with_capacity(history.len() + 2);
-    if let Some(system) = settings
-        .system_prompt
-        .as_deref()
-        .filter(|s| !s.trim().is_empty())
-    {
-        messages.push(ChatMessage::new(Role::System, system));
-    }
-    for message in history.iter().filter(|m| usable(m)) {
-        messages.push(ChatMessage {
-            role: message.role,
-            content: message.content.clone(),
-            tool_calls: message.calls(),
-        });
-    }
-    if let Some(text) = next {
-        messages.push(ChatMessage::new(Role::User, text));
-    }
-    ChatRequest {
-        messages,
-        tools,
-        enable_thinking: Some(thinking(settings)),
-        max_tokens: settings.max_tokens.map(|value| TokenLimit {
-            field: "max_tokens",
-            value,
-        }),
-        sampling: settings.sampling(),
-        ..ChatRequest::default()
-    }
-}
-
-/// The conversation's thinking switch; SmolLM3 thinks unless told not to.
-pub fn thinking(settings: &ConversationSettings) -> bool {
-    settings.thinking.unwrap_or(true)
 }
 
 /// A tool call as its card shows it.
@@ -167,10 +113,12 @@ fn results_after(messages: &[StoredMessage], index: usize) -> Vec<ToolResultView
 
 /// The messages the page shows: user and assistant turns, tool messages as results under
 /// the call they answer (system messages, which only an API client can add, are left out).
+/// An answer still `generating` is left out too: its run streams it, from its start.
 pub fn views(messages: &[StoredMessage]) -> Vec<MessageView> {
     messages
         .iter()
         .enumerate()
+        .filter(|(_, message)| message.status != MessageStatus::Generating)
         .filter_map(|(index, message)| match message.role {
             Role::User => Some(MessageView {
                 role: "user",
@@ -205,6 +153,7 @@ pub fn views(messages: &[StoredMessage]) -> Vec<MessageView> {
                 note: match message.status {
                     MessageStatus::Complete => None,
                     MessageStatus::Stopped | MessageStatus::Generating => Some("Stopped."),
+                    MessageStatus::Interrupted => Some("Interrupted."),
                     MessageStatus::Failed => Some("Failed."),
                 },
                 stats: stats_line(message),
@@ -240,30 +189,6 @@ mod tests {
         for bad in ["", "a b", "<x>", "é", &"a".repeat(65)] {
             assert!(ConversationId::parse(bad).is_none(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn requests_carry_settings_and_skip_failed_answers() {
-        let settings = ConversationSettings {
-            system_prompt: Some("Be brief.".into()),
-            temperature: Some(0.2),
-            thinking: Some(false),
-            ..ConversationSettings::default()
-        };
-        let history = [
-            stored(Role::User, "hi", MessageStatus::Complete),
-            stored(Role::Assistant, "broken", MessageStatus::Failed),
-            stored(Role::Assistant, "hello", MessageStatus::Stopped),
-        ];
-        let request = chat_request(&settings, &history, Some("again"), Vec::new());
-        let texts: Vec<&str> = request
-            .messages
-            .iter()
-            .map(|m| m.content.as_str())
-            .collect();
-        assert_eq!(texts, ["Be brief.", "hi", "hello", "again"]);
-        assert_eq!(request.enable_thinking, Some(false));
-        assert_eq!(request.sampling.temperature, 0.2);
     }
 
     #[test]

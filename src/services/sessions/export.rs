@@ -5,7 +5,7 @@
 //! Separate from the store because it is pure text work, testable without a database. The
 //! JSONL form carries exactly what the store keeps of a message's text, so exporting an
 //! imported file gives the same file back. A message that did not complete carries a
-//! `status` field (`stopped` or `failed`), which other OpenAI readers ignore.
+//! `status` field (`stopped`, `interrupted` or `failed`), which other OpenAI readers ignore.
 
 use serde_json::{Map, Value as Json};
 
@@ -103,9 +103,10 @@ fn message_from(object: &Map<String, Json>) -> Result<NewMessage, String> {
         None | Some("complete") => MessageStatus::Complete,
         Some("stopped") => MessageStatus::Stopped,
         Some("failed") => MessageStatus::Failed,
+        Some("interrupted") => MessageStatus::Interrupted,
         Some(other) => {
             return Err(format!(
-                "`status` must be complete, stopped or failed, got {other:?}"
+                "`status` must be complete, stopped, interrupted or failed, got {other:?}"
             ))
         }
     };
@@ -175,6 +176,9 @@ pub fn to_markdown(conversation: &Conversation, messages: &[StoredMessage]) -> S
             MessageStatus::Complete => {}
             MessageStatus::Stopped | MessageStatus::Generating => {
                 out.push_str("\n_(stopped before the answer was complete)_\n");
+            }
+            MessageStatus::Interrupted => {
+                out.push_str("\n_(cut off when the server stopped unexpectedly)_\n");
             }
             MessageStatus::Failed => out.push_str("\n_(the generation failed here)_\n"),
         }

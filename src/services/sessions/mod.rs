@@ -22,7 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 
-use super::chat::Role;
+use super::chat::{Role, Sampling};
 use super::error::ServiceError;
 use crate::smollm3::tool_calls::ToolCall;
 
@@ -32,6 +32,8 @@ pub use export::{from_jsonl, to_jsonl, to_markdown};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_builtin_tools.sql"),
+    include_str!("migrations/0003_interrupted.sql"),
+    include_str!("migrations/0004_thinking_budget.sql"),
 ];
 
 /// The database's file name inside the data directory.
@@ -70,37 +72,36 @@ pub struct ConversationSettings {
     pub max_tokens: Option<i64>,
     /// SmolLM3's reasoning switch.
     pub thinking: Option<bool>,
+    /// At most this many reasoning tokens per answer; `None` lets the model reason freely.
+    pub thinking_budget: Option<usize>,
     /// Whether the server offers its built-in tools (`services::tools`: calculator, current
     /// time) to the model in this conversation and runs the calls it makes to them.
     pub builtin_tools: Option<bool>,
 }
 
 impl ConversationSettings {
-    /// The sampling settings for the next answer: the stored ones over the defaults, and a
-    /// fresh seed, so asking again gives another answer.
-    pub fn sampling(&self) -> crate::inference::sampling::SamplingParams {
-        let defaults = crate::inference::sampling::SamplingParams::default();
-        crate::inference::sampling::SamplingParams {
-            temperature: self.temperature.unwrap_or(defaults.temperature),
-            top_p: self.top_p.unwrap_or(defaults.top_p),
-            seed: rand::random(),
-            ..defaults
+    /// The sampling settings for the next answer: the stored ones, the defaults for the
+    /// rest, and no seed, so asking again gives another answer.
+    pub fn sampling(&self) -> Sampling {
+        Sampling {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            ..Sampling::default()
         }
     }
 
     /// Refuses values no generation could use, naming the field, so a bad setting fails when
-    /// it is saved rather than at the next message.
+    /// it is saved rather than at the next message. The sampling ranges are the requests'
+    /// own ([`Sampling::check`]).
     pub fn check(&self) -> Result<(), ServiceError> {
         let bad = |field, problem: String| Err(ServiceError::InvalidParameter { field, problem });
-        if let Some(t) = self.temperature {
-            if !(t.is_finite() && t >= 0.0) {
-                return bad("settings.temperature", format!("must be ≥ 0, got {t}"));
-            }
-        }
-        if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return bad("settings.top_p", format!("must be in (0, 1], got {p}"));
-            }
+        if let Err(ServiceError::InvalidParameter { field, problem }) = self.sampling().check() {
+            let field = match field {
+                "temperature" => "settings.temperature",
+                "top_p" => "settings.top_p",
+                other => other,
+            };
+            return bad(field, problem);
         }
         if let Some(m) = self.max_tokens {
             if m < 1 {
@@ -138,6 +139,9 @@ pub enum MessageStatus {
     Failed,
     /// Being generated now.
     Generating,
+    /// Cut off by a server that did not shut down (killed, out of memory, power lost): the
+    /// text is what was saved before; the next start marks what it finds `generating`.
+    Interrupted,
 }
 
 impl MessageStatus {
@@ -147,6 +151,7 @@ impl MessageStatus {
             Self::Stopped => "stopped",
             Self::Failed => "failed",
             Self::Generating => "generating",
+            Self::Interrupted => "interrupted",
         }
     }
 
@@ -156,6 +161,7 @@ impl MessageStatus {
             Self::Stopped,
             Self::Failed,
             Self::Generating,
+            Self::Interrupted,
         ]
         .into_iter()
         .find(|s| s.as_str() == text)
@@ -313,7 +319,7 @@ pub struct SessionStore {
 
 impl SessionStore {
     /// Opens (creating it if needed) the database in `data_dir`, brings its schema up to
-    /// date and marks answers left `generating` by an earlier run as `stopped`.
+    /// date and marks answers left `generating` by an earlier run as `interrupted`.
     pub async fn open(data_dir: impl Into<PathBuf>) -> Result<Self, ServiceError> {
         let data_dir = data_dir.into();
         tokio::task::spawn_blocking(move || Self::open_blocking(&data_dir))
@@ -335,13 +341,13 @@ impl SessionStore {
         migrate(&mut connection)?;
         let interrupted = connection
             .execute(
-                "UPDATE messages SET status = 'stopped' WHERE status = 'generating'",
+                "UPDATE messages SET status = 'interrupted' WHERE status = 'generating'",
                 [],
             )
             .map_err(storage("recover interrupted answers"))?;
         if interrupted > 0 {
             tracing::warn!(
-                "{interrupted} answer(s) were cut off by the last shutdown; kept as stopped"
+                "{interrupted} answer(s) were cut off by the last shutdown; kept as interrupted"
             );
         }
         Ok(Self {

@@ -73,6 +73,49 @@ async fn a_newer_schema_is_refused_with_both_versions() {
     }
 }
 
+/// A database from before `interrupted` (schema version 2) keeps its messages and their
+/// ids, never gives a deleted message's id again, and takes the new status.
+#[tokio::test]
+async fn messages_migrate_to_the_interrupted_status_with_their_ids() {
+    let dir = temp();
+    {
+        let mut c = Connection::open(dir.path().join(DATABASE_FILE)).expect("open");
+        let tx = c.transaction().expect("transaction");
+        tx.execute_batch(MIGRATIONS[0]).expect("version 1 schema");
+        tx.execute_batch(MIGRATIONS[1]).expect("version 2 schema");
+        tx.pragma_update(None, "user_version", 2).expect("version");
+        tx.execute_batch(
+            "INSERT INTO conversations (id, title, settings, created_at, updated_at) \
+             VALUES ('conv_old', 'old', '{}', 1, 1); \
+             INSERT INTO messages (conversation_id, role, content, status, created_at) \
+             VALUES ('conv_old', 'user', 'hi', 'complete', 1), \
+                    ('conv_old', 'assistant', 'half', 'generating', 2), \
+                    ('conv_old', 'assistant', 'gone', 'complete', 3); \
+             DELETE FROM messages WHERE content = 'gone';",
+        )
+        .expect("old rows");
+        tx.commit().expect("commit");
+    }
+    let s = store(&dir).await;
+    let all = s.messages("conv_old".into()).await.expect("messages");
+    let rows: Vec<(i64, &str, MessageStatus)> = all
+        .iter()
+        .map(|m| (m.id, m.content.as_str(), m.status))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (1, "hi", MessageStatus::Complete),
+            (2, "half", MessageStatus::Interrupted)
+        ]
+    );
+    let next = s
+        .append("conv_old".into(), NewMessage::text(Role::User, "again"))
+        .await
+        .expect("append");
+    assert_eq!(next.id, 4, "the deleted message's id 3 is not given again");
+}
+
 /// A database from before `builtin_tools` (schema version 1) opens with its settings as
 /// they were, and the new setting is stored, patched and read back like the others.
 #[tokio::test]
@@ -99,7 +142,11 @@ async fn builtin_tools_setting_migrates_from_version_1_and_round_trips() {
         })
         .await
         .expect("version");
-    assert_eq!(version, 2);
+    assert_eq!(
+        version,
+        MIGRATIONS.len() as i64,
+        "brought to the latest schema"
+    );
     let old = s.get("conv_old".into()).await.expect("old conversation");
     assert_eq!(
         old.settings,
@@ -203,6 +250,7 @@ async fn crud_lists_newest_first_and_titles_from_the_first_user_message() {
         top_p: Some(0.9),
         max_tokens: Some(128),
         thinking: Some(false),
+        thinking_budget: Some(64),
         builtin_tools: Some(true),
     };
     let renamed = s
@@ -303,7 +351,7 @@ async fn messages_keep_every_field_and_a_partial_answer_is_updated_in_place() {
 }
 
 #[tokio::test]
-async fn reopening_marks_interrupted_answers_stopped_and_keeps_their_text() {
+async fn reopening_marks_cut_off_answers_interrupted_and_keeps_their_text() {
     let dir = temp();
     let s = store(&dir).await;
     let c = untitled(&s).await;
@@ -319,7 +367,7 @@ async fn reopening_marks_interrupted_answers_stopped_and_keeps_their_text() {
     drop(s);
     let s = store(&dir).await;
     let all = s.messages(c.id.clone()).await.expect("messages");
-    assert_eq!(all[1].status, MessageStatus::Stopped);
+    assert_eq!(all[1].status, MessageStatus::Interrupted);
     assert_eq!(all[1].content, "half an ans");
 }
 

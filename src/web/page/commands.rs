@@ -11,9 +11,8 @@ use super::meter::{grouped, measure};
 use super::settings::{apply_settings, thinking_html};
 use super::templates::render;
 use super::{load, redirect, PageError, PageState, MAX_MESSAGE_BYTES};
-use crate::inference::sampling::SamplingParams;
+use crate::services::chat::Sampling;
 use crate::services::sessions::ConversationSettings;
-use crate::web::transcripts;
 
 /// The slash commands: name, what it inserts when picked in the menu, usage, and help.
 const COMMANDS: &[(&str, &str, &str, &str)] = &[
@@ -24,7 +23,12 @@ const COMMANDS: &[(&str, &str, &str, &str)] = &[
         "/clear",
         "delete every message of this chat",
     ),
-    ("/think", "/think", "/think", "turn thinking on"),
+    (
+        "/think",
+        "/think",
+        "/think [N]",
+        "turn thinking on (with N: at most N tokens of it)",
+    ),
     ("/no_think", "/no_think", "/no_think", "turn thinking off"),
     (
         "/temp",
@@ -98,11 +102,24 @@ pub(super) async fn command(
         "/help" => Ok(Html(notice("help", "", raw, &[])?).into_response()),
         "/think" | "/no_think" => {
             let on = name == "/think";
-            let said = if on {
-                "Thinking is on."
-            } else {
-                "Thinking is off."
+            let budget = match argument {
+                "" => None,
+                n if on => Some(n.parse::<usize>().map_err(|_| PageError::NotANumber {
+                    field: "the thinking budget",
+                    value: n.to_owned(),
+                })?),
+                _ => None,
             };
+            let said = match (on, budget) {
+                (true, None) => "Thinking is on.".to_owned(),
+                (true, Some(n)) => format!("Thinking is on, at most {n} tokens of it."),
+                (false, _) => "Thinking is off.".to_owned(),
+            };
+            let said = said.as_str();
+            if raw.is_empty() && budget.is_some() {
+                // The budget is a setting of the conversation, which the first message makes.
+                return Err(PageError::Nothing("message to set a thinking budget for"));
+            }
             if raw.is_empty() {
                 // A new chat: the box carries the setting to the first message.
                 let mut html = notice("text", said, raw, &[])?;
@@ -115,6 +132,8 @@ pub(super) async fn command(
                 raw,
                 move |old| ConversationSettings {
                     thinking: Some(on),
+                    // `/think` alone lifts a budget; `/no_think` keeps it for later.
+                    thinking_budget: if on { budget } else { old.thinking_budget },
                     ..old.clone()
                 },
                 said,
@@ -176,7 +195,7 @@ pub(super) async fn command(
             if state.busy(&id) {
                 return Err(PageError::Busy);
             }
-            state.store.truncate(id.as_str().to_owned(), 0).await?;
+            state.store().truncate(id.as_str().to_owned(), 0).await?;
             Ok(redirect(&format!("/c/{}", id.as_str())))
         }
         "/export" => {
@@ -187,7 +206,7 @@ pub(super) async fn command(
             Ok(Html(notice("export", "", id.as_str(), &[])?).into_response())
         }
         "/status" => {
-            let info = state.engine.info();
+            let info = state.engine().info();
             let mut lines = vec![format!(
                 "Model: {} ({})",
                 info.id,
@@ -204,7 +223,7 @@ pub(super) async fn command(
                 )
             } else {
                 let (id, conversation) = load(state, raw).await?;
-                let history = state.store.messages(id.as_str().to_owned()).await?;
+                let history = state.store().messages(id.as_str().to_owned()).await?;
                 lines.push(format!(
                     "Conversation: {} ({} messages{})",
                     conversation.title.as_deref().unwrap_or("New chat"),
@@ -223,10 +242,10 @@ pub(super) async fn command(
                 used.map_or_else(|| "?".to_owned(), grouped),
                 grouped(state.context_length())
             ));
-            let defaults = SamplingParams::default();
+            let defaults = Sampling::defaults();
             lines.push(format!(
                 "Thinking {}, temperature {}, top-p {}, max tokens {}",
-                if transcripts::thinking(&settings) {
+                if crate::services::conversation::thinking(&settings) {
                     "on"
                 } else {
                     "off"

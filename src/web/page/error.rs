@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{MAX_MESSAGE_BYTES, MAX_TITLE_BYTES};
 use crate::services::runs::RunError;
-use crate::services::ServiceError;
+use crate::services::{ConversationError, ServiceError};
 use crate::web::error::ApiError;
 
 /// Why a page request failed; sent as plain text, which `chat.js` shows as is.
@@ -83,12 +83,27 @@ impl PageError {
         }
     }
 
+    /// A refusal of the conversation service in the page's words.
+    pub(super) fn from_conversation(err: ConversationError) -> Self {
+        match err {
+            ConversationError::Run(err) => Self::from_run(err),
+            ConversationError::Nothing(what) => Self::Nothing(what),
+            ConversationError::Service(err) => Self::from_store(err),
+        }
+    }
+
     /// Turns the store's "no such conversation" into the page's own, worded for people.
     pub(super) fn from_store(err: ServiceError) -> Self {
         match err {
             ServiceError::ConversationNotFound { id } => Self::UnknownConversation(id),
             other => Self::Service(other),
         }
+    }
+}
+
+impl From<ConversationError> for PageError {
+    fn from(err: ConversationError) -> Self {
+        Self::from_conversation(err)
     }
 }
 

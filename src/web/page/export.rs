@@ -30,7 +30,7 @@ pub(super) async fn export(
         Some(other) => return Err(PageError::BadFormat(other.to_owned())),
     };
     let (id, conversation) = load(&state, &id).await?;
-    let messages = state.store.messages(id.as_str().to_owned()).await?;
+    let messages = state.store().messages(id.as_str().to_owned()).await?;
     let (body, content_type, extension) = if json {
         let document = json!({ "conversation": conversation, "messages": messages });
         let text = serde_json::to_string_pretty(&document).unwrap_or_else(|_| document.to_string());

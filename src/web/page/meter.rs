@@ -9,7 +9,6 @@ use serde::Serialize;
 use super::templates::render;
 use super::{PageError, PageState};
 use crate::services::sessions::{ConversationSettings, StoredMessage};
-use crate::web::transcripts;
 
 /// `123456` as `123,456`.
 pub(super) fn grouped(n: usize) -> String {
@@ -58,8 +57,8 @@ pub(super) async fn measure(
     if history.is_empty() && settings.system_prompt.is_none() {
         return Some(0);
     }
-    let request = transcripts::chat_request(settings, history, None, Vec::new());
-    let codec = state.engine.codec().clone();
+    let request = crate::services::conversation::chat_request(settings, history, None, Vec::new());
+    let codec = state.engine().codec().clone();
     tokio::task::spawn_blocking(move || codec.prepare(&request).ok().map(|p| p.prompt.len()))
         .await
         .ok()

@@ -6,9 +6,9 @@
 //! beside them, each answering with the fragment it replaces.
 //!
 //! Conversations live in the [`SessionStore`] (see [`super::transcripts`]), so a reload or a
-//! restart finds them. The page goes through the same services path as the API
-//! (`ChatCodec::prepare`, then `Engine::submit` and its event stream); only the output
-//! differs: HTML instead of OpenAI chunks. Answers are rendered from Markdown on the server
+//! restart finds them. The page asks through the same [`Conversations`] service as the API
+//! and the terminal chat (send, regenerate, edit, stop); only the output differs: HTML
+//! instead of JSON. Answers are rendered from Markdown on the server
 //! ([`render_markdown`](crate::web::markdown::render_markdown)); every template is `*.html`, so MiniJinja escapes what model or user
 //! wrote.
 //!
@@ -50,7 +50,7 @@ pub use error::PageError;
 use super::assets;
 use super::transcripts::ConversationId;
 use crate::services::sessions::{Conversation, ConversationSettings};
-use crate::services::{Engine, Runs, SessionStore};
+use crate::services::{Conversations, Engine, Runs, SessionStore};
 
 /// Longest message the page accepts, in bytes: a long paste fits, a runaway one is refused
 /// before it is tokenized.
@@ -59,59 +59,72 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// Longest title or search text, in bytes: far more than a sidebar line, far less than abuse.
 pub const MAX_TITLE_BYTES: usize = 200;
 
-/// What the page handlers share: the engine, the conversations and the answers in flight.
+/// What the page handlers share: the conversation service (engine, store and the answers
+/// in flight).
 pub struct PageState {
-    engine: Engine,
-    store: SessionStore,
+    conversations: Conversations,
     /// The store is on disk (not the in-memory fallback); the sidebar says so otherwise.
     persistent: bool,
-    runs: Runs,
 }
 
 impl PageState {
     /// The badge's word: "stub" for the fake model, else "busy" while a generation runs or
     /// waits, else "ready".
     fn badge_state(&self) -> &'static str {
-        let (waiting, running) = self.engine.queue();
-        match (self.engine.info().is_stub, running + waiting > 0) {
+        let (waiting, running) = self.engine().queue();
+        match (self.engine().info().is_stub, running + waiting > 0) {
             (true, _) => "stub",
             (false, true) => "busy",
             (false, false) => "ready",
         }
     }
 
-    /// A page over `engine`, writing answers with `runs` into their store.
-    pub fn new(engine: Engine, runs: Runs, persistent: bool) -> Self {
+    /// A page asking through `conversations`.
+    pub fn new(conversations: Conversations, persistent: bool) -> Self {
         Self {
-            engine,
-            store: runs.store().clone(),
+            conversations,
             persistent,
-            runs,
         }
+    }
+
+    fn engine(&self) -> &Engine {
+        self.conversations.engine()
+    }
+
+    fn store(&self) -> &SessionStore {
+        self.conversations.store()
+    }
+
+    fn runs(&self) -> &Runs {
+        self.conversations.runs()
     }
 
     fn busy(&self, conversation: &ConversationId) -> bool {
-        self.runs.is_busy(conversation.as_str())
+        self.conversations.is_busy(conversation.as_str())
     }
 
     fn context_length(&self) -> usize {
-        self.engine.info().context_length
+        self.engine().info().context_length
     }
 }
 
-/// The page's routes with their own state; merge into the app. Without `runs` (no
+/// The page's routes with their own state; merge into the app. Without `conversations` (no
 /// conversation store) the page keeps its conversations in an in-memory store, lost when
 /// the server stops.
-pub fn routes<S: Clone + Send + Sync + 'static>(engine: Engine, runs: Option<Runs>) -> Router<S> {
-    let persistent = runs.is_some();
-    let runs = match runs {
-        Some(runs) => runs,
+pub fn routes<S: Clone + Send + Sync + 'static>(
+    engine: Engine,
+    conversations: Option<Conversations>,
+) -> Router<S> {
+    let persistent = conversations.is_some();
+    let conversations = match conversations {
+        Some(conversations) => conversations,
         // Opening an empty in-memory SQLite database only fails when memory is exhausted.
-        None => {
-            Runs::new(SessionStore::in_memory().expect("an in-memory conversation store opens"))
-        }
+        None => Conversations::new(
+            engine,
+            Runs::new(SessionStore::in_memory().expect("an in-memory conversation store opens")),
+        ),
     };
-    routes_with(Arc::new(PageState::new(engine, runs, persistent)))
+    routes_with(Arc::new(PageState::new(conversations, persistent)))
 }
 
 /// The page's routes over a given state (a test's, for one).
@@ -157,7 +170,7 @@ fn form<T>(form: Result<Form<T>, FormRejection>) -> Result<T, PageError> {
 async fn load(state: &PageState, raw: &str) -> Result<(ConversationId, Conversation), PageError> {
     let id = ConversationId::parse(raw).ok_or(PageError::BadConversation)?;
     let conversation = state
-        .store
+        .store()
         .get(id.as_str().to_owned())
         .await
         .map_err(PageError::from_store)?;
@@ -179,7 +192,7 @@ async fn target(
     settings: ConversationSettings,
 ) -> Result<Target, PageError> {
     if raw.is_empty() {
-        let conversation = state.store.create(None, settings).await?;
+        let conversation = state.store().create(None, settings).await?;
         let id = ConversationId::parse(&conversation.id).ok_or(PageError::BadConversation)?;
         return Ok(Target {
             id,

@@ -14,14 +14,14 @@ use super::meter::{measure, Meter};
 use super::settings::SettingsView;
 use super::templates::render;
 use super::{load, PageError, PageState};
-use crate::inference::sampling::SamplingParams;
+use crate::services::chat::Sampling;
 use crate::services::sessions::{Conversation, ConversationSettings};
 use crate::web::transcripts;
 
 /// `GET /chat/status`: the status badge, which the page polls so "busy" shows while the
 /// model works for anyone.
 pub(super) async fn badge(State(state): State<Arc<PageState>>) -> Result<Html<String>, PageError> {
-    let info = state.engine.info();
+    let info = state.engine().info();
     Ok(Html(render(
         "badge.html",
         context! { model => info.id.as_str(), state => state.badge_state() },
@@ -56,10 +56,10 @@ async fn render_page(
     state: &PageState,
     conversation: Option<Conversation>,
 ) -> Result<String, PageError> {
-    let info = state.engine.info();
+    let info = state.engine().info();
     let (id, title, settings, history) = match conversation {
         Some(c) => {
-            let history = state.store.messages(c.id.clone()).await?;
+            let history = state.store().messages(c.id.clone()).await?;
             (c.id, c.title, c.settings, history)
         }
         None => (
@@ -70,10 +70,10 @@ async fn render_page(
         ),
     };
     let used = measure(state, &settings, &history).await;
-    let conversations = state.store.list(None).await?;
+    let conversations = state.store().list(None).await?;
     // An answer still being written shows streaming, from the start of its run.
     let live = state
-        .runs
+        .runs()
         .live(&id)
         .map(|run| context! { id => run.id(), thinking => run.thinking() });
     let html = render(
@@ -89,11 +89,11 @@ async fn render_page(
             query => Option::<String>::None,
             messages => Serde(transcripts::views(&history)),
             live => live,
-            thinking => transcripts::thinking(&settings),
+            thinking => crate::services::conversation::thinking(&settings),
             settings => Serde(SettingsView::new(&settings)),
             defaults => context! {
-                temperature => SamplingParams::default().temperature.to_string(),
-                top_p => SamplingParams::default().top_p.to_string(),
+                temperature => Sampling::defaults().temperature.to_string(),
+                top_p => Sampling::defaults().top_p.to_string(),
                 context_length => state.context_length(),
             },
             meter => Serde(Meter::new(used, state.context_length())),

@@ -1,6 +1,8 @@
 //! Asking: sending a message (`POST /chat/send`, which hands slash commands to
 //! [`super::commands`]), regenerating the last answer and editing the last question. Each
-//! queues an answer as a run of the conversation and answers with the HTML that streams it.
+//! is a call of the [`Conversations`](crate::services::Conversations) service (which
+//! queues the answer, stores the question and a draft and starts the run); the handlers
+//! translate the form and answer with the HTML that streams the run.
 
 use std::sync::Arc;
 
@@ -21,13 +23,9 @@ use super::{
     form, fragment_response, from_page, load, target, PageError, PageState, Target,
     MAX_MESSAGE_BYTES,
 };
-use crate::services::agent::{self, ToolLoop};
-use crate::services::chat::{ChatRequest, Role};
-use crate::services::runs::{Reservation, Saving};
-use crate::services::sessions::{
-    ConversationPatch, ConversationSettings, NewMessage, StoredMessage,
-};
-use crate::services::{GenerationStream, ServiceError};
+use crate::services::conversation::thinking as thinking_of;
+use crate::services::sessions::{ConversationPatch, ConversationSettings, StoredMessage};
+use crate::services::Ask;
 use crate::web::transcripts::{self, ConversationId, MessageView};
 
 /// The composer's fields.
@@ -80,68 +78,6 @@ fn checked_message(raw: &str) -> Result<String, PageError> {
     Ok(text.to_owned())
 }
 
-/// An answer about to start: its conversation held and its generation queued.
-struct Queued {
-    reservation: Reservation,
-    generation: GenerationStream,
-    thinking: bool,
-    /// The built-in tools loop, when the conversation has them on.
-    tools: Option<ToolLoop>,
-}
-
-impl Queued {
-    /// The run id, for the stream URL.
-    fn id(&self) -> &str {
-        self.reservation.id()
-    }
-
-    /// Starts the run; called once the question is stored, so the answer lands after it.
-    fn start(self) {
-        self.reservation.start_with_tools(
-            self.generation,
-            Saving::Append,
-            self.thinking,
-            self.tools,
-        );
-    }
-}
-
-/// Holds `conversation` and queues an answer to `request`. Queued before anything is saved,
-/// so a busy server refuses without leaving a question nobody answers; dropping the result
-/// unstarted cancels the generation and frees the conversation. With the conversation's
-/// built-in tools on, they replace the request's tools (the demo tools) and the run
-/// executes their calls.
-async fn queue_answer(
-    state: &Arc<PageState>,
-    conversation: &ConversationId,
-    settings: &ConversationSettings,
-    request: ChatRequest,
-) -> Result<Queued, PageError> {
-    let reservation = state
-        .runs
-        .reserve(conversation.as_str())
-        .map_err(PageError::from_run)?;
-    let (request, tools) = if agent::builtin_tools_on(settings) {
-        let request = agent::with_builtin_tools(request);
-        let tools = ToolLoop::new(state.engine.clone(), request.clone());
-        (request, Some(tools))
-    } else {
-        (request, None)
-    };
-    let thinking = request.enable_thinking.unwrap_or(true);
-    let codec = state.engine.codec().clone();
-    let prepared = tokio::task::spawn_blocking(move || codec.prepare(&request))
-        .await
-        .map_err(|err| ServiceError::Generation(format!("worker failed: {err}")))??;
-    let generation = state.engine.submit(prepared)?;
-    Ok(Queued {
-        reservation,
-        generation,
-        thinking,
-        tools,
-    })
-}
-
 pub(super) async fn send(
     State(state): State<Arc<PageState>>,
     headers: HeaderMap,
@@ -163,14 +99,14 @@ pub(super) async fn send(
     };
     let Target {
         id,
-        mut conversation,
+        conversation,
         created,
     } = target(&state, &body.conversation, settings).await?;
     if state.busy(&id) {
         return Err(PageError::Busy);
     }
     // The Thinking box is the conversation's thinking setting.
-    if transcripts::thinking(&conversation.settings) != thinking {
+    if thinking_of(&conversation.settings) != thinking {
         let settings = ConversationSettings {
             thinking: Some(thinking),
             ..conversation.settings.clone()
@@ -179,43 +115,32 @@ pub(super) async fn send(
             title: None,
             settings: Some(settings),
         };
-        conversation = state
-            .store
+        state
+            .store()
             .update(id.as_str().to_owned(), patch)
             .await
             .map_err(PageError::from_store)?;
     }
-    let history = state.store.messages(id.as_str().to_owned()).await?;
-    let request = transcripts::chat_request(
-        &conversation.settings,
-        &history,
-        Some(&text),
-        tools(body.tools.is_some()),
-    );
-    let answer = match queue_answer(&state, &id, &conversation.settings, request).await {
-        Ok(answer) => answer,
+    let ask = Ask {
+        text: text.clone(),
+        tools: tools(body.tools.is_some()),
+    };
+    let started = match state.conversations.send(id.as_str(), ask).await {
+        Ok(started) => started,
         Err(err) => {
             // A refused first message leaves no empty conversation in the sidebar.
             if created {
-                if let Err(cleanup) = state.store.delete(id.as_str().to_owned()).await {
+                if let Err(cleanup) = state.store().delete(id.as_str().to_owned()).await {
                     tracing::warn!("could not remove an unused conversation: {cleanup}");
                 }
             }
-            return Err(err);
+            return Err(err.into());
         }
     };
-    state
-        .store
-        .append(
-            id.as_str().to_owned(),
-            NewMessage::text(Role::User, text.clone()),
-        )
-        .await?;
     let mut html = render(
         "exchange.html",
-        context! { message => text, id => answer.id(), thinking => thinking },
+        context! { message => text, id => started.run.id(), thinking => thinking },
     )?;
-    answer.start();
     html.push_str(&sidebar_oob(&state, id.as_str()).await?);
     Ok(fragment_response(html, created.then_some(&id)))
 }
@@ -224,19 +149,6 @@ pub(super) async fn send(
 pub(super) struct RegenerateForm {
     conversation: String,
     tools: Option<String>,
-}
-
-/// The conversation's messages and the index of its last user message.
-async fn last_question(
-    state: &PageState,
-    id: &ConversationId,
-) -> Result<(Vec<StoredMessage>, usize), PageError> {
-    let history = state.store.messages(id.as_str().to_owned()).await?;
-    let last = history
-        .iter()
-        .rposition(|m| m.role == Role::User)
-        .ok_or(PageError::Nothing("message to answer again"))?;
-    Ok((history, last))
 }
 
 /// The page's messages for `history` followed by a new streaming answer.
@@ -266,32 +178,18 @@ pub(super) async fn regenerate(
 ) -> Result<Html<String>, PageError> {
     from_page(&headers)?;
     let body = form(body)?;
-    let (id, conversation) = load(&state, &body.conversation).await?;
-    if state.busy(&id) {
-        return Err(PageError::Busy);
-    }
-    let (mut history, last) = last_question(&state, &id).await?;
-    let replaced = history.get(last + 1).map(|m| m.id);
-    history.truncate(last + 1);
-    let request = transcripts::chat_request(
-        &conversation.settings,
-        &history,
-        None,
-        tools(body.tools.is_some()),
-    );
-    let thinking = transcripts::thinking(&conversation.settings);
-    let answer = queue_answer(&state, &id, &conversation.settings, request).await?;
-    if let Some(from) = replaced {
-        state.store.truncate(id.as_str().to_owned(), from).await?;
-    }
+    let (id, _) = load(&state, &body.conversation).await?;
+    let started = state
+        .conversations
+        .regenerate(id.as_str(), tools(body.tools.is_some()))
+        .await?;
     let html = transcript_with_answer(
-        &history,
-        &state.engine.info().id,
+        &started.history,
+        &state.engine().info().id,
         None,
-        answer.id(),
-        thinking,
+        started.run.id(),
+        thinking_of(&started.conversation.settings),
     )?;
-    answer.start();
     Ok(Html(html))
 }
 
@@ -306,7 +204,7 @@ pub(super) async fn edit_form(
 ) -> Result<Html<String>, PageError> {
     let Query(params) = params.map_err(|err| PageError::Query(err.body_text()))?;
     let (id, _) = load(&state, &params.conversation).await?;
-    let (history, last) = last_question(&state, &id).await?;
+    let (history, last) = state.conversations.last_question(id.as_str()).await?;
     Ok(Html(render(
         "edit.html",
         context! { text => history[last].content.as_str(), conversation => id.as_str() },
@@ -321,36 +219,18 @@ pub(super) async fn edit(
     from_page(&headers)?;
     let body = form(body)?;
     let text = checked_message(&body.message)?;
-    let (id, conversation) = load(&state, &body.conversation).await?;
-    if state.busy(&id) {
-        return Err(PageError::Busy);
-    }
-    let (mut history, last) = last_question(&state, &id).await?;
-    let from = history[last].id;
-    history.truncate(last);
-    let request = transcripts::chat_request(
-        &conversation.settings,
-        &history,
-        Some(&text),
-        tools(body.tools.is_some()),
-    );
-    let thinking = transcripts::thinking(&conversation.settings);
-    let answer = queue_answer(&state, &id, &conversation.settings, request).await?;
-    state.store.truncate(id.as_str().to_owned(), from).await?;
-    state
-        .store
-        .append(
-            id.as_str().to_owned(),
-            NewMessage::text(Role::User, text.clone()),
-        )
-        .await?;
+    let (id, _) = load(&state, &body.conversation).await?;
+    let ask = Ask {
+        text: text.clone(),
+        tools: tools(body.tools.is_some()),
+    };
+    let started = state.conversations.edit(id.as_str(), ask).await?;
     let html = transcript_with_answer(
-        &history,
-        &state.engine.info().id,
+        &started.history,
+        &state.engine().info().id,
         Some(&text),
-        answer.id(),
-        thinking,
+        started.run.id(),
+        thinking_of(&started.conversation.settings),
     )?;
-    answer.start();
     Ok(Html(html))
 }

@@ -20,10 +20,9 @@ use super::templates::render;
 use super::{
     form, fragment_response, from_page, target, CurrentForm, PageError, PageState, Target,
 };
-use crate::inference::sampling::SamplingParams;
 use crate::services::agent;
+use crate::services::chat::Sampling;
 use crate::services::sessions::{ConversationPatch, ConversationSettings};
-use crate::web::transcripts;
 
 /// Settings as the form shows them: text, empty where the default applies.
 #[derive(Debug, Serialize)]
@@ -54,7 +53,7 @@ fn settings_html(
     saved: Option<&str>,
     oob: bool,
 ) -> Result<String, minijinja::Error> {
-    let defaults = SamplingParams::default();
+    let defaults = Sampling::defaults();
     render(
         "settings.html",
         context! {
@@ -129,11 +128,11 @@ pub(super) async fn apply_settings(
         settings: Some(settings),
     };
     let conversation = state
-        .store
+        .store()
         .update(id.as_str().to_owned(), patch)
         .await
         .map_err(PageError::from_store)?;
-    let history = state.store.messages(id.as_str().to_owned()).await?;
+    let history = state.store().messages(id.as_str().to_owned()).await?;
     // A command's notice is the main content; the form then travels out of band.
     let oob = extra.is_some();
     let mut html = extra.unwrap_or_default();
@@ -143,7 +142,7 @@ pub(super) async fn apply_settings(
         Some(saved),
         oob,
     )?);
-    html.push_str(&thinking_html(transcripts::thinking(
+    html.push_str(&thinking_html(crate::services::conversation::thinking(
         &conversation.settings,
     ))?);
     html.push_str(&meter_html(state, &conversation.settings, &history).await?);
@@ -167,6 +166,7 @@ pub(super) async fn save_settings(
         top_p: optional("top-p", &body.top_p)?,
         max_tokens: optional("max tokens", &body.max_tokens)?,
         thinking: None,
+        thinking_budget: None,
         builtin_tools: body.builtin_tools.is_some().then_some(true),
     };
     parsed.check()?;
@@ -175,6 +175,7 @@ pub(super) async fn save_settings(
         &body.conversation,
         move |old| ConversationSettings {
             thinking: old.thinking,
+            thinking_budget: old.thinking_budget,
             ..parsed
         },
         "Saved.",

@@ -23,7 +23,7 @@ async fn sidebar_items(
     current: &str,
 ) -> Result<String, PageError> {
     let conversations = state
-        .store
+        .store()
         .list(query.map(str::to_owned))
         .await
         .map_err(PageError::from_store)?;
@@ -101,7 +101,7 @@ pub(super) async fn rename(
         settings: None,
     };
     let conversation = state
-        .store
+        .store()
         .update(id.as_str().to_owned(), patch)
         .await
         .map_err(PageError::from_store)?;
@@ -124,7 +124,7 @@ pub(super) async fn delete(
         return Err(PageError::Busy);
     }
     state
-        .store
+        .store()
         .delete(id.as_str().to_owned())
         .await
         .map_err(PageError::from_store)?;

@@ -45,7 +45,7 @@ pub(super) async fn stop(
     Path(id): Path<String>,
 ) -> Result<StatusCode, PageError> {
     from_page(&headers)?;
-    let run = state.runs.get(&id).map_err(PageError::from_run)?;
+    let run = state.runs().get(&id).map_err(PageError::from_run)?;
     match run.stop() {
         Ok(()) | Err(RunError::Finished(_)) => {}
         Err(other) => return Err(PageError::from_run(other)),
@@ -75,7 +75,7 @@ pub(super) async fn stream(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, PageError> {
-    let run = state.runs.get(&id).map_err(PageError::from_run)?;
+    let run = state.runs().get(&id).map_err(PageError::from_run)?;
     let writer = AnswerWriter::new(Arc::clone(&state), &run, last_event_id(&headers));
     let subscription = run.subscribe(0);
     let events = stream::unfold(Some((subscription, writer)), |current| async move {
@@ -263,7 +263,7 @@ impl AnswerWriter {
         // simpler than threading a count through the event stream.
         let tokens = self
             .state
-            .engine
+            .engine()
             .codec()
             .tokenize(&self.reasoning, false, false)
             .map_or(0, |ids| ids.len());

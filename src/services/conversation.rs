@@ -1,0 +1,480 @@
+//! Asking the model in a stored conversation: the one use case under every front end.
+//!
+//! The chat page, the conversations API and the terminal chat all send a message, regenerate
+//! the last answer, edit the last question or stop an answer through [`Conversations`];
+//! they only translate their input into an [`Ask`] and the returned [`Started`] run into
+//! their output. Everything between lives here once: holding the conversation (one answer
+//! at a time), building the model's request from the stored settings and history
+//! ([`chat_request`]), offering the built-in tools, queueing the generation, and the one save
+//! policy:
+//!
+//! - the request is queued before anything is saved, so a busy server refuses without
+//!   leaving a question nobody answers;
+//! - then the user turn is committed, and the answer is a `generating` draft row right after
+//!   it, which the run keeps up to date as the answer grows (see [`super::runs`]) and marks
+//!   `complete`, `stopped` or `failed` at the end;
+//! - a server that dies mid-answer leaves the draft `generating`; the next start marks it
+//!   `interrupted` with its text ([`SessionStore::open`]).
+
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+
+use super::agent::{self, ToolLoop};
+use super::chat::{ChatMessage, ChatRequest, Role, TokenLimit};
+use super::engine::Engine;
+use super::error::ServiceError;
+use super::runs::{Run, RunError, Runs};
+use super::sessions::{
+    Conversation, ConversationSettings, MessageStatus, NewMessage, SessionStore, StoredMessage,
+};
+
+/// Why a conversation could not take a message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConversationError {
+    /// The conversation is busy, or the answer to stop is gone.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// Regenerate or edit in a conversation without a user message.
+    #[error("this conversation has no {0} yet")]
+    Nothing(&'static str),
+    /// The store, the request's checks or the engine refused.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+/// What a front end asks: the user's text and the tools it offers besides the
+/// conversation's own (the page's demo tools; built-in tools replace them when on).
+#[derive(Debug, Clone, Default)]
+pub struct Ask {
+    pub text: String,
+    pub tools: Vec<Json>,
+}
+
+impl Ask {
+    /// A plain message, offering no tools of the front end's own.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            tools: Vec::new(),
+        }
+    }
+}
+
+/// An answer that started: its run, and what was stored for it.
+pub struct Started {
+    pub run: Arc<Run>,
+    /// The conversation as it was when the answer started (settings included).
+    pub conversation: Conversation,
+    /// The messages the answer follows, its question included (a regenerated answer's
+    /// question is the last of them; a new one is `question`).
+    pub history: Vec<StoredMessage>,
+    /// The user message stored for this answer; `None` when regenerating.
+    pub question: Option<StoredMessage>,
+    /// The answer's draft row, `generating` while the run writes it.
+    pub draft: StoredMessage,
+}
+
+/// What happens to the stored conversation once the answer is queued.
+struct Commit {
+    /// Messages from this id on are replaced by the new answer (and question).
+    replace_from: Option<i64>,
+    /// The user turn to store before the answer.
+    question: Option<String>,
+}
+
+/// The conversation service: the engine and the runs writing into the store. Cheap to
+/// clone; clones share the runs, so a conversation has one answer at a time whichever
+/// front end sent it.
+#[derive(Clone)]
+pub struct Conversations {
+    engine: Engine,
+    runs: Runs,
+}
+
+impl Conversations {
+    pub fn new(engine: Engine, runs: Runs) -> Self {
+        Self { engine, runs }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn runs(&self) -> &Runs {
+        &self.runs
+    }
+
+    pub fn store(&self) -> &SessionStore {
+        self.runs.store()
+    }
+
+    /// An answer is being prepared or written in `conversation`: the one meaning of busy.
+    pub fn is_busy(&self, conversation: &str) -> bool {
+        self.runs.is_busy(conversation)
+    }
+
+    /// Sends `ask` as the next user message of `conversation` and starts its answer.
+    pub async fn send(&self, conversation: &str, ask: Ask) -> Result<Started, ConversationError> {
+        let reservation = self.runs.reserve(conversation)?;
+        let stored = self.store().get(conversation.to_owned()).await?;
+        let history = self.store().messages(conversation.to_owned()).await?;
+        let request = chat_request(&stored.settings, &history, Some(&ask.text), ask.tools);
+        let commit = Commit {
+            replace_from: None,
+            question: Some(ask.text),
+        };
+        self.begin(reservation, stored, history, request, commit)
+            .await
+    }
+
+    /// Answers the last user message again, replacing what followed it.
+    pub async fn regenerate(
+        &self,
+        conversation: &str,
+        tools: Vec<Json>,
+    ) -> Result<Started, ConversationError> {
+        let reservation = self.runs.reserve(conversation)?;
+        let stored = self.store().get(conversation.to_owned()).await?;
+        let (mut history, last) = self.last_question(conversation).await?;
+        let replace_from = history.get(last + 1).map(|m| m.id);
+        history.truncate(last + 1);
+        let request = chat_request(&stored.settings, &history, None, tools);
+        let commit = Commit {
+            replace_from,
+            question: None,
+        };
+        self.begin(reservation, stored, history, request, commit)
+            .await
+    }
+
+    /// Replaces the last user message (and what followed it) by `ask` and answers it.
+    pub async fn edit(&self, conversation: &str, ask: Ask) -> Result<Started, ConversationError> {
+        let reservation = self.runs.reserve(conversation)?;
+        let stored = self.store().get(conversation.to_owned()).await?;
+        let (mut history, last) = self.last_question(conversation).await?;
+        let replace_from = Some(history[last].id);
+        history.truncate(last);
+        let request = chat_request(&stored.settings, &history, Some(&ask.text), ask.tools);
+        let commit = Commit {
+            replace_from,
+            question: Some(ask.text),
+        };
+        self.begin(reservation, stored, history, request, commit)
+            .await
+    }
+
+    /// Stops the answer being written in `conversation` and waits until it is saved as
+    /// `stopped`. [`RunError::Unknown`] when none is being written.
+    pub async fn stop(&self, conversation: &str) -> Result<(), ConversationError> {
+        let run = self
+            .runs
+            .live(conversation)
+            .ok_or_else(|| RunError::Unknown(conversation.to_owned()))?;
+        // Finished between the lookup and here: nothing left to stop, and it is saved.
+        let _ = run.stop();
+        run.finished().await;
+        Ok(())
+    }
+
+    /// The conversation's messages and the index of its last user message.
+    pub async fn last_question(
+        &self,
+        conversation: &str,
+    ) -> Result<(Vec<StoredMessage>, usize), ConversationError> {
+        let history = self.store().messages(conversation.to_owned()).await?;
+        let last = history
+            .iter()
+            .rposition(|m| m.role == Role::User)
+            .ok_or(ConversationError::Nothing("message to answer again"))?;
+        Ok((history, last))
+    }
+
+    /// Queues `request`, then commits the conversation's change, the question and the
+    /// answer's draft, and starts the run over the draft.
+    async fn begin(
+        &self,
+        reservation: super::runs::Reservation,
+        conversation: Conversation,
+        history: Vec<StoredMessage>,
+        request: ChatRequest,
+        commit: Commit,
+    ) -> Result<Started, ConversationError> {
+        let (request, tools) = if agent::builtin_tools_on(&conversation.settings) {
+            let request = agent::with_builtin_tools(request);
+            let tools = ToolLoop::new(self.engine.clone(), request.clone());
+            (request, Some(tools))
+        } else {
+            (request, None)
+        };
+        let thinking = request.enable_thinking.unwrap_or(true);
+        let generation = self.engine.generate(request).await?;
+        let store = self.store();
+        let id = conversation.id.clone();
+        if let Some(from) = commit.replace_from {
+            store.truncate(id.clone(), from).await?;
+        }
+        let question = match commit.question {
+            Some(text) => Some(
+                store
+                    .append(id.clone(), NewMessage::text(Role::User, text))
+                    .await?,
+            ),
+            None => None,
+        };
+        let draft = store
+            .append(
+                id,
+                NewMessage {
+                    status: MessageStatus::Generating,
+                    ..NewMessage::text(Role::Assistant, "")
+                },
+            )
+            .await?;
+        let run = reservation.start_with_tools(generation, draft.id, thinking, tools);
+        Ok(Started {
+            run,
+            conversation,
+            history,
+            question,
+            draft,
+        })
+    }
+}
+
+/// Whether a stored message goes back to the model: failed answers and empty leftovers
+/// would only confuse it; a stopped or interrupted answer is what the user saw.
+fn usable(message: &StoredMessage) -> bool {
+    let finished = matches!(
+        message.status,
+        MessageStatus::Complete | MessageStatus::Stopped | MessageStatus::Interrupted
+    );
+    finished && !(message.content.is_empty() && message.tool_calls.is_none())
+}
+
+/// The request for the model: the conversation's settings, its usable history, and `next`
+/// (a new user message) when there is one; a regenerated answer has none, as its question is
+/// already the last message of `history`. The one place a stored conversation becomes a
+/// request, for every front end and for the page's context meter.
+pub fn chat_request(
+    settings: &ConversationSettings,
+    history: &[StoredMessage],
+    next: Option<&str>,
+    tools: Vec<Json>,
+) -> ChatRequest {
+    let mut messages = Vec::with_capacity(history.len() + 2);
+    if let Some(system) = settings
+        .system_prompt
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    {
+        messages.push(ChatMessage::new(Role::System, system));
+    }
+    for message in history.iter().filter(|m| usable(m)) {
+        messages.push(ChatMessage {
+            role: message.role,
+            content: message.content.clone(),
+            tool_calls: message.calls(),
+        });
+    }
+    if let Some(text) = next {
+        messages.push(ChatMessage::new(Role::User, text));
+    }
+    ChatRequest {
+        messages,
+        tools,
+        enable_thinking: Some(thinking(settings)),
+        max_tokens: settings.max_tokens.map(|value| TokenLimit {
+            field: "settings.max_tokens",
+            value,
+        }),
+        sampling: settings.sampling(),
+        thinking_budget: settings.thinking_budget,
+        ..ChatRequest::default()
+    }
+}
+
+/// The conversation's thinking switch; SmolLM3 thinks unless told not to.
+pub fn thinking(settings: &ConversationSettings) -> bool {
+    settings.thinking.unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::events::GenerationEvent;
+    use crate::services::runs::RunEvent;
+    use crate::services::sessions::MessageStats;
+
+    fn stored(role: Role, content: &str, status: MessageStatus) -> StoredMessage {
+        StoredMessage {
+            id: 1,
+            role,
+            content: content.into(),
+            reasoning: None,
+            tool_calls: None,
+            tool_call_id: None,
+            status,
+            finish_reason: None,
+            stats: MessageStats::default(),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn requests_carry_settings_and_skip_failed_answers() {
+        let settings = ConversationSettings {
+            system_prompt: Some("Be brief.".into()),
+            temperature: Some(0.2),
+            thinking: Some(false),
+            max_tokens: Some(9),
+            ..ConversationSettings::default()
+        };
+        let history = [
+            stored(Role::User, "hi", MessageStatus::Complete),
+            stored(Role::Assistant, "broken", MessageStatus::Failed),
+            stored(Role::Assistant, "", MessageStatus::Stopped),
+            stored(Role::Assistant, "hello", MessageStatus::Interrupted),
+            stored(Role::Assistant, "writing", MessageStatus::Generating),
+        ];
+        let request = chat_request(&settings, &history, Some("again"), Vec::new());
+        let texts: Vec<&str> = request
+            .messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect();
+        assert_eq!(texts, ["Be brief.", "hi", "hello", "again"]);
+        assert_eq!(request.enable_thinking, Some(false));
+        assert_eq!(request.sampling.temperature, Some(0.2));
+        assert_eq!(
+            request.max_tokens,
+            Some(TokenLimit {
+                field: "settings.max_tokens",
+                value: 9
+            })
+        );
+    }
+
+    async fn service(tokens_per_second: f64) -> (Conversations, String) {
+        let (engine, runs, conversation) =
+            crate::services::runs::tests::setup(tokens_per_second).await;
+        (Conversations::new(engine, runs), conversation)
+    }
+
+    #[tokio::test]
+    async fn the_question_and_a_draft_are_stored_before_the_answer_is_written() {
+        let (service, conversation) = service(20.0).await;
+        let started = service
+            .send(&conversation, Ask::text("Hello"))
+            .await
+            .expect("started");
+        let messages = service
+            .store()
+            .messages(conversation.clone())
+            .await
+            .expect("messages");
+        assert_eq!(messages.len(), 2, "{messages:#?}");
+        assert_eq!(Some(&messages[0]), started.question.as_ref());
+        assert_eq!(messages[0].content, "Hello");
+        assert_eq!(messages[1].id, started.draft.id);
+        assert_eq!(messages[1].status, MessageStatus::Generating);
+        assert!(matches!(
+            service.send(&conversation, Ask::text("again")).await,
+            Err(ConversationError::Run(RunError::Busy(_)))
+        ));
+        service.stop(&conversation).await.expect("stopped");
+        let messages = service
+            .store()
+            .messages(conversation.clone())
+            .await
+            .expect("messages");
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[1].status, MessageStatus::Stopped);
+        assert!(!service.is_busy(&conversation));
+    }
+
+    #[tokio::test]
+    async fn regenerate_replaces_the_answer_and_edit_the_question() {
+        let (service, conversation) = service(0.0).await;
+        let first = service
+            .send(&conversation, Ask::text("First"))
+            .await
+            .expect("sent");
+        first.run.finished().await;
+        let again = service
+            .regenerate(&conversation, Vec::new())
+            .await
+            .expect("regenerated");
+        assert!(again.question.is_none());
+        assert_eq!(again.history.len(), 1, "the question only");
+        again.run.finished().await;
+        let messages = service.store().messages(conversation.clone()).await;
+        let messages = messages.expect("messages");
+        assert_eq!(messages.len(), 2, "{messages:#?}");
+        assert_ne!(messages[1].id, first.draft.id, "the old answer is gone");
+        assert_eq!(messages[1].status, MessageStatus::Complete);
+
+        let edited = service
+            .edit(&conversation, Ask::text("Second"))
+            .await
+            .expect("edited");
+        let mut log = edited.run.subscribe(0);
+        let mut content = String::new();
+        while let Some(entry) = log.next().await {
+            if let RunEvent::Generation(GenerationEvent::Content(text)) = &entry.event {
+                content.push_str(text);
+            }
+        }
+        let messages = service.store().messages(conversation.clone()).await;
+        let messages = messages.expect("messages");
+        let texts: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(texts, ["Second", content.trim()]);
+    }
+
+    /// The stub's whole reply to "Hello", or with a thinking budget of `budget` tokens.
+    async fn reply(service: &Conversations, budget: Option<usize>) -> crate::services::Reply {
+        let request = ChatRequest {
+            messages: vec![ChatMessage::new(Role::User, "Hello")],
+            thinking_budget: budget,
+            ..ChatRequest::default()
+        };
+        let generation = service.engine().generate(request).await.expect("queued");
+        generation.collect().await.expect("a reply")
+    }
+
+    #[tokio::test]
+    async fn a_spent_thinking_budget_closes_the_reasoning_and_the_answer_follows() {
+        let (service, _) = service(0.0).await;
+        let free = reply(&service, None).await;
+        let budgeted = reply(&service, Some(3)).await;
+        let free_reasoning = free.reasoning.unwrap_or_default();
+        let reasoning = budgeted.reasoning.unwrap_or_default();
+        assert!(!reasoning.trim().is_empty(), "three tokens of reasoning");
+        assert!(
+            reasoning.len() < free_reasoning.len() / 2,
+            "{reasoning:?} / {free_reasoning:?}"
+        );
+        assert!(free_reasoning.starts_with(reasoning.trim_end()));
+        assert_eq!(budgeted.content, free.content, "the answer is whole");
+        assert!(
+            budgeted.completion.usage.completion_tokens < free.completion.usage.completion_tokens
+        );
+        let none = reply(&service, Some(0)).await;
+        assert!(none.reasoning.unwrap_or_default().trim().is_empty());
+        assert_eq!(none.content, free.content);
+    }
+
+    #[tokio::test]
+    async fn nothing_to_regenerate_in_an_empty_conversation() {
+        let (service, conversation) = service(0.0).await;
+        assert!(matches!(
+            service.regenerate(&conversation, Vec::new()).await,
+            Err(ConversationError::Nothing(_))
+        ));
+        assert!(!service.is_busy(&conversation), "the reservation is freed");
+        assert!(matches!(
+            service.stop(&conversation).await,
+            Err(ConversationError::Run(RunError::Unknown(_)))
+        ));
+    }
+}

@@ -1,0 +1,6 @@
+-- Conversation settings gain `thinking_budget` (a whole number or absent): at most that many
+-- reasoning tokens per answer, then the server closes the reasoning itself.
+--
+-- Settings are JSON in `conversations.settings`, so no table changes; the step exists for
+-- the version number, so a binary from before it refuses the file (`SchemaTooNew`) instead
+-- of failing on a setting it does not know.
