@@ -313,6 +313,50 @@ async fn conversation_lifecycle() {
 }
 
 #[tokio::test]
+async fn oversized_titles_and_searches_are_refused_with_400() {
+    let h = harness().await;
+    // SQLite refuses LIKE patterns over 50,000 bytes: this search was a 500.
+    let long = "a".repeat(50_000);
+    let (status, _, body) = call(
+        &h.app,
+        Method::GET,
+        &format!("/api/conversations?q={long}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("`q` has 50000 bytes; at most 200"), "{body}");
+    // A 7 MB title was stored as given.
+    let title = serde_json::json!({ "title": "t".repeat(7 << 20) }).to_string();
+    let (status, _, body) = call(&h.app, Method::POST, "/api/conversations", Some(&title)).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        &body[..body.len().min(300)]
+    );
+    assert!(
+        body.contains("`title` has 7340032 bytes"),
+        "{}",
+        &body[..body.len().min(300)]
+    );
+    let (_, created) = call_json(&h.app, Method::POST, "/api/conversations", None).await;
+    let id = created["id"].as_str().expect("id");
+    let rename = serde_json::json!({ "title": "r".repeat(201) }).to_string();
+    let uri = format!("/api/conversations/{id}");
+    let (status, _, body) = call(&h.app, Method::PATCH, &uri, Some(&rename)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _, _) = call(
+        &h.app,
+        Method::GET,
+        &format!("/api/conversations?q={}", "a".repeat(200)),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn errors_are_clear_and_have_the_right_status() {
     let h = harness().await;
     let (_, created) = call_json(&h.app, Method::POST, "/api/conversations", None).await;

@@ -307,6 +307,47 @@ pub struct ConversationPatch {
     pub settings: Option<ConversationSettings>,
 }
 
+/// Creates the data folder readable by its owner only (0700 on Unix): conversations are
+/// private. A folder that exists already keeps its mode (the user chose it).
+fn create_private(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// The database file readable by its owner only (0600 on Unix), set before SQLite makes its
+/// WAL and shared-memory files, which copy the database's mode.
+fn keep_private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Longest conversation title, and longest search text, in bytes: SQLite refuses LIKE patterns
+/// over 50,000 bytes (a 500 before this bound), and a title is one line in a list.
+pub const MAX_TITLE_BYTES: usize = 200;
+
+/// `text` (a title or a search, named `field` in the error) within [`MAX_TITLE_BYTES`].
+fn check_title(field: &'static str, text: Option<&str>) -> Result<(), ServiceError> {
+    match text {
+        Some(t) if t.len() > MAX_TITLE_BYTES => Err(ServiceError::InvalidParameter {
+            field,
+            problem: format!(
+                "has {} bytes; at most {MAX_TITLE_BYTES} are accepted",
+                t.len()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The conversation database. Cheap to clone; every clone shares one connection.
 #[derive(Clone)]
 pub struct SessionStore {
@@ -333,10 +374,11 @@ impl SessionStore {
             path: data_dir.to_path_buf(),
             reason,
         };
-        std::fs::create_dir_all(data_dir).map_err(|err| dir_error(err.to_string()))?;
+        create_private(data_dir).map_err(|err| dir_error(err.to_string()))?;
         let path = data_dir.join(DATABASE_FILE);
         let mut connection = Connection::open(&path)
             .map_err(|err| dir_error(format!("cannot open {}: {err}", path.display())))?;
+        keep_private(&path).map_err(|err| dir_error(err.to_string()))?;
         configure(&connection).map_err(|err| dir_error(err.to_string()))?;
         migrate(&mut connection)?;
         let interrupted = connection
@@ -416,12 +458,14 @@ impl SessionStore {
         settings: ConversationSettings,
     ) -> Result<Conversation, ServiceError> {
         settings.check()?;
+        check_title("title", title.as_deref())?;
         self.with(move |c| create(c, title, &settings)).await
     }
 
     /// Conversations, the most recently changed first; with `query`, only those whose title
     /// or any message contains it (case-insensitive for ASCII letters).
     pub async fn list(&self, query: Option<String>) -> Result<Vec<Conversation>, ServiceError> {
+        check_title("q", query.as_deref().map(str::trim))?;
         self.with(move |c| list(c, query.as_deref())).await
     }
 
@@ -435,6 +479,7 @@ impl SessionStore {
         id: String,
         patch: ConversationPatch,
     ) -> Result<Conversation, ServiceError> {
+        check_title("title", patch.title.as_deref())?;
         if let Some(settings) = &patch.settings {
             settings.check()?;
         }
@@ -487,6 +532,7 @@ impl SessionStore {
         title: Option<String>,
         messages: Vec<NewMessage>,
     ) -> Result<Conversation, ServiceError> {
+        check_title("title", title.as_deref())?;
         self.with(move |c| {
             let tx = c.transaction().map_err(storage("start a transaction"))?;
             let conversation = create(&tx, title, &ConversationSettings::default())?;

@@ -654,3 +654,23 @@ fn default_data_dir_follows_xdg_then_home() {
         dir.display()
     );
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_data_folder_and_its_database_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("smolbot-data");
+    let store = SessionStore::open(&dir).await.expect("open");
+    store
+        .create(None, ConversationSettings::default())
+        .await
+        .expect("create");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "data folder");
+    for entry in std::fs::read_dir(&dir).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+}

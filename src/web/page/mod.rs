@@ -57,7 +57,7 @@ use crate::services::{Conversations, Engine, Runs, SessionStore};
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// Longest title or search text, in bytes: far more than a sidebar line, far less than abuse.
-pub const MAX_TITLE_BYTES: usize = 200;
+pub const MAX_TITLE_BYTES: usize = crate::services::sessions::MAX_TITLE_BYTES;
 
 /// What the page handlers share: the conversation service (engine, store and the answers
 /// in flight).
