@@ -304,21 +304,9 @@ mod tests {
     use super::*;
     use crate::services::events::GenerationEvent;
     use crate::services::runs::RunEvent;
-    use crate::services::sessions::MessageStats;
 
     fn stored(role: Role, content: &str, status: MessageStatus) -> StoredMessage {
-        StoredMessage {
-            id: 1,
-            role,
-            content: content.into(),
-            reasoning: None,
-            tool_calls: None,
-            tool_call_id: None,
-            status,
-            finish_reason: None,
-            stats: MessageStats::default(),
-            created_at: 0,
-        }
+        StoredMessage::for_test(role, content, status)
     }
 
     #[test]

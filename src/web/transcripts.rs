@@ -166,21 +166,9 @@ pub fn views(messages: &[StoredMessage]) -> Vec<MessageView> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::sessions::MessageStats;
 
     fn stored(role: Role, content: &str, status: MessageStatus) -> StoredMessage {
-        StoredMessage {
-            id: 1,
-            role,
-            content: content.into(),
-            reasoning: None,
-            tool_calls: None,
-            tool_call_id: None,
-            status,
-            finish_reason: None,
-            stats: MessageStats::default(),
-            created_at: 0,
-        }
+        StoredMessage::for_test(role, content, status)
     }
 
     #[test]

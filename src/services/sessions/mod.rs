@@ -206,6 +206,25 @@ pub struct StoredMessage {
     pub created_at: i64,
 }
 
+#[cfg(test)]
+impl StoredMessage {
+    /// A message with only what unit tests of request building look at.
+    pub(crate) fn for_test(role: Role, content: &str, status: MessageStatus) -> Self {
+        Self {
+            id: 1,
+            role,
+            content: content.into(),
+            reasoning: None,
+            tool_calls: None,
+            tool_call_id: None,
+            status,
+            finish_reason: None,
+            stats: MessageStats::default(),
+            created_at: 0,
+        }
+    }
+}
+
 impl StoredMessage {
     /// The calls of `tool_calls` in the model's terms, skipping entries without a name.
     pub fn calls(&self) -> Vec<ToolCall> {
