@@ -18,6 +18,8 @@ from llama_cpp import Llama
 # smolbot keeps K and V in f32; llama.cpp's default f16 cache would add its own rounding.
 EXACT = {"type_k": 0, "type_v": 0}
 HALF = {"type_k": 1, "type_v": 1}
+# GGML_TYPE_Q8_0 for both; llama.cpp needs flash attention for a quantized V cache.
+Q8 = {"type_k": 8, "type_v": 8, "flash_attn": True}
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
@@ -149,6 +151,13 @@ def main():
                                           "ppl": float(np.exp(np.mean(nll)))})
     write("tiny_smollm3_tokenizer.json", {**meta, "model_sha256": sha256(args.tiny),
                                           "cases": tokenizer_cases(tiny, TOKENIZER_TEXTS)})
+    del tiny
+    # llama.cpp's q8_0 KV cache, which smolbot's `--cache-type q8_0` is compared with.
+    tiny = Llama(model_path=args.tiny, logits_all=True, n_ctx=window, n_batch=window, n_threads=2, verbose=False, **Q8)
+    nll = token_nll(tiny, tokens, window)
+    write("tiny_smollm3_q8kv_nll.json", {**meta, "model_sha256": sha256(args.tiny), "window": window,
+                                         "kv_cache": "q8_0", "tokens": tokens, "nll": nll,
+                                         "ppl": float(np.exp(np.mean(nll)))})
     del tiny
     if not args.smollm2:
         return

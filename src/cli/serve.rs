@@ -51,8 +51,9 @@ pub struct ModelArgs {
     #[arg(long, env = "SMOLBOT_THREADS")]
     pub threads: Option<usize>,
     /// KV cache element type: f16 (half the memory and the bytes read at long context,
-    /// llama.cpp's default) or f32 (exact; what the golden tests compare).
-    #[arg(long, env = "SMOLBOT_CACHE_TYPE", value_parser = ["f32", "f16"])]
+    /// llama.cpp's default), q8_0 (a quarter of f32, for long context) or f32 (exact; what
+    /// the golden tests compare).
+    #[arg(long, env = "SMOLBOT_CACHE_TYPE", value_parser = ["f32", "f16", "q8_0"])]
     pub cache_type: Option<String>,
     /// Run on the CPU even when built with CUDA.
     #[arg(long, env = "SMOLBOT_CPU")]

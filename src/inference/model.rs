@@ -185,11 +185,19 @@ impl Transformer {
     }
 
     /// Keeps keys and values as `requested` where our attention reads them; candle's path
-    /// (other quantization types, CUDA) keeps f32.
+    /// (other quantization types, CUDA) keeps f32, and Q8_0 needs head dims in whole blocks
+    /// (f16 otherwise).
     pub fn with_cache_type(mut self, requested: CacheType) -> Self {
-        self.cache_type = match self.own_attention {
-            Some(_) => requested,
-            None => CacheType::F32,
+        self.cache_type = match (self.own_attention, requested) {
+            (None, _) => CacheType::F32,
+            (Some(_), CacheType::Q8_0) if !self.cfg.head_dim.is_multiple_of(32) => {
+                tracing::warn!(
+                    head_dim = self.cfg.head_dim,
+                    "a q8_0 KV cache needs head dims divisible by 32; keeping f16"
+                );
+                CacheType::F16
+            }
+            (Some(_), requested) => requested,
         };
         self
     }
@@ -372,10 +380,7 @@ impl Transformer {
             q = self.apply_rope(&q, cos, sin)?;
             k = self.apply_rope(&k, cos, sin)?;
         }
-        let (k, v) = match self.cache_type.dtype() {
-            DType::F32 => kv.append(&k, v)?,
-            dtype => kv.append(&k.to_dtype(dtype)?, &v.to_dtype(dtype)?)?,
-        };
+        let (k, v) = kv.append(&self.cache_type.store(&k)?, &self.cache_type.store(v)?)?;
         if let Some(tier) = self.own_attention {
             let op = Attention {
                 n_head: cfg.n_head,

@@ -1,5 +1,6 @@
 //! The byte layouts of the GGML blocks the kernels read: Q4_K and Q6_K weights exactly as a
-//! GGUF file stores them, and Q8_K, the form activations are quantized to before a matmul.
+//! GGUF file stores them, Q8_K, the form activations are quantized to before a matmul, and
+//! Q8_0, the form a `--cache-type q8_0` KV cache keeps keys and values in.
 //!
 //! Weights are never repacked into wider blocks: a row is the file's blocks back to back, so
 //! memory and the bytes decode reads per token equal the file's (4.5 bits per weight for
@@ -72,6 +73,56 @@ pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
 /// Rounds to nearest, ties to even, for |v| < 2²²: llama.cpp's `nearest_int`, exact like
 /// `round_ties_even` in that range but inlined and vectorisable where that one is a libm
 /// call (4% of a prompt's time).
+/// Values per Q8_0 block.
+pub const Q8_0_VALUES: usize = 32;
+/// Bytes of one Q8_0 block: f16 scale, 32 signed values.
+pub const Q8_0_BYTES: usize = 34;
+
+/// One Q8_0 block as GGML lays it out (`x ≈ d · qs`). Byte-aligned, so a KV cache's `u8`
+/// buffer can be read as blocks in place.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    /// The scale's f16 bits, little-endian.
+    pub d: [u8; 2],
+    pub qs: [i8; Q8_0_VALUES],
+}
+
+impl BlockQ8_0 {
+    pub fn scale(&self) -> f32 {
+        f16::from_le_bytes(self.d).to_f32()
+    }
+}
+
+/// `bytes` (a whole number of 34-byte blocks) read as Q8_0 blocks.
+pub fn q8_0_blocks(bytes: &[u8]) -> &[BlockQ8_0] {
+    assert!(
+        bytes.len().is_multiple_of(Q8_0_BYTES),
+        "Q8_0 data is whole blocks"
+    );
+    const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == Q8_0_BYTES);
+    const _: () = assert!(std::mem::align_of::<BlockQ8_0>() == 1);
+    // SAFETY: `BlockQ8_0` is `repr(C)` plain bytes of size 34 and alignment 1, so any 34 bytes
+    // are a valid block and the slice covers exactly `bytes`.
+    unsafe {
+        std::slice::from_raw_parts(bytes.as_ptr() as *const BlockQ8_0, bytes.len() / Q8_0_BYTES)
+    }
+}
+
+/// Appends `x` (a multiple of 32 values) to `out` as Q8_0 blocks, as llama.cpp's
+/// `quantize_row_q8_0`: the value of largest magnitude maps to ±127, rounding to nearest.
+pub fn quantize_q8_0(x: &[f32], out: &mut Vec<u8>) {
+    debug_assert!(x.len().is_multiple_of(Q8_0_VALUES));
+    out.reserve(x.len() / Q8_0_VALUES * Q8_0_BYTES);
+    for xs in x.chunks_exact(Q8_0_VALUES) {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend(xs.iter().map(|v| (v * id).round() as i8 as u8));
+    }
+}
+
 #[inline(always)]
 fn nearest_int(v: f32) -> i32 {
     let shifted = v + 12_582_912.0;

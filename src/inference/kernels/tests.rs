@@ -324,6 +324,8 @@ fn one_row_equals_candles_vec_dot_to_float_rounding() {
 #[test]
 fn attention_equals_candles_ops_over_a_cache_view_for_every_tier_and_cache_type() {
     use super::attention::Attention;
+    use super::blocks::q8_0_blocks;
+    use crate::inference::CacheType;
     let dev = &Device::Cpu;
     // (query heads, KV heads, head dim, cache capacity, cached positions, new rows)
     let shapes = [
@@ -341,13 +343,25 @@ fn attention_equals_candles_ops_over_a_cache_view_for_every_tier_and_cache_type(
         let k = tensor(n_kv * cap * hd, (1, n_kv, cap, hd), 52);
         let v = tensor(n_kv * cap * hd, (1, n_kv, cap, hd), 53);
         let scale = 1.0 / (hd as f64).sqrt();
-        for dtype in [DType::F32, DType::F16] {
-            let (k, v) = (k.to_dtype(dtype).unwrap(), v.to_dtype(dtype).unwrap());
+        for cache in [CacheType::F32, CacheType::F16, CacheType::Q8_0] {
+            if cache == CacheType::Q8_0 && hd % 32 != 0 {
+                continue;
+            }
+            let (k, v) = (cache.store(&k).unwrap(), cache.store(&v).unwrap());
             let (k, v) = (k.narrow(2, 0, len).unwrap(), v.narrow(2, 0, len).unwrap());
-            let (kf, vf) = (
-                k.to_dtype(DType::F32).unwrap(),
-                v.to_dtype(DType::F32).unwrap(),
-            );
+            // The reference reads the very values the cache holds.
+            let as_f32 = |x: &Tensor| match cache {
+                CacheType::Q8_0 => {
+                    let bytes: Vec<u8> = x.flatten_all().unwrap().to_vec1().unwrap();
+                    let values: Vec<f32> = q8_0_blocks(&bytes)
+                        .iter()
+                        .flat_map(|b| b.qs.map(|q| b.scale() * f32::from(q)))
+                        .collect();
+                    Tensor::from_vec(values, (1, n_kv, len, hd), dev).unwrap()
+                }
+                _ => x.to_dtype(DType::F32).unwrap(),
+            };
+            let (kf, vf) = (as_f32(&k), as_f32(&v));
             let n_rep = n_head / n_kv;
             let grouped = q.reshape((1, n_kv, n_rep * t, hd)).unwrap();
             let scores = (grouped.matmul(&kf.t().unwrap()).unwrap() * scale).unwrap();
@@ -390,11 +404,35 @@ fn attention_equals_candles_ops_over_a_cache_view_for_every_tier_and_cache_type(
                 for (a, b) in got.iter().zip(&want) {
                     assert!(
                         (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                        "{tier:?} {dtype:?} {n_head}/{n_kv} heads, {t} rows after {offset}: \
+                        "{tier:?} {cache:?} {n_head}/{n_kv} heads, {t} rows after {offset}: \
                          {a} vs {b}"
                     );
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn q8_0_cache_blocks_are_ggmls() {
+    // The cache's Q8_0 blocks must be byte for byte what GGML (through candle) writes, so a
+    // q8_0 cache holds what llama.cpp's would.
+    let mut x = random_f32(32 * 40, 61);
+    x[32..64].fill(0.0);
+    let mut ours = Vec::new();
+    super::blocks::quantize_q8_0(&x, &mut ours);
+    let tensor = Tensor::from_vec(x.clone(), (40, 32), &Device::Cpu).unwrap();
+    let theirs = QTensor::quantize(&tensor, GgmlDType::Q8_0).unwrap();
+    assert_eq!(ours, theirs.data().unwrap().to_vec());
+    let back: Vec<f32> = super::blocks::q8_0_blocks(&ours)
+        .iter()
+        .flat_map(|b| b.qs.map(|q| b.scale() * f32::from(q)))
+        .collect();
+    for (got, want) in back.chunks(32).zip(x.chunks(32)) {
+        // Half a step of the block's scale, plus the scale's own f16 rounding.
+        let amax = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in got.iter().zip(want) {
+            assert!((a - b).abs() <= amax / 254.0 + amax * 1e-3, "{a} vs {b}");
         }
     }
 }

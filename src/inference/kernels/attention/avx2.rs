@@ -4,7 +4,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{Block, Scratch, EXP_POLY, LN2_HI, LN2_LO, LOG2E, MIN_EXP_ARG};
+use super::{Block, BlockQ8_0, Scratch, EXP_POLY, LN2_HI, LN2_LO, LOG2E, MIN_EXP_ARG};
 use crate::inference::kernels::x86::hsum8;
 
 #[inline]
@@ -37,6 +37,32 @@ fn exp(x: __m256) -> __m256 {
     }
     let bits = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
     _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32::<23>(bits)))
+}
+
+/// A Q8_0 row as floats in `out`: per block four 8-value quarters widened, converted and scaled.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dequantize<'a>(row: &[BlockQ8_0], out: &'a mut Vec<f32>) -> &'a [f32] {
+    out.clear();
+    out.reserve(row.len() * 32);
+    let dst = out.as_mut_ptr();
+    for (i, b) in row.iter().enumerate() {
+        // SAFETY: `reserve` made room for 32 floats per block; each block's 32 bytes are read
+        // as four 8-byte quarters.
+        unsafe {
+            let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+                u16::from_le_bytes(b.d),
+            )))));
+            for h in 0..4 {
+                let q = _mm_loadl_epi64(b.qs.as_ptr().add(8 * h) as *const __m128i);
+                let x = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+                _mm256_storeu_ps(dst.add(32 * i + 8 * h), _mm256_mul_ps(d, x));
+            }
+        }
+    }
+    // SAFETY: every one of the `32 · row.len()` floats was written above.
+    unsafe { out.set_len(row.len() * 32) };
+    out
 }
 
 macro_rules! products {
@@ -109,10 +135,15 @@ fn exp_sum(row: &mut [f32], max: f32) -> f32 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn attend_f32(b: &Block<'_, f32>, s: &mut Scratch) {
-    super::attend_body!(b, s, dot_f32, axpy_f32, max, exp_sum)
+    super::attend_body!(b, s, dot_f32, axpy_f32, max, exp_sum, super::same)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn attend_f16(b: &Block<'_, f16>, s: &mut Scratch) {
-    super::attend_body!(b, s, dot_f16, axpy_f16, max, exp_sum)
+    super::attend_body!(b, s, dot_f16, axpy_f16, max, exp_sum, super::same)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn attend_q8(b: &Block<'_, BlockQ8_0>, s: &mut Scratch) {
+    super::attend_body!(b, s, dot_f32, axpy_f32, max, exp_sum, dequantize)
 }

@@ -1,5 +1,5 @@
-//! Causal attention of a sequence's new rows over its KV cache (f32 or f16), on the kernels'
-//! pool, for prompt chunks and decode alike.
+//! Causal attention of a sequence's new rows over its KV cache (f32, f16 or Q8_0), on the
+//! kernels' pool, for prompt chunks and decode alike.
 //!
 //! Through candle, each layer's attention is two gemm calls and a softmax on rayon's threads,
 //! which then compete with this pool's spinning workers for the same cores; and candle's
@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use half::f16;
 
+use super::blocks::{q8_0_blocks, BlockQ8_0, Q8_0_BYTES, Q8_0_VALUES};
 use super::{pool, Out, Tier};
 
 #[cfg(target_arch = "x86_64")]
@@ -50,6 +51,8 @@ struct Block<'a, E> {
     keys: &'a [E],
     values: &'a [E],
     hd: usize,
+    /// Elements of `E` per cached key or value row (`hd`, or `hd / 32` Q8_0 blocks).
+    row: usize,
     n_rep: usize,
     seen: usize,
 }
@@ -61,21 +64,33 @@ struct Scratch {
     scores: Vec<f32>,
     sums: Vec<f32>,
     acc: Vec<f32>,
+    /// A dequantized key or value row.
+    row: Vec<f32>,
+}
+
+/// A cached row as stored, for element types the primitives read directly.
+#[inline(always)]
+fn same<'a, E>(row: &'a [E], _: &mut Vec<f32>) -> &'a [E] {
+    row
 }
 
 /// The body every tier shares: scores of every query vector against every key, a softmax per
 /// vector over the keys its row sees, and the unnormalised weighted sum of values into
 /// `scratch.acc` with `scratch.sums` the softmax denominators. Expanded in each tier's module,
-/// where `dot`, `axpy`, `max` and `exp_sum` are that tier's primitives for element type `$elem`.
+/// where `dot`, `axpy`, `max` and `exp_sum` are that tier's primitives and `row(stored, buf)`
+/// gives a cached row as they read it: itself ([`same`]), or dequantized into `buf` once for
+/// every query vector of the block (Q8_0).
 macro_rules! attend_body {
-    ($block:expr, $scratch:expr, $dot:ident, $axpy:ident, $max:ident, $exp_sum:ident) => {{
+    ($block:expr, $scratch:expr, $dot:ident, $axpy:ident, $max:ident, $exp_sum:ident, $row:path) => {{
         let (b, s) = ($block, $scratch);
         let hd = b.hd;
         let vecs = b.queries.len() / hd;
-        let nkeys = b.keys.len() / hd;
+        let nkeys = b.keys.len() / b.row;
+        let mut buf = std::mem::take(&mut s.row);
         s.scores.clear();
         s.scores.resize(vecs * nkeys, 0.0);
-        for (j, key) in b.keys.chunks_exact(hd).enumerate() {
+        for (j, key) in b.keys.chunks_exact(b.row).enumerate() {
+            let key = $row(key, &mut buf);
             for (v, q) in b.queries.chunks_exact(hd).enumerate() {
                 s.scores[v * nkeys + j] = $dot(q, key);
             }
@@ -89,7 +104,8 @@ macro_rules! attend_body {
         }
         s.acc.clear();
         s.acc.resize(vecs * hd, 0.0);
-        for (j, value) in b.values.chunks_exact(hd).enumerate() {
+        for (j, value) in b.values.chunks_exact(b.row).enumerate() {
+            let value = $row(value, &mut buf);
             for (v, acc) in s.acc.chunks_exact_mut(hd).enumerate() {
                 let p = s.scores[v * nkeys + j];
                 if p != 0.0 {
@@ -97,6 +113,7 @@ macro_rules! attend_body {
                 }
             }
         }
+        s.row = buf;
     }};
 }
 pub(super) use attend_body;
@@ -142,7 +159,7 @@ impl Element for f16 {
 
 /// The portable primitives: the reference each SIMD tier is tested against.
 mod scalar {
-    use super::Element;
+    use super::{BlockQ8_0, Element};
 
     pub fn dot<E: Element>(q: &[f32], k: &[E]) -> f32 {
         let mut lanes = [0f32; 8];
@@ -179,12 +196,30 @@ mod scalar {
     }
 
     pub fn attend<E: Element>(b: &super::Block<'_, E>, s: &mut super::Scratch) {
-        super::attend_body!(b, s, dot, axpy, max, exp_sum)
+        super::attend_body!(b, s, dot, axpy, max, exp_sum, super::same)
+    }
+
+    pub fn dequantize<'a>(row: &[BlockQ8_0], out: &'a mut Vec<f32>) -> &'a [f32] {
+        out.clear();
+        for b in row {
+            let d = b.scale();
+            out.extend(b.qs.iter().map(|&q| d * f32::from(q)));
+        }
+        out
+    }
+
+    pub fn attend_q8(b: &super::Block<'_, BlockQ8_0>, s: &mut super::Scratch) {
+        super::attend_body!(b, s, dot, axpy, max, exp_sum, dequantize)
     }
 }
 
 /// The element types the cache may hold, and the kernel of each tier for them.
-trait Kernel: Element {
+trait Kernel: Copy + Send + Sync {
+    /// Elements per cached row of `head_dim` values.
+    fn row(head_dim: usize) -> usize {
+        head_dim
+    }
+
     fn attend(tier: Tier, b: &Block<'_, Self>, s: &mut Scratch);
 }
 
@@ -214,6 +249,23 @@ impl Kernel for f16 {
     }
 }
 
+impl Kernel for BlockQ8_0 {
+    fn row(head_dim: usize) -> usize {
+        head_dim / Q8_0_VALUES
+    }
+
+    fn attend(tier: Tier, b: &Block<'_, BlockQ8_0>, s: &mut Scratch) {
+        match tier {
+            // SAFETY: as for f32.
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512 | Tier::Avx512Vnni => unsafe { avx512::attend_q8(b, s) },
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx2 => unsafe { avx2::attend_q8(b, s) },
+            _ => scalar::attend_q8(b, s),
+        }
+    }
+}
+
 /// The tier to run: the asked one where this CPU supports it and its vector width divides
 /// `head_dim` (16 floats for AVX-512, 8 for AVX2), else scalar.
 fn usable_tier(tier: Tier, head_dim: usize) -> Tier {
@@ -229,11 +281,11 @@ fn usable_tier(tier: Tier, head_dim: usize) -> Tier {
     }
 }
 
-/// Start offset and distance between KV heads of a `(1, n_kv, len, head_dim)` cache view whose
-/// positions are contiguous within a head.
-fn head_stride(layout: &Layout, head_dim: usize) -> candle_core::Result<(usize, usize, usize)> {
+/// Start offset and distance between KV heads of a `(1, n_kv, len, row)` cache view whose
+/// positions are contiguous within a head (`row`: storage elements per position and head).
+fn head_stride(layout: &Layout, row: usize) -> candle_core::Result<(usize, usize, usize)> {
     let (dims, strides) = (layout.dims(), layout.stride());
-    if dims.len() != 4 || dims[3] != head_dim || strides[3] != 1 || strides[2] != head_dim {
+    if dims.len() != 4 || dims[3] != row || strides[3] != 1 || strides[2] != row {
         candle_core::bail!("attention: cache view {dims:?} strides {strides:?}");
     }
     Ok((layout.start_offset(), strides[1], dims[2]))
@@ -252,6 +304,7 @@ impl Attention {
     ) -> Vec<f32> {
         let (hd, n_head, n_kv) = (self.head_dim, self.n_head, self.n_kv);
         let n_rep = n_head / n_kv;
+        let row = E::row(hd);
         let offset = len - t;
         let tier = usable_tier(self.tier, hd);
         let blocks = t.div_ceil(BLOCK_ROWS);
@@ -281,9 +334,10 @@ impl Attention {
                 let nkeys = offset + first + rows;
                 let b = Block {
                     queries: &queries,
-                    keys: &k[k_start + g * k_stride..][..nkeys * hd],
-                    values: &v[v_start + g * v_stride..][..nkeys * hd],
+                    keys: &k[k_start + g * k_stride..][..nkeys * row],
+                    values: &v[v_start + g * v_stride..][..nkeys * row],
                     hd,
+                    row,
                     n_rep,
                     seen: offset + first + 1,
                 };
@@ -329,8 +383,20 @@ impl CustomOp3 for Attention {
         if t == 0 || q.len() != self.n_head * t * hd || !self.n_head.is_multiple_of(self.n_kv) {
             candle_core::bail!("attention: {} query values for {t} rows", q.len());
         }
-        let (k_start, k_stride, len) = head_stride(k_layout, hd)?;
-        let (v_start, v_stride, v_len) = head_stride(v_layout, hd)?;
+        // Q8_0 caches are `u8` tensors of whole blocks: `hd / 32 · 34` bytes per row.
+        let quantized = matches!(k, CpuStorage::U8(_));
+        if quantized && !hd.is_multiple_of(Q8_0_VALUES) {
+            candle_core::bail!(
+                "attention: a Q8_0 cache needs a head dim divisible by 32, not {hd}"
+            );
+        }
+        let row = if quantized {
+            hd / Q8_0_VALUES * Q8_0_BYTES
+        } else {
+            hd
+        };
+        let (k_start, k_stride, len) = head_stride(k_layout, row)?;
+        let (v_start, v_stride, v_len) = head_stride(v_layout, row)?;
         if len != v_len || len < t {
             candle_core::bail!("attention: {len} keys, {v_len} values for {t} rows");
         }
@@ -341,7 +407,26 @@ impl CustomOp3 for Attention {
             (CpuStorage::F16(k), CpuStorage::F16(v)) => {
                 self.run(q, t, (k, k_start, k_stride), (v, v_start, v_stride), len)
             }
-            _ => candle_core::bail!("attention takes an f32 or f16 cache"),
+            (CpuStorage::U8(k), CpuStorage::U8(v)) => {
+                // Offsets and strides are whole rows of whole blocks, so they divide evenly.
+                fn blocks(
+                    bytes: &[u8],
+                    start: usize,
+                    stride: usize,
+                ) -> (&[BlockQ8_0], usize, usize) {
+                    let whole = bytes.len() / Q8_0_BYTES * Q8_0_BYTES;
+                    let blocks = q8_0_blocks(&bytes[..whole]);
+                    (blocks, start / Q8_0_BYTES, stride / Q8_0_BYTES)
+                }
+                self.run(
+                    q,
+                    t,
+                    blocks(k, k_start, k_stride),
+                    blocks(v, v_start, v_stride),
+                    len,
+                )
+            }
+            _ => candle_core::bail!("attention takes an f32, f16 or Q8_0 (u8) cache"),
         };
         Ok((CpuStorage::F32(out), Shape::from((1, t, self.n_head * hd))))
     }
