@@ -15,14 +15,19 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The tiny synthetic model, written once into the target dir.
+/// The tiny synthetic model, written once per test binary into the target dir. Each binary
+/// writes its own copy and renames it over `tiny.gguf`: test binaries run concurrently, a
+/// rename is atomic (one reading the old file keeps it), and one file per process would
+/// pile up a copy per run.
 pub fn tiny_model() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let dir = root().join("target").join("test-models");
         std::fs::create_dir_all(&dir).expect("create target/test-models");
-        let path = dir.join(format!("tiny-{}.gguf", std::process::id()));
-        write_gguf(&SyntheticSpec::tiny(), &path).expect("write tiny model");
+        let part = dir.join(format!("tiny-{}.part", std::process::id()));
+        write_gguf(&SyntheticSpec::tiny(), &part).expect("write tiny model");
+        let path = dir.join("tiny.gguf");
+        std::fs::rename(&part, &path).expect("move the tiny model into place");
         path
     })
 }
