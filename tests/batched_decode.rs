@@ -230,6 +230,7 @@ async fn four_chats_sent_at_once_run_together_and_answer_as_each_alone_on_smollm
         path: smollm2_model(),
         force_cpu: true,
         alias: None,
+        context: Default::default(),
     };
     let limits = |parallel| EngineLimits {
         queue_capacity: 8,

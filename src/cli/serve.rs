@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use smolbot::services::engine::{DEFAULT_PARALLEL, DEFAULT_QUEUE_CAPACITY};
+use smolbot::services::kv_budget::ContextRequest;
 use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
 use smolbot::services::{BackendSpec, Engine, EngineLimits};
 use smolbot::web::app::loading_gate;
@@ -55,6 +56,15 @@ pub struct ModelArgs {
     /// the golden tests compare).
     #[arg(long, env = "SMOLBOT_CACHE_TYPE", value_parser = ["f32", "f16", "q8_0"])]
     pub cache_type: Option<String>,
+    /// Positions each conversation's context holds, prompt and answer (llama.cpp's `-c`; 0:
+    /// the model's). Default: the most that lets the KV caches of --parallel sequences fit
+    /// --kv-budget, up to the model's.
+    #[arg(long, env = "SMOLBOT_CTX_SIZE")]
+    pub ctx_size: Option<usize>,
+    /// Memory the KV caches may take in all (running sequences and kept turns), e.g. 4G or
+    /// 512M. Default: three quarters of the memory available once the model is loaded.
+    #[arg(long, env = "SMOLBOT_KV_BUDGET", value_parser = smolbot::services::kv_budget::parse_size)]
+    pub kv_budget: Option<u64>,
     /// Run on the CPU even when built with CUDA.
     #[arg(long, env = "SMOLBOT_CPU")]
     pub cpu: bool,
@@ -87,6 +97,10 @@ impl ModelArgs {
                 path: path.clone(),
                 force_cpu: self.cpu,
                 alias,
+                context: ContextRequest {
+                    ctx_size: self.ctx_size,
+                    kv_budget: self.kv_budget,
+                },
             },
             (None, false) => anyhow::bail!("give a model with --model FILE, or --stub"),
         })

@@ -229,6 +229,17 @@ impl Transformer {
         Ok(Tensor::cat(&rows, 0)?)
     }
 
+    /// Caps every sequence at `positions` (prompt and answer), e.g. so the KV caches of
+    /// several sequences fit a memory budget.
+    pub fn set_context_length(&mut self, positions: usize) {
+        self.cfg.context_length = positions;
+    }
+
+    /// Bytes one position takes in a sequence's KV cache (keys and values of every layer).
+    pub fn kv_bytes_per_position(&self) -> usize {
+        self.cfg.n_layer * 2 * self.cfg.n_head_kv * self.cache_type.row_bytes(self.cfg.head_dim)
+    }
+
     /// `tokens` fit after `cached` positions and are all in the vocabulary.
     fn check(&self, tokens: &[u32], cached: usize) -> Result<()> {
         let needed = cached + tokens.len();

@@ -9,16 +9,17 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::chat::ChatCodec;
-use super::error::ServiceError;
+use super::error::{thousands, ServiceError};
+use super::kv_budget::{self, ContextRequest};
 use super::stub::{StubConfig, StubModel};
 use super::token_model::TokenModel;
 use crate::inference::generate::{GenerationRequest, GenerationStats, TokenSink};
-use crate::inference::prefix_cache::{PrefixCache, DEFAULT_BUDGET_BYTES};
+use crate::inference::prefix_cache::PrefixCache;
 use crate::inference::sequence::{step, Sequence};
 use crate::inference::{GgufFile, InferenceError};
 use crate::smollm3::chat_template::ChatTemplate;
 use crate::smollm3::prompt::{model_template, special_token_kwargs};
-use crate::smollm3::{LoadedModel, Smollm3Error};
+use crate::smollm3::LoadedModel;
 use serde_json::Map;
 
 /// The loaded token source; an enum rather than a trait object because [`TokenModel`]
@@ -38,6 +39,8 @@ pub enum BackendSpec {
         force_cpu: bool,
         /// Name to answer `/v1/models` with; the file's name without `.gguf` when `None`.
         alias: Option<String>,
+        /// `--ctx-size` and `--kv-budget`: how long each sequence's context may grow.
+        context: ContextRequest,
     },
     /// The deterministic stand-in without weights.
     Stub(StubConfig),
@@ -65,20 +68,47 @@ pub struct LoadedBackend {
 }
 
 impl BackendSpec {
-    /// Loads the backend; runs on the engine thread, which then owns the weights.
-    pub fn load(&self) -> Result<LoadedBackend, Smollm3Error> {
+    /// Loads the backend for `sequences` generations at a time; runs on the engine thread,
+    /// which then owns the weights.
+    pub fn load(&self, sequences: usize) -> Result<LoadedBackend, ServiceError> {
         match self {
             Self::Gguf {
                 path,
                 force_cpu,
                 alias,
+                context,
             } => {
                 let device = crate::inference::device::select(*force_cpu);
-                let model = LoadedModel::load(path, &device)?;
-                let file = GgufFile::open(path)?;
-                let template = model_template(&file)?;
-                let template_defaults = special_token_kwargs(&file)?;
-                let context_length = model.config.transformer.context_length;
+                let mut model = LoadedModel::load(path, &device).map_err(ServiceError::Load)?;
+                let file = GgufFile::open(path).map_err(|e| ServiceError::Load(e.into()))?;
+                let template = model_template(&file).map_err(ServiceError::Load)?;
+                let template_defaults = special_token_kwargs(&file).map_err(ServiceError::Load)?;
+                let plan = kv_budget::plan(
+                    *context,
+                    model.config.transformer.context_length,
+                    model.transformer.kv_bytes_per_position() as u64,
+                    sequences,
+                    kv_budget::available_memory(),
+                )?;
+                if context.ctx_size.is_some_and(|c| c > plan.context) {
+                    tracing::warn!(
+                        "--ctx-size {} is over the {} positions the model was trained for; using {}",
+                        context.ctx_size.unwrap_or_default(),
+                        model.config.transformer.context_length,
+                        plan.context
+                    );
+                }
+                tracing::info!(
+                    "context {} × {} sequences, KV cache {} up to {} (budget {}, kept turns up to {})",
+                    thousands(plan.context),
+                    plan.sequences,
+                    model.transformer.cache_type().name(),
+                    kv_budget::human(plan.active_bytes),
+                    kv_budget::human(plan.budget),
+                    kv_budget::human(plan.kept_bytes)
+                );
+                model.set_context_length(plan.context);
+                let context_length = plan.context;
                 let id = alias.clone().unwrap_or_else(|| {
                     path.file_name()
                         .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
@@ -93,7 +123,7 @@ impl BackendSpec {
                 Ok(LoadedBackend {
                     model: TokenSource::Gguf(Box::new(GgufModel {
                         model,
-                        prefixes: PrefixCache::new(DEFAULT_BUDGET_BYTES),
+                        prefixes: PrefixCache::new(plan.kept_bytes as usize),
                     })),
                     codec,
                     info: ModelInfo {
@@ -106,10 +136,10 @@ impl BackendSpec {
                 })
             }
             Self::Stub(config) => {
-                let stub = StubModel::new(config.clone())?;
+                let stub = StubModel::new(config.clone()).map_err(ServiceError::Load)?;
                 let codec = ChatCodec::new(
                     stub.tokenizer().clone(),
-                    ChatTemplate::builtin()?,
+                    ChatTemplate::builtin().map_err(ServiceError::Load)?,
                     Map::new(),
                     config.context_length,
                 );

@@ -173,7 +173,7 @@ impl Engine {
             .name("smolbot-engine".into())
             .spawn(move || {
                 let started = Instant::now();
-                match spec.load() {
+                match spec.load(limits.parallel) {
                     Ok(backend) => {
                         engine_metrics.set_load_time(started.elapsed());
                         let codec = Arc::new(backend.codec);
@@ -192,7 +192,7 @@ impl Engine {
                         }
                     }
                     Err(err) => {
-                        let _ = ready_tx.send(Err(ServiceError::Load(err)));
+                        let _ = ready_tx.send(Err(err));
                     }
                 }
             })

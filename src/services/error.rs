@@ -44,6 +44,8 @@ pub enum ServiceError {
     EngineStopped,
     #[error("loading the model failed: {0}")]
     Load(Smollm3Error),
+    #[error(transparent)]
+    KvBudget(#[from] super::kv_budget::BudgetError),
     #[error("generation failed: {0}")]
     Generation(String),
     #[error("cannot use the data directory {}: {reason}", path.display())]

@@ -12,6 +12,7 @@ pub mod conversation;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod kv_budget;
 pub mod metrics;
 pub mod runs;
 pub mod sessions;

@@ -18,6 +18,13 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// Caps the context of every sequence at `positions`, in the config callers read and in
+    /// the forward pass that enforces it.
+    pub fn set_context_length(&mut self, positions: usize) {
+        self.config.transformer.context_length = positions;
+        self.transformer.set_context_length(positions);
+    }
+
     pub fn load(path: &Path, device: &Device) -> Result<Self, Smollm3Error> {
         let file = GgufFile::open(path)?;
         let config = ModelConfig::from_gguf(&file)?;

@@ -216,6 +216,7 @@ impl From<ServiceError> for ApiError {
                 None,
             ),
             ServiceError::DataDir { .. }
+            | ServiceError::KvBudget(_)
             | ServiceError::SchemaTooNew { .. }
             | ServiceError::Storage { .. } => (
                 StatusCode::INTERNAL_SERVER_ERROR,

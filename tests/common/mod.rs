@@ -111,6 +111,7 @@ pub async fn gguf_engine(path: &Path) -> smolbot::services::Engine {
             path: path.to_path_buf(),
             force_cpu: true,
             alias: None,
+            context: Default::default(),
         },
         4,
     )
