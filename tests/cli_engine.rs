@@ -310,6 +310,32 @@ fn a_full_context_stops_generation_and_says_so() {
 }
 
 #[test]
+fn rope_flags_reach_the_loader() {
+    // YaRN ×2 over the tiny model's 4,096 positions serves 8,192: the same 4,090-token
+    // prompt that fills the plain context now leaves room; without a factor YaRN is refused.
+    let prompt = "a ".repeat(4090);
+    let model = tiny_model().to_str().unwrap();
+    let base = ["generate", "--model", model, "--raw", "--max-tokens", "8"];
+    let yarn = [
+        &base[..],
+        &["--rope-scaling", "yarn", "--rope-scale", "2", "--prompt"],
+    ]
+    .concat();
+    let out = smolbot(&[&yarn[..], &[prompt.trim_end()]].concat());
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("reached --max-tokens 8"), "{stderr}");
+    let bare = [&base[..], &["--rope-scaling", "yarn", "--prompt", "hi"]].concat();
+    let out = smolbot(&bare);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--rope-scale"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn perplexity_json_matches_its_own_summary() {
     let golden = golden("tiny_smollm3_nll.json");
     let ids = scratch("ids.json");

@@ -8,6 +8,7 @@ use common::*;
 use smolbot::inference::kernels::{Kernels, Tier};
 use smolbot::inference::perplexity::{perplexity, token_nll};
 use smolbot::inference::{CacheType, GgufFile, Transformer, WeightFormat};
+use smolbot::smollm3::config::{RopeKind, RopeOverride};
 use smolbot::smollm3::ModelConfig;
 
 /// Bounds from the engine issue: mean |ΔNLL| and relative perplexity difference.
@@ -146,6 +147,35 @@ fn a_wrong_nope_plan_fails_the_golden_bound() {
     assert!(
         diff > 10.0 * MAX_MEAN_ABS_NLL,
         "a shifted NoPE plan moved NLL by only {diff}"
+    );
+}
+
+#[test]
+fn yarn_from_the_command_line_matches_llama_cpp() {
+    // `--rope-scaling yarn --rope-scale 2 --yarn-orig-ctx 4096` on the tiny model, against
+    // llama.cpp with the same settings: YaRN's frequencies and attention scale moved its NLL
+    // by 0.10 from the plain run, so a wrong table cannot hide in the bound.
+    let golden = golden("tiny_smollm3_yarn_nll.json");
+    let yarn = RopeOverride {
+        kind: Some(RopeKind::Yarn),
+        scale: Some(2.0),
+        original_context: Some(4096),
+    };
+    let ours = score(tiny_model(), &golden, |c| {
+        yarn.apply(&mut c.transformer).unwrap();
+        assert_eq!(c.transformer.context_length, 8192);
+    });
+    assert_matches(
+        "tiny smollm3 with YaRN ×2",
+        &ours,
+        &golden,
+        MAX_MEAN_ABS_NLL_TINY,
+    );
+    let plain = score(tiny_model(), &golden, |_| {});
+    let diff = mean_abs_diff(&plain, &f32s(&golden["nll"]));
+    assert!(
+        diff > 2.0 * MAX_MEAN_ABS_NLL_TINY,
+        "YaRN moved NLL by only {diff}"
     );
 }
 

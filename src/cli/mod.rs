@@ -87,9 +87,44 @@ pub struct EngineArgs {
     /// the golden tests compare).
     #[arg(long, env = "SMOLBOT_CACHE_TYPE", value_parser = ["f32", "f16", "q8_0"])]
     pub cache_type: Option<String>,
+    #[command(flatten)]
+    pub rope: RopeArgs,
     /// Run on the CPU even when built with CUDA.
     #[arg(long, env = "SMOLBOT_CPU")]
     pub cpu: bool,
+}
+
+/// Context extension the file does not state, with llama.cpp's flags: SmolLM3's card reaches
+/// 128k with `--rope-scaling yarn --rope-scale 2 --yarn-orig-ctx 65536`.
+#[derive(Args, Clone, Default)]
+pub struct RopeArgs {
+    /// RoPE scaling scheme: none, linear or yarn (default: what the file states).
+    #[arg(long, env = "SMOLBOT_ROPE_SCALING", value_parser = ["none", "linear", "yarn"])]
+    pub rope_scaling: Option<String>,
+    /// How many times the trained context grows under linear or YaRN scaling.
+    #[arg(long, env = "SMOLBOT_ROPE_SCALE")]
+    pub rope_scale: Option<f64>,
+    /// The context the model was trained for, which YaRN scales (default: the file's).
+    #[arg(long, env = "SMOLBOT_YARN_ORIG_CTX")]
+    pub yarn_orig_ctx: Option<usize>,
+}
+
+impl RopeArgs {
+    /// Hands the flags to the model loader, which reads the same environment variables.
+    pub(crate) fn apply(&self) {
+        let set = |name: &str, value: Option<String>| {
+            if let Some(v) = value {
+                // Safe: called on the main thread before any other thread exists.
+                unsafe { std::env::set_var(name, v) };
+            }
+        };
+        set("SMOLBOT_ROPE_SCALING", self.rope_scaling.clone());
+        set("SMOLBOT_ROPE_SCALE", self.rope_scale.map(|f| f.to_string()));
+        set(
+            "SMOLBOT_YARN_ORIG_CTX",
+            self.yarn_orig_ctx.map(|n| n.to_string()),
+        );
+    }
 }
 
 /// Hands `--cache-type` to the model loader, which reads `SMOLBOT_CACHE_TYPE`.
@@ -109,6 +144,7 @@ impl EngineArgs {
             unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
         }
         apply_cache_type(self.cache_type.as_deref());
+        self.rope.apply();
         smolbot::inference::device::select(self.cpu)
     }
 }

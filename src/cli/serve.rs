@@ -65,6 +65,8 @@ pub struct ModelArgs {
     /// 512M. Default: three quarters of the memory available once the model is loaded.
     #[arg(long, env = "SMOLBOT_KV_BUDGET", value_parser = smolbot::services::kv_budget::parse_size)]
     pub kv_budget: Option<u64>,
+    #[command(flatten)]
+    pub rope: super::RopeArgs,
     /// Run on the CPU even when built with CUDA.
     #[arg(long, env = "SMOLBOT_CPU")]
     pub cpu: bool,
@@ -80,6 +82,7 @@ impl ModelArgs {
             unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
         }
         super::apply_cache_type(self.cache_type.as_deref());
+        self.rope.apply();
         if self.model.is_none() && !self.stub {
             self.model = Some(super::pull::resolve_for_serve(&self.hub)?);
         }

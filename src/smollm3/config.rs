@@ -5,6 +5,7 @@
 //! NoPE plan: llama.cpp's `smollm3` graph skips RoPE on every 4th layer (`(il + 1) % 4 == 0`)
 //! with the step hard-coded, so we apply the same rule and say so in `inspect`.
 
+use super::Smollm3Error;
 use crate::inference::{GgufFile, InferenceError, RopeScaling, TransformerConfig};
 
 /// SmolLM3 layers `3, 7, 11, …` use no positional encoding (llama.cpp: `n_no_rope_layer_step`).
@@ -203,5 +204,169 @@ fn rope_scaling(file: &GgufFile, arch: &str) -> Result<RopeScaling, InferenceErr
             key: key("type"),
             problem: format!("names unsupported scaling `{other}` (supported: none, linear, yarn)"),
         }),
+    }
+}
+
+/// Context extension asked for at start-up rather than stated by the file (llama.cpp's
+/// `--rope-scaling`, `--rope-scale`, `--yarn-orig-ctx`): SmolLM3's card extends its 64k
+/// training context to 128k with `--rope-scaling yarn --rope-scale 2 --yarn-orig-ctx 65536`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RopeOverride {
+    /// `none`, `linear` or `yarn`; unset keeps the file's scheme (linear if it has none).
+    pub kind: Option<RopeKind>,
+    /// How many times the context grows (llama.cpp's `--rope-scale`: frequencies ÷ this).
+    pub scale: Option<f64>,
+    /// The context the model was trained for; default: the file's context length.
+    pub original_context: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeKind {
+    None,
+    Linear,
+    Yarn,
+}
+
+impl RopeOverride {
+    /// From `SMOLBOT_ROPE_SCALING`, `SMOLBOT_ROPE_SCALE` and `SMOLBOT_YARN_ORIG_CTX` (what the
+    /// command-line flags set), so every command that loads a model honours them.
+    pub fn from_env() -> Result<Self, Smollm3Error> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let bad =
+            |name: &str, v: &str| Smollm3Error::RopeOverride(format!("{name}={v:?} is not valid"));
+        let kind = match var("SMOLBOT_ROPE_SCALING").as_deref() {
+            None => None,
+            Some("none") => Some(RopeKind::None),
+            Some("linear") => Some(RopeKind::Linear),
+            Some("yarn") => Some(RopeKind::Yarn),
+            Some(other) => return Err(bad("SMOLBOT_ROPE_SCALING", other)),
+        };
+        let scale = match var("SMOLBOT_ROPE_SCALE") {
+            None => None,
+            Some(v) => Some(
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite() && *f >= 1.0 && *f <= 64.0)
+                    .ok_or_else(|| bad("SMOLBOT_ROPE_SCALE (1 to 64)", &v))?,
+            ),
+        };
+        let original_context = match var("SMOLBOT_YARN_ORIG_CTX") {
+            None => None,
+            Some(v) => Some(
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1 << 24).contains(n))
+                    .ok_or_else(|| bad("SMOLBOT_YARN_ORIG_CTX", &v))?,
+            ),
+        };
+        Ok(Self {
+            kind,
+            scale,
+            original_context,
+        })
+    }
+
+    /// Rewrites `cfg`'s RoPE scheme and context: a scale of `f` over an original context of
+    /// `n` positions serves `f · n`.
+    pub fn apply(&self, cfg: &mut TransformerConfig) -> Result<(), Smollm3Error> {
+        if *self == Self::default() {
+            return Ok(());
+        }
+        let file_kind = match cfg.rope_scaling {
+            RopeScaling::None => None,
+            RopeScaling::Linear { .. } => Some(RopeKind::Linear),
+            RopeScaling::Yarn { .. } => Some(RopeKind::Yarn),
+        };
+        let kind = self.kind.or(file_kind).unwrap_or(RopeKind::Linear);
+        let original = self.original_context.unwrap_or(match cfg.rope_scaling {
+            RopeScaling::Yarn {
+                original_context, ..
+            } => original_context,
+            _ => cfg.context_length,
+        });
+        let file_factor = match cfg.rope_scaling {
+            RopeScaling::None => None,
+            RopeScaling::Linear { factor } | RopeScaling::Yarn { factor, .. } => Some(factor),
+        };
+        let factor = self.scale.or(file_factor);
+        cfg.rope_scaling = match (kind, factor) {
+            (RopeKind::None, _) => RopeScaling::None,
+            (_, None) => {
+                return Err(Smollm3Error::RopeOverride(
+                    "linear and yarn scaling need --rope-scale".into(),
+                ))
+            }
+            (RopeKind::Linear, Some(factor)) => RopeScaling::Linear { factor },
+            // llama.cpp's defaults for every YaRN setting a file would otherwise state.
+            (RopeKind::Yarn, Some(factor)) => RopeScaling::Yarn {
+                factor,
+                original_context: original,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                ext_factor: 1.0,
+                attn_factor: 1.0,
+            },
+        };
+        if let Some(factor) = factor.filter(|_| kind != RopeKind::None) {
+            cfg.context_length = (original as f64 * factor) as usize;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod rope_override_tests {
+    use super::*;
+
+    fn cfg(context_length: usize) -> TransformerConfig {
+        TransformerConfig {
+            n_layer: 1,
+            n_embd: 64,
+            n_head: 1,
+            n_head_kv: 1,
+            head_dim: 64,
+            n_ff: 64,
+            vocab_size: 8,
+            context_length,
+            rms_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_dim: 64,
+            rope_scaling: RopeScaling::None,
+            rope_layers: vec![true],
+        }
+    }
+
+    #[test]
+    fn yarn_from_the_command_line_doubles_smollm3s_context() {
+        let mut c = cfg(65_536);
+        let over = RopeOverride {
+            kind: Some(RopeKind::Yarn),
+            scale: Some(2.0),
+            original_context: Some(65_536),
+        };
+        over.apply(&mut c).unwrap();
+        assert_eq!(c.context_length, 131_072);
+        assert!(matches!(
+            c.rope_scaling,
+            RopeScaling::Yarn { factor, original_context: 65_536, ext_factor, .. }
+                if factor == 2.0 && ext_factor == 1.0
+        ));
+    }
+
+    #[test]
+    fn no_override_changes_nothing_and_scaling_without_a_factor_is_an_error() {
+        let mut c = cfg(4096);
+        let before = c.clone();
+        RopeOverride::default().apply(&mut c).unwrap();
+        assert_eq!(c, before);
+        let yarn = RopeOverride {
+            kind: Some(RopeKind::Yarn),
+            ..Default::default()
+        };
+        assert!(yarn
+            .apply(&mut c)
+            .unwrap_err()
+            .to_string()
+            .contains("--rope-scale"));
     }
 }

@@ -20,4 +20,6 @@ pub enum Smollm3Error {
     ToolCall { problem: String, text: String },
     #[error("thinking budget: {0}")]
     ThinkingBudget(String),
+    #[error("rope scaling: {0}")]
+    RopeOverride(String),
 }

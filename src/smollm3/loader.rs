@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use super::config::ModelConfig;
+use super::config::{ModelConfig, RopeOverride};
 use super::error::Smollm3Error;
 use super::tokenizer::GgufTokenizer;
 use crate::inference::{CacheType, GgufFile, Transformer};
@@ -27,7 +27,8 @@ impl LoadedModel {
 
     pub fn load(path: &Path, device: &Device) -> Result<Self, Smollm3Error> {
         let file = GgufFile::open(path)?;
-        let config = ModelConfig::from_gguf(&file)?;
+        let mut config = ModelConfig::from_gguf(&file)?;
+        RopeOverride::from_env()?.apply(&mut config.transformer)?;
         let tokenizer = GgufTokenizer::from_gguf(&file)?;
         let transformer = Transformer::load(&file, config.transformer.clone(), device)?
             .with_cache_type(CacheType::from_env()?);
