@@ -334,6 +334,11 @@ fn attention_equals_candles_ops_over_a_cache_view_for_every_tier_and_cache_type(
         (9, 3, 64, 8, 1, 1),
         (4, 4, 32, 20, 20, 20),
         (4, 2, 24, 50, 37, 9),
+        // Query vectors in lanes (AVX-512, 16–64 per block): several key tiles, head dims
+        // in one and in two column slices, odd vector counts and partial lane groups.
+        (8, 2, 64, 300, 290, 150),
+        (32, 4, 256, 90, 80, 11),
+        (6, 2, 48, 80, 71, 7),
     ];
     for (n_head, n_kv, hd, cap, len, t) in shapes {
         let tensor = |n: usize, dims: (usize, usize, usize, usize), seed| {

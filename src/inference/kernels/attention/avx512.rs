@@ -42,8 +42,18 @@ fn exp(x: __m512) -> __m512 {
 #[target_feature(enable = "avx512f,f16c")]
 fn dequantize<'a>(row: &[BlockQ8_0], out: &'a mut Vec<f32>) -> &'a [f32] {
     out.clear();
+    widen_q8(row, out);
+    out
+}
+
+/// Appends Q8_0 rows to `out` as floats.
+#[inline]
+#[target_feature(enable = "avx512f,f16c")]
+fn widen_q8(row: &[BlockQ8_0], out: &mut Vec<f32>) {
+    let at = out.len();
     out.reserve(row.len() * 32);
-    let dst = out.as_mut_ptr();
+    // SAFETY: `reserve` made room past `at`.
+    let dst = unsafe { out.as_mut_ptr().add(at) };
     for (i, b) in row.iter().enumerate() {
         // SAFETY: `reserve` made room for 32 floats per block; each block's 32 bytes are read
         // as two 16-byte halves.
@@ -58,9 +68,33 @@ fn dequantize<'a>(row: &[BlockQ8_0], out: &'a mut Vec<f32>) -> &'a [f32] {
             }
         }
     }
-    // SAFETY: every one of the `32 · row.len()` floats was written above.
-    unsafe { out.set_len(row.len() * 32) };
-    out
+    // SAFETY: every one of the `32 · row.len()` floats past `at` was written above.
+    unsafe { out.set_len(at + row.len() * 32) };
+}
+
+/// Appends f16 rows to `out` as floats.
+#[inline]
+#[target_feature(enable = "avx512f,f16c")]
+fn widen_f16(rows: &[f16], out: &mut Vec<f32>) {
+    let at = out.len();
+    out.reserve(rows.len());
+    let full = rows.len() / 16 * 16;
+    // SAFETY: `reserve` made room for `rows.len()` floats past `at`; loads stay in `rows`.
+    unsafe {
+        let dst = out.as_mut_ptr().add(at);
+        for i in (0..full).step_by(16) {
+            _mm512_storeu_ps(dst.add(i), load_f16(rows, i));
+        }
+        for (i, x) in rows.iter().enumerate().skip(full) {
+            dst.add(i).write(x.to_f32());
+        }
+        out.set_len(at + rows.len());
+    }
+}
+
+/// Appends f32 rows to `out`.
+fn widen_f32(rows: &[f32], out: &mut Vec<f32>) {
+    out.extend_from_slice(rows);
 }
 
 macro_rules! products {
@@ -157,4 +191,241 @@ pub(super) fn attend_f16(b: &Block<'_, f16>, s: &mut Scratch) {
 #[target_feature(enable = "avx512f,f16c")]
 pub(super) fn attend_q8(b: &Block<'_, BlockQ8_0>, s: &mut Scratch) {
     super::attend_body!(b, s, dot_f32, axpy_f32, max, exp_sum, dequantize)
+}
+
+/// Key and value rows per tile: 64 rows of 128 floats (32 KB) stay in L1 while every query
+/// vector of the block reads them.
+const TILE: usize = 64;
+
+/// Keys scored together: four keys × up to four lane groups keep 16 independent FMA chains.
+const KEYS: usize = 4;
+
+/// Query vectors per block this path takes: one to four full vectors of lanes.
+pub(super) fn lanes_fit(vecs: usize) -> bool {
+    (16..=64).contains(&vecs)
+}
+
+/// Scores of `KEYS` keys (rows of `hd` floats in `keys`) against every query vector:
+/// `qt` holds the queries transposed (`hd` rows of `16·G` lanes); `out` gets one row of
+/// `16·G` scores per key.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn score_keys<const G: usize>(keys: &[f32], hd: usize, qt: &[f32], out: &mut [f32]) {
+    let vpad = 16 * G;
+    assert!(keys.len() >= KEYS * hd && qt.len() >= hd * vpad && out.len() >= KEYS * vpad);
+    let mut acc = [[_mm512_setzero_ps(); G]; KEYS];
+    for d in 0..hd {
+        let mut q = [_mm512_setzero_ps(); G];
+        for (g, q) in q.iter_mut().enumerate() {
+            *q = load_f32(qt, d * vpad + 16 * g);
+        }
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let kd = _mm512_set1_ps(keys[k * hd + d]);
+            for g in 0..G {
+                acc[g] = _mm512_fmadd_ps(kd, q[g], acc[g]);
+            }
+        }
+    }
+    for (k, acc) in acc.iter().enumerate() {
+        for (g, a) in acc.iter().enumerate() {
+            // SAFETY: row k of `out` holds `vpad` floats (checked above).
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(k * vpad + 16 * g), *a) };
+        }
+    }
+}
+
+/// Where [`add_values`] works: the tile's value rows and probabilities (`vpad` lanes per
+/// key), and the columns `col..col + 16·C` of query vector `v` (and `v + 1`).
+struct ValueSlice<'a> {
+    values: &'a [f32],
+    hd: usize,
+    probs: &'a [f32],
+    vpad: usize,
+    v: usize,
+    col: usize,
+}
+
+/// Adds `Σ_k p[k][v] · values[k]` into `acc` rows `v` and `v + 1` (if `PAIR`) over the
+/// slice's columns.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn add_values<const C: usize, const PAIR: bool>(w: &ValueSlice<'_>, acc: &mut [f32]) {
+    let (hd, vpad, v, col) = (w.hd, w.vpad, w.v, w.col);
+    let n = w.values.len() / hd;
+    assert!(w.probs.len() >= n * vpad && acc.len() >= (v + 1 + PAIR as usize) * hd);
+    let mut a0 = [_mm512_setzero_ps(); C];
+    let mut a1 = [_mm512_setzero_ps(); C];
+    for c in 0..C {
+        a0[c] = load_f32(acc, v * hd + col + 16 * c);
+        if PAIR {
+            a1[c] = load_f32(acc, (v + 1) * hd + col + 16 * c);
+        }
+    }
+    for k in 0..n {
+        let p0 = _mm512_set1_ps(w.probs[k * vpad + v]);
+        let p1 = _mm512_set1_ps(if PAIR { w.probs[k * vpad + v + 1] } else { 0.0 });
+        for c in 0..C {
+            let x = load_f32(w.values, k * hd + col + 16 * c);
+            a0[c] = _mm512_fmadd_ps(p0, x, a0[c]);
+            if PAIR {
+                a1[c] = _mm512_fmadd_ps(p1, x, a1[c]);
+            }
+        }
+    }
+    // SAFETY: `load_f32` checked the same floats of `acc`.
+    unsafe {
+        for c in 0..C {
+            _mm512_storeu_ps(acc.as_mut_ptr().add(v * hd + col + 16 * c), a0[c]);
+            if PAIR {
+                _mm512_storeu_ps(acc.as_mut_ptr().add((v + 1) * hd + col + 16 * c), a1[c]);
+            }
+        }
+    }
+}
+
+/// [`add_values`] for 1–8 chunks of 16 columns.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn add_values_cols<const PAIR: bool>(w: &ValueSlice<'_>, chunks: usize, acc: &mut [f32]) {
+    match chunks {
+        1 => add_values::<1, PAIR>(w, acc),
+        2 => add_values::<2, PAIR>(w, acc),
+        3 => add_values::<3, PAIR>(w, acc),
+        4 => add_values::<4, PAIR>(w, acc),
+        5 => add_values::<5, PAIR>(w, acc),
+        6 => add_values::<6, PAIR>(w, acc),
+        7 => add_values::<7, PAIR>(w, acc),
+        _ => add_values::<8, PAIR>(w, acc),
+    }
+}
+
+/// The block with query vectors in vector lanes (16–64 of them: prompt chunks): scores are
+/// `key · Qᵀ` rows with no horizontal sums, the softmax runs down the key rows, and each
+/// value row is read once per pair of query vectors from a tile widened to f32 once. Same
+/// outputs as [`super::attend_body`] (`scratch.acc`, `scratch.sums`).
+#[target_feature(enable = "avx512f,f16c")]
+fn attend_lanes<E>(b: &Block<'_, E>, s: &mut Scratch, widen: unsafe fn(&[E], &mut Vec<f32>)) {
+    let hd = b.hd;
+    let vecs = b.queries.len() / hd;
+    let groups = vecs.div_ceil(16);
+    let vpad = groups * 16;
+    let nkeys = b.keys.len() / b.row;
+    let mut qt = std::mem::take(&mut s.transposed);
+    qt.clear();
+    qt.resize(hd * vpad, 0.0);
+    for (v, q) in b.queries.chunks_exact(hd).enumerate() {
+        for (d, x) in q.iter().enumerate() {
+            qt[d * vpad + v] = *x;
+        }
+    }
+    // Scores, one row of `vpad` lanes per key; tiles padded to whole groups of KEYS keys.
+    let mut tile = std::mem::take(&mut s.row);
+    s.scores.clear();
+    s.scores.resize(nkeys.div_ceil(KEYS) * KEYS * vpad, 0.0);
+    for t0 in (0..nkeys).step_by(TILE) {
+        let n = TILE.min(nkeys - t0);
+        tile.clear();
+        // SAFETY: the caller checked this CPU's features for `widen`.
+        unsafe { widen(&b.keys[t0 * b.row..(t0 + n) * b.row], &mut tile) };
+        tile.resize(n.div_ceil(KEYS) * KEYS * hd, 0.0);
+        for k in (0..n).step_by(KEYS) {
+            let keys = &tile[k * hd..];
+            let out = &mut s.scores[(t0 + k) * vpad..];
+            match groups {
+                1 => score_keys::<1>(keys, hd, &qt, out),
+                2 => score_keys::<2>(keys, hd, &qt, out),
+                3 => score_keys::<3>(keys, hd, &qt, out),
+                _ => score_keys::<4>(keys, hd, &qt, out),
+            }
+        }
+    }
+    s.scores.truncate(nkeys * vpad);
+    // Causal mask: key `seen + j` is seen only by the block's rows after its j-th.
+    let masked = |k: usize, v: usize| k >= b.seen && v / b.n_rep <= k - b.seen;
+    for k in b.seen..nkeys {
+        for v in 0..vecs {
+            if masked(k, v) {
+                s.scores[k * vpad + v] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    // Softmax down each lane.
+    let mut max = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+    for row in s.scores.chunks_exact(vpad) {
+        for (g, m) in max.iter_mut().enumerate().take(groups) {
+            *m = _mm512_max_ps(*m, load_f32(row, 16 * g));
+        }
+    }
+    for row in s.scores.chunks_exact_mut(vpad) {
+        for (g, m) in max.iter().enumerate().take(groups) {
+            let e = exp(_mm512_sub_ps(load_f32(row, 16 * g), *m));
+            // SAFETY: as `load_f32` checked.
+            unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(16 * g), e) };
+        }
+    }
+    for k in b.seen..nkeys {
+        for v in 0..vecs {
+            if masked(k, v) {
+                s.scores[k * vpad + v] = 0.0;
+            }
+        }
+    }
+    let mut sums = [_mm512_setzero_ps(); 4];
+    for row in s.scores.chunks_exact(vpad) {
+        for (g, sum) in sums.iter_mut().enumerate().take(groups) {
+            *sum = _mm512_add_ps(*sum, load_f32(row, 16 * g));
+        }
+    }
+    let mut lanes = [0f32; 64];
+    for (g, sum) in sums.iter().enumerate().take(groups) {
+        // SAFETY: 16 floats at 16g of 64.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add(16 * g), *sum) };
+    }
+    s.sums.clear();
+    s.sums.extend_from_slice(&lanes[..vecs]);
+    // Values, a tile at a time, two query vectors per pass over it.
+    s.acc.clear();
+    s.acc.resize(vecs * hd, 0.0);
+    let chunks = hd / 16;
+    for t0 in (0..nkeys).step_by(TILE) {
+        let n = TILE.min(nkeys - t0);
+        tile.clear();
+        // SAFETY: as for the keys.
+        unsafe { widen(&b.values[t0 * b.row..(t0 + n) * b.row], &mut tile) };
+        for col in (0..chunks).step_by(8) {
+            let width = 8.min(chunks - col);
+            let mut w = ValueSlice {
+                values: &tile,
+                hd,
+                probs: &s.scores[t0 * vpad..(t0 + n) * vpad],
+                vpad,
+                v: 0,
+                col: 16 * col,
+            };
+            while w.v + 2 <= vecs {
+                add_values_cols::<true>(&w, width, &mut s.acc);
+                w.v += 2;
+            }
+            if w.v < vecs {
+                add_values_cols::<false>(&w, width, &mut s.acc);
+            }
+        }
+    }
+    s.row = tile;
+    s.transposed = qt;
+}
+
+#[target_feature(enable = "avx512f,f16c")]
+pub(super) fn attend_lanes_f32(b: &Block<'_, f32>, s: &mut Scratch) {
+    attend_lanes(b, s, widen_f32)
+}
+
+#[target_feature(enable = "avx512f,f16c")]
+pub(super) fn attend_lanes_f16(b: &Block<'_, f16>, s: &mut Scratch) {
+    attend_lanes(b, s, widen_f16)
+}
+
+#[target_feature(enable = "avx512f,f16c")]
+pub(super) fn attend_lanes_q8(b: &Block<'_, BlockQ8_0>, s: &mut Scratch) {
+    attend_lanes(b, s, widen_q8)
 }

@@ -12,6 +12,13 @@
 //! sharing that KV head (grouped-query attention) and every row of the block read each cached
 //! key and value row once, with no copy of the cache. Blocks are handed out largest first
 //! (causal rows see more keys the later they are), from a shared counter.
+//!
+//! On AVX-512, a block of 16–64 query vectors (prompt chunks) puts the vectors in the lanes:
+//! each key row is broadcast against the transposed queries, so no score needs a horizontal
+//! sum, the softmax runs down whole vectors, and key and value tiles are widened to f32 once
+//! for every vector of the block. That took a 4,096-token prompt from 53.7 to 63.2 tok/s
+//! (attention from about a third of the time to 12%; Zen 5, 2 threads, f16 cache). Decode
+//! (one row, 4 vectors) keeps the per-vector dot products.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -64,8 +71,11 @@ struct Scratch {
     scores: Vec<f32>,
     sums: Vec<f32>,
     acc: Vec<f32>,
-    /// A dequantized key or value row.
+    /// A dequantized key or value row, or a tile of them widened to f32.
     row: Vec<f32>,
+    /// The block's queries transposed (`head_dim` rows of query vectors), for the AVX-512
+    /// path that puts query vectors in vector lanes.
+    transposed: Vec<f32>,
 }
 
 /// A cached row as stored, for element types the primitives read directly.
@@ -228,6 +238,10 @@ impl Kernel for f32 {
         match tier {
             // SAFETY: `usable_tier` returned the tier only if this CPU runs it.
             #[cfg(target_arch = "x86_64")]
+            Tier::Avx512 | Tier::Avx512Vnni if avx512::lanes_fit(b.queries.len() / b.hd) => unsafe {
+                avx512::attend_lanes_f32(b, s)
+            },
+            #[cfg(target_arch = "x86_64")]
             Tier::Avx512 | Tier::Avx512Vnni => unsafe { avx512::attend_f32(b, s) },
             #[cfg(target_arch = "x86_64")]
             Tier::Avx2 => unsafe { avx2::attend_f32(b, s) },
@@ -240,6 +254,10 @@ impl Kernel for f16 {
     fn attend(tier: Tier, b: &Block<'_, f16>, s: &mut Scratch) {
         match tier {
             // SAFETY: as for f32.
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512 | Tier::Avx512Vnni if avx512::lanes_fit(b.queries.len() / b.hd) => unsafe {
+                avx512::attend_lanes_f16(b, s)
+            },
             #[cfg(target_arch = "x86_64")]
             Tier::Avx512 | Tier::Avx512Vnni => unsafe { avx512::attend_f16(b, s) },
             #[cfg(target_arch = "x86_64")]
@@ -257,6 +275,10 @@ impl Kernel for BlockQ8_0 {
     fn attend(tier: Tier, b: &Block<'_, BlockQ8_0>, s: &mut Scratch) {
         match tier {
             // SAFETY: as for f32.
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512 | Tier::Avx512Vnni if avx512::lanes_fit(b.queries.len() / b.hd) => unsafe {
+                avx512::attend_lanes_q8(b, s)
+            },
             #[cfg(target_arch = "x86_64")]
             Tier::Avx512 | Tier::Avx512Vnni => unsafe { avx512::attend_q8(b, s) },
             #[cfg(target_arch = "x86_64")]
