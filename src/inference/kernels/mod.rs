@@ -419,13 +419,16 @@ pub fn swiglu(gate: &PackedMatrix, up: &PackedMatrix, acts: &Activations) -> Vec
             // SAFETY: as in `matmul`; the gate value is parked in the output first.
             unsafe { *dst.at(r * width + i) = v };
         });
+        for r in 0..acts.rows {
+            // SAFETY: this worker's columns of row r, written above and by no one else.
+            let gates = unsafe {
+                std::slice::from_raw_parts_mut(dst.at(r * width + range.start), range.len())
+            };
+            attention::silu(gate.tier, gates);
+        }
         products(up, acts, range, |r, i, u| {
             // SAFETY: the same element this worker wrote above.
-            unsafe {
-                let p = dst.at(r * width + i);
-                let g = *p;
-                *p = g / (1.0 + (-g).exp()) * u;
-            }
+            unsafe { *dst.at(r * width + i) *= u };
         });
     });
     out

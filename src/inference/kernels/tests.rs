@@ -441,3 +441,25 @@ fn q8_0_cache_blocks_are_ggmls() {
         }
     }
 }
+
+#[test]
+fn silu_on_every_tier_equals_the_formula_even_far_out() {
+    let mut xs = random_f32(203, 71);
+    xs.extend([
+        0.0, -0.0, 1e-30, -1e-30, 20.0, -20.0, 88.0, -88.0, 100.0, -100.0, 1e30, -1e30,
+    ]);
+    let want: Vec<f32> = xs
+        .iter()
+        .map(|&x| (x as f64 / (1.0 + (-x as f64).exp())) as f32)
+        .collect();
+    for tier in supported_tiers() {
+        let mut got = xs.clone();
+        super::attention::silu(tier, &mut got);
+        for ((g, w), x) in got.iter().zip(&want).zip(&xs) {
+            assert!(
+                (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                "{tier:?} silu({x}) = {g}, want {w}"
+            );
+        }
+    }
+}

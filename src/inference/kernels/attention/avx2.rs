@@ -65,6 +65,24 @@ fn dequantize<'a>(row: &[BlockQ8_0], out: &'a mut Vec<f32>) -> &'a [f32] {
     out
 }
 
+/// `x ← x · sigmoid(x)` (SiLU), with `e^-|x|` so the exponential never overflows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn silu(xs: &mut [f32]) {
+    let one = _mm256_set1_ps(1.0);
+    let sign = _mm256_set1_ps(-0.0);
+    let full = xs.len() / 8 * 8;
+    for i in (0..full).step_by(8) {
+        let x = load_f32(xs, i);
+        let e = exp(_mm256_or_ps(x, sign));
+        let r = _mm256_div_ps(one, _mm256_add_ps(one, e));
+        let negative = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_setzero_ps());
+        let sigmoid = _mm256_blendv_ps(r, _mm256_mul_ps(r, e), negative);
+        // SAFETY: as `load_f32` checked.
+        unsafe { _mm256_storeu_ps(xs.as_mut_ptr().add(i), _mm256_mul_ps(x, sigmoid)) };
+    }
+    super::scalar::silu(&mut xs[full..]);
+}
+
 macro_rules! products {
     ($dot:ident, $axpy:ident, $elem:ty, $load:ident) => {
         #[inline]

@@ -97,6 +97,23 @@ fn widen_f32(rows: &[f32], out: &mut Vec<f32>) {
     out.extend_from_slice(rows);
 }
 
+/// `x ← x · sigmoid(x)` (SiLU), with `e^-|x|` so the exponential never overflows.
+#[target_feature(enable = "avx512f")]
+pub(super) fn silu(xs: &mut [f32]) {
+    let one = _mm512_set1_ps(1.0);
+    let full = xs.len() / 16 * 16;
+    for i in (0..full).step_by(16) {
+        let x = load_f32(xs, i);
+        let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)));
+        let r = _mm512_div_ps(one, _mm512_add_ps(one, e));
+        let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
+        let sigmoid = _mm512_mask_mul_ps(r, negative, r, e);
+        // SAFETY: as `load_f32` checked.
+        unsafe { _mm512_storeu_ps(xs.as_mut_ptr().add(i), _mm512_mul_ps(x, sigmoid)) };
+    }
+    super::scalar::silu(&mut xs[full..]);
+}
+
 macro_rules! products {
     ($dot:ident, $axpy:ident, $elem:ty, $load:ident) => {
         #[inline]

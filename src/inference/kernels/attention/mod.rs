@@ -209,6 +209,12 @@ mod scalar {
         super::attend_body!(b, s, dot, axpy, max, exp_sum, super::same)
     }
 
+    pub fn silu(xs: &mut [f32]) {
+        for x in xs {
+            *x /= 1.0 + (-*x).exp();
+        }
+    }
+
     pub fn dequantize<'a>(row: &[BlockQ8_0], out: &'a mut Vec<f32>) -> &'a [f32] {
         out.clear();
         for b in row {
@@ -285,6 +291,19 @@ impl Kernel for BlockQ8_0 {
             Tier::Avx2 => unsafe { avx2::attend_q8(b, s) },
             _ => scalar::attend_q8(b, s),
         }
+    }
+}
+
+/// `x ← x · sigmoid(x)` for the feed-forward gate, on `tier`'s vectors: the SIMD `exp` lives
+/// here. Scalar `expf` per value was 3.5% of a 4,096-token prompt on Zen 5.
+pub fn silu(tier: Tier, xs: &mut [f32]) {
+    match usable_tier(tier, 16) {
+        // SAFETY: `usable_tier` returned the tier only if this CPU runs it.
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512 | Tier::Avx512Vnni => unsafe { avx512::silu(xs) },
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 => unsafe { avx2::silu(xs) },
+        _ => scalar::silu(xs),
     }
 }
 
