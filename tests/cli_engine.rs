@@ -264,6 +264,30 @@ fn greedy_smollm2_answers_paris_with_llama_cpp_tokens() {
 }
 
 #[test]
+fn a_stop_string_ends_the_output_before_it() {
+    let golden = golden("smollm2_greedy.json");
+    let out = smolbot(&[
+        "generate",
+        "--model",
+        smollm2_model().to_str().unwrap(),
+        "--raw",
+        "--prompt",
+        golden["prompt"].as_str().unwrap(),
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "30",
+        "--stop",
+        " Paris",
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(golden["text"].as_str().unwrap().contains(" Paris"));
+    assert_eq!(stdout.trim_end(), "The capital of France is");
+    assert!(!stderr.contains("stopped:"), "{stderr}");
+}
+
+#[test]
 fn same_seed_same_output_and_max_tokens_is_reported() {
     let run = |seed: &str| {
         let out = smolbot(&[

@@ -19,8 +19,10 @@ use serde_json::Value;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::openai::{random_id, stop_strings, WireUsage};
-use super::state::{blocking, check_model, AppState};
-use crate::services::chat::{ChatCodec, CompletionRequest, Sampling, TokenLimit};
+use super::state::{check_model, AppState};
+use crate::services::chat::{
+    ChatCodec, CompletionPrompt, CompletionRequest, PreparedChat, Sampling, TokenLimit,
+};
 use crate::services::events::{Completion, GenerationEvent, TokenLogprobs, Usage};
 use crate::services::ServiceError;
 
@@ -54,15 +56,8 @@ pub struct CompletionBody {
     pub suffix: Option<String>,
 }
 
-/// One prompt of the request: text to tokenize, or ids as given.
-#[derive(Debug, Clone, PartialEq)]
-enum Prompt {
-    Text(String),
-    Ids(Vec<i64>),
-}
-
 impl CompletionBody {
-    fn prompts(&self) -> Result<Vec<Prompt>, ApiError> {
+    fn prompts(&self) -> Result<Vec<CompletionPrompt>, ApiError> {
         let bad = || {
             ApiError::invalid(
                 "prompt",
@@ -73,16 +68,16 @@ impl CompletionBody {
         let ids =
             |items: &[Value]| -> Option<Vec<i64>> { items.iter().map(Value::as_i64).collect() };
         let prompts = match &self.prompt {
-            Value::String(text) => vec![Prompt::Text(text.clone())],
+            Value::String(text) => vec![CompletionPrompt::Text(text.clone())],
             Value::Array(items) if items.is_empty() => return Err(bad()),
             Value::Array(items) if items.iter().all(Value::is_number) => {
-                vec![Prompt::Ids(ids(items).ok_or_else(bad)?)]
+                vec![CompletionPrompt::Ids(ids(items).ok_or_else(bad)?)]
             }
             Value::Array(items) => items
                 .iter()
                 .map(|item| match item {
-                    Value::String(text) => Ok(Prompt::Text(text.clone())),
-                    Value::Array(inner) => ids(inner).map(Prompt::Ids).ok_or_else(bad),
+                    Value::String(text) => Ok(CompletionPrompt::Text(text.clone())),
+                    Value::Array(inner) => ids(inner).map(CompletionPrompt::Ids).ok_or_else(bad),
                     _ => Err(bad()),
                 })
                 .collect::<Result<_, _>>()?,
@@ -136,8 +131,8 @@ impl CompletionBody {
         Ok(())
     }
 
-    /// The request for one prompt's ids, in the services' terms.
-    fn request(&self, prompt: Vec<u32>) -> Result<CompletionRequest, ApiError> {
+    /// The request for one prompt, in the services' terms.
+    fn request(&self, prompt: CompletionPrompt) -> Result<CompletionRequest, ApiError> {
         Ok(CompletionRequest {
             prompt,
             max_tokens: Some(TokenLimit {
@@ -158,23 +153,8 @@ impl CompletionBody {
             stop: stop_strings(self.stop.as_ref())?,
             logprobs: self.logprobs,
             score_prompt: self.echo == Some(true) && self.logprobs.is_some(),
+            thinking_budget: None,
         })
-    }
-}
-
-/// The ids of `prompt`: text is tokenized as llama.cpp's server does (special tokens read).
-fn prompt_ids(codec: &ChatCodec, prompt: &Prompt) -> Result<Vec<u32>, ServiceError> {
-    match prompt {
-        Prompt::Text(text) => codec.tokenize(text, true, true),
-        Prompt::Ids(ids) => ids
-            .iter()
-            .map(|&id| {
-                u32::try_from(id).map_err(|_| ServiceError::TokenOutOfRange {
-                    id,
-                    vocab: codec.tokenizer().vocab_size(),
-                })
-            })
-            .collect(),
     }
 }
 
@@ -248,10 +228,7 @@ struct Finished {
     done: Completion,
 }
 
-async fn run_one(
-    state: &AppState,
-    chat: crate::services::chat::PreparedChat,
-) -> Result<Finished, ApiError> {
+async fn run_one(state: &AppState, chat: PreparedChat) -> Result<Finished, ApiError> {
     let reply = state.engine().submit(chat)?.collect().await?;
     // Raw completions parse nothing: the whole text comes as content.
     let mut text = reply.reasoning.unwrap_or_default();
@@ -273,12 +250,11 @@ pub async fn completions(
     let codec = state.engine().codec().clone();
     let mut prepared = Vec::with_capacity(prompts.len());
     for prompt in prompts {
-        let codec = codec.clone();
-        let ids = blocking(move || prompt_ids(&codec, &prompt)).await?;
-        let request = body.request(ids.clone())?;
-        let codec = state.engine().codec().clone();
-        let chat = blocking(move || codec.prepare_completion(&request)).await?;
-        prepared.push((ids, chat));
+        let chat = state
+            .engine()
+            .prepare_completion(body.request(prompt)?)
+            .await?;
+        prepared.push(chat);
     }
     let id = random_id("cmpl-");
     let created = std::time::SystemTime::now()
@@ -286,7 +262,7 @@ pub async fn completions(
         .map_or(0, |d| d.as_secs());
     let model = state.engine().info().id.clone();
     if body.stream == Some(true) {
-        let (_, chat) = prepared
+        let chat = prepared
             .pop()
             .ok_or_else(|| ApiError::bad_request("no prompt"))?;
         let generation = state.engine().submit(chat)?;
@@ -295,7 +271,8 @@ pub async fn completions(
     let echo = body.echo == Some(true);
     let mut choices = Vec::with_capacity(prepared.len());
     let mut usage = Usage::default();
-    for (index, (ids, chat)) in prepared.into_iter().enumerate() {
+    for (index, chat) in prepared.into_iter().enumerate() {
+        let ids = chat.prompt.clone();
         let finished = run_one(&state, chat).await?;
         let done = &finished.done;
         usage.prompt_tokens += done.usage.prompt_tokens;
@@ -394,15 +371,21 @@ mod tests {
     #[test]
     fn every_prompt_shape_is_read() {
         let cases = [
-            (json!("hi"), vec![Prompt::Text("hi".into())]),
+            (json!("hi"), vec![CompletionPrompt::Text("hi".into())]),
             (
                 json!(["a", "b"]),
-                vec![Prompt::Text("a".into()), Prompt::Text("b".into())],
+                vec![
+                    CompletionPrompt::Text("a".into()),
+                    CompletionPrompt::Text("b".into()),
+                ],
             ),
-            (json!([1, 2, 3]), vec![Prompt::Ids(vec![1, 2, 3])]),
+            (json!([1, 2, 3]), vec![CompletionPrompt::Ids(vec![1, 2, 3])]),
             (
                 json!([[1], [2, 3]]),
-                vec![Prompt::Ids(vec![1]), Prompt::Ids(vec![2, 3])],
+                vec![
+                    CompletionPrompt::Ids(vec![1]),
+                    CompletionPrompt::Ids(vec![2, 3]),
+                ],
             ),
         ];
         for (prompt, want) in cases {

@@ -235,6 +235,7 @@ mod tests {
             usage: Usage {
                 prompt_tokens: 7,
                 completion_tokens: 3,
+                ..Usage::default()
             },
             timings: Timings::default(),
             logprobs: None,
