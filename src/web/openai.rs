@@ -16,6 +16,7 @@ use crate::services::chat::{
     json_kind, ChatMessage, ChatRequest, Role, Sampling, TokenLimit, ToolChoice,
 };
 use crate::services::events::{Completion, Timings, TokenLogprobs, Usage};
+use crate::services::sessions::{arguments_from_wire, StoredToolCall};
 use crate::services::Reply;
 use crate::smollm3::tool_calls::ToolCall;
 
@@ -257,14 +258,10 @@ fn message(i: usize, m: &WireMessage) -> Result<ChatMessage, ApiError> {
         .enumerate()
         .map(|(j, call)| {
             let field = || format!("messages[{i}].tool_calls[{j}].function.arguments");
-            let arguments = match &call.function.arguments {
-                None | Some(Json::Null) => Json::Object(Map::new()),
-                Some(Json::String(text)) if text.trim().is_empty() => Json::Object(Map::new()),
-                Some(Json::String(text)) => serde_json::from_str(text).map_err(|err| {
+            let arguments =
+                arguments_from_wire(call.function.arguments.as_ref()).map_err(|err| {
                     ApiError::invalid(field(), format!("`{}` is not JSON: {err}", field()))
-                })?,
-                Some(value) => value.clone(),
-            };
+                })?;
             Ok(ToolCall {
                 name: call.function.name.clone(),
                 arguments,
@@ -472,14 +469,15 @@ pub struct WireFunctionOut {
 impl WireToolCallOut {
     /// A whole call, for a non-streaming answer.
     pub fn whole(call: &ToolCall) -> Self {
+        let call = StoredToolCall::new(call.clone());
         Self {
             index: None,
-            id: Some(random_id("call_")),
             kind: Some("function"),
             function: WireFunctionOut {
-                name: Some(call.name.clone()),
-                arguments: call.arguments.to_string(),
+                arguments: call.wire_arguments(),
+                name: Some(call.name),
             },
+            id: Some(call.id),
         }
     }
 }
