@@ -1,7 +1,7 @@
 //! The agent loop's parts apart from the run: which round still offers the built-in tools,
 //! running the model's calls and storing their results, and the request for the next round.
 //!
-//! A run ([`super::runs`]) drives the loop: after a round that ends calling only built-in
+//! A run (`runs`) drives the loop: after a round that ends calling only built-in
 //! tools it stores the call, [`answer_calls`] runs the tools and stores one tool message per
 //! call, and [`ToolLoop::next_round`] submits the next round. Kept apart so the rules (at
 //! most `max_rounds` rounds of tool execution, then an answer without tools) are plain

@@ -18,10 +18,10 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::json::ApiJson;
-use super::openai::{random_id, stop_strings, WireUsage};
+use super::openai::{body_with_sampling, random_id, stop_strings, WireUsage};
 use super::state::{check_model, AppState};
 use crate::services::chat::{
-    ChatCodec, CompletionPrompt, CompletionRequest, PreparedChat, Sampling, TokenLimit,
+    ChatCodec, CompletionPrompt, CompletionRequest, PreparedChat, TokenLimit,
 };
 use crate::services::events::{Completion, GenerationEvent, TokenLogprobs, Usage};
 use crate::services::ServiceError;
@@ -32,28 +32,22 @@ pub const DEFAULT_MAX_TOKENS: i64 = 16;
 /// Prompts one request may hold; each runs as its own generation, one after the other.
 pub const MAX_BATCH: usize = 64;
 
-/// The request body, with llama.cpp's sampling extensions.
-#[derive(Debug, Deserialize)]
-pub struct CompletionBody {
-    pub model: Option<String>,
-    pub prompt: Value,
-    pub max_tokens: Option<i64>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<usize>,
-    pub min_p: Option<f32>,
-    pub repeat_penalty: Option<f32>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-    pub stop: Option<Value>,
-    pub seed: Option<i64>,
-    /// How many alternatives to list per token (0 lists only the token's own score).
-    pub logprobs: Option<usize>,
-    pub echo: Option<bool>,
-    pub stream: Option<bool>,
-    pub n: Option<u32>,
-    pub best_of: Option<u32>,
-    pub suffix: Option<String>,
+body_with_sampling! {
+    /// The request body, with llama.cpp's sampling extensions.
+    #[derive(Debug, Deserialize)]
+    pub struct CompletionBody {
+        pub model: Option<String>,
+        pub prompt: Value,
+        pub max_tokens: Option<i64>,
+        pub stop: Option<Value>,
+        /// How many alternatives to list per token (0 lists only the token's own score).
+        pub logprobs: Option<usize>,
+        pub echo: Option<bool>,
+        pub stream: Option<bool>,
+        pub n: Option<u32>,
+        pub best_of: Option<u32>,
+        pub suffix: Option<String>,
+    }
 }
 
 impl CompletionBody {
@@ -139,17 +133,7 @@ impl CompletionBody {
                 field: "max_tokens",
                 value: self.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
             }),
-            sampling: Sampling {
-                temperature: self.temperature,
-                top_k: self.top_k,
-                top_p: self.top_p,
-                min_p: self.min_p,
-                repeat_penalty: self.repeat_penalty,
-                frequency_penalty: self.frequency_penalty,
-                presence_penalty: self.presence_penalty,
-                // A negative seed asks for a fresh one, as llama.cpp's -1 does.
-                seed: self.seed.and_then(|seed| u64::try_from(seed).ok()),
-            },
+            sampling: self.sampling(),
             stop: stop_strings(self.stop.as_ref())?,
             logprobs: self.logprobs,
             score_prompt: self.echo == Some(true) && self.logprobs.is_some(),
@@ -391,6 +375,20 @@ mod tests {
         for (prompt, want) in cases {
             assert_eq!(body(json!({ "prompt": prompt })).prompts().unwrap(), want);
         }
+    }
+
+    #[test]
+    fn sampling_fields_reach_the_services_and_a_negative_seed_draws_one() {
+        let given = body(json!({"prompt": "x", "temperature": 0.5, "top_k": 3, "seed": 7}));
+        let sampling = given.sampling();
+        assert_eq!(
+            (sampling.temperature, sampling.top_k, sampling.seed),
+            (Some(0.5), Some(3), Some(7))
+        );
+        assert_eq!(
+            body(json!({"prompt": "x", "seed": -1})).sampling().seed,
+            None
+        );
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //! [`chat_request`](crate::services::conversation::chat_request)).
 //!
 //! The page goes to the same store as `/api/conversations`, so a conversation started on the
-//! page can be read, exported or continued through the API and the other way round. A server
-//! without a data directory gives the page an in-memory store ([`SessionStore::in_memory`]):
-//! one code path, with persistence the only difference.
+//! page can be read, exported or continued through the API and the other way round. An app
+//! over an in-memory store ([`SessionStore::in_memory`], as tests use) runs the same code,
+//! with persistence the only difference.
 
 use serde::Serialize;
 

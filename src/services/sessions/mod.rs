@@ -38,6 +38,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_typed_tool_calls.sql"),
 ];
 
+/// What an in-memory store gives as its path, SQLite's name for such a database.
+const IN_MEMORY_PATH: &str = ":memory:";
+
 /// The database's file name inside the data directory.
 pub const DATABASE_FILE: &str = "smolbot.sqlite3";
 
@@ -414,6 +417,11 @@ impl SessionStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the conversations outlive the process ([`Self::in_memory`]'s do not).
+    pub fn is_on_disk(&self) -> bool {
+        self.path.as_os_str() != IN_MEMORY_PATH
     }
 
     /// Runs `work` on the connection on tokio's blocking pool.
@@ -938,7 +946,7 @@ impl SessionStore {
         migrate(&mut connection)?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
-            path: Arc::new(PathBuf::from(":memory:")),
+            path: Arc::new(PathBuf::from(IN_MEMORY_PATH)),
             closed: Arc::default(),
         })
     }

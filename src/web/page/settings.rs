@@ -3,7 +3,6 @@
 //! which the slash commands `/think`, `/temp` and `/system` take too.
 
 use std::str::FromStr;
-use std::sync::Arc;
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::State;
@@ -153,7 +152,7 @@ pub(super) async fn apply_settings(
 }
 
 pub(super) async fn save_settings(
-    State(state): State<Arc<PageState>>,
+    State(state): State<PageState>,
     headers: HeaderMap,
     body: Result<Form<SettingsForm>, FormRejection>,
 ) -> Result<Response, PageError> {
@@ -185,7 +184,7 @@ pub(super) async fn save_settings(
 }
 
 pub(super) async fn reset_settings(
-    State(state): State<Arc<PageState>>,
+    State(state): State<PageState>,
     headers: HeaderMap,
     body: Result<Form<CurrentForm>, FormRejection>,
 ) -> Result<Response, PageError> {
