@@ -238,6 +238,42 @@ fn streams_answers_and_switches_thinking_and_exits() {
 }
 
 #[test]
+fn think_n_sets_the_conversation_s_thinking_budget() {
+    if !tmux_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let term = Terminal::start(
+        "budget",
+        &data,
+        dir.path(),
+        &["--stub-tokens-per-second", "0"],
+    );
+    term.wait_for_prompt("the first prompt", 0);
+    term.type_line("/think many");
+    term.wait_for("the usage", |s| s.contains("/think takes a number"));
+    term.type_line("/think 3");
+    term.wait_for("the budget", |s| s.contains("at most 3 tokens of it"));
+    term.type_line("Hello there");
+    term.wait_for_prompt("the answer", 3);
+    term.type_line("/exit");
+    assert_eq!(term.wait_for_exit(), 0, "{}", term.screen(false));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let settings = runtime.block_on(async {
+        let store = SessionStore::open(&data).await.expect("open the store");
+        let listed = store.list(None).await.expect("list");
+        listed.into_iter().map(|c| c.settings).collect::<Vec<_>>()
+    });
+    assert_eq!(settings.len(), 1, "{settings:?}");
+    assert_eq!(settings[0].thinking_budget, Some(3), "{settings:?}");
+    assert_eq!(settings[0].thinking, Some(true));
+}
+
+#[test]
 fn ctrl_c_stops_an_answer_and_a_second_one_exits() {
     if !tmux_available() {
         return;

@@ -676,6 +676,34 @@ async fn settings_are_checked_saved_and_reset() {
 }
 
 #[tokio::test]
+async fn the_thinking_budget_is_a_field_of_the_settings_form() {
+    let app = stub_app().await;
+    let id = conversation_with(&app, "Hi", "").await;
+    let settings = |body: &str| {
+        let body = format!("conversation={id}&{body}");
+        let app = app.clone();
+        async move { post(&app, "/chat/settings", &body).await }
+    };
+    let bad = settings("thinking_budget=lots").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+    assert!(
+        bad.text.contains("thinking budget must be a number"),
+        "{}",
+        bad.text
+    );
+    let saved = settings("thinking_budget=12").await;
+    assert_eq!(saved.status, StatusCode::OK, "{}", saved.text);
+    let page = get(&app, &format!("/c/{id}")).await;
+    let field = |budget: &str| format!(r#"placeholder="no limit" value="{budget}""#);
+    assert!(page.text.contains(&field("12")), "{}", page.text);
+    // `/think N` sets the same setting, and the form shows it.
+    let think = send_message(&app, &id, "/think 7", "&thinking=on").await;
+    assert!(think.text.contains(&field("7")), "{}", think.text);
+    let cleared = settings("thinking_budget=").await;
+    assert!(cleared.text.contains(&field("")), "{}", cleared.text);
+}
+
+#[tokio::test]
 async fn slash_commands_change_the_conversation() {
     let app = stub_app().await;
     let id = conversation_with(&app, "Hello", "&thinking=on").await;

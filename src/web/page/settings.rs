@@ -1,6 +1,7 @@
 //! The conversation's settings: the settings form (`POST /chat/settings`, and
 //! `POST /chat/settings/reset`), the Thinking box, and the one path that saves settings,
-//! which the slash commands `/think`, `/temp` and `/system` take too.
+//! which the slash commands `/think` (and `/think N`, the form's thinking budget), `/temp`
+//! and `/system` take too.
 
 use std::str::FromStr;
 
@@ -30,6 +31,7 @@ pub(super) struct SettingsView {
     temperature: String,
     top_p: String,
     max_tokens: String,
+    thinking_budget: String,
     builtin_tools: bool,
 }
 
@@ -41,6 +43,7 @@ impl SettingsView {
             temperature: text(settings.temperature.map(|t| t.to_string())),
             top_p: text(settings.top_p.map(|p| p.to_string())),
             max_tokens: text(settings.max_tokens.map(|m| m.to_string())),
+            thinking_budget: text(settings.thinking_budget.map(|b| b.to_string())),
             builtin_tools: agent::builtin_tools_on(settings),
         }
     }
@@ -87,6 +90,9 @@ pub(super) struct SettingsForm {
     top_p: String,
     #[serde(default)]
     max_tokens: String,
+    /// At most this many reasoning tokens per answer; empty lets the model reason freely.
+    #[serde(default)]
+    thinking_budget: String,
     /// Present (`on`) when the built-in tools box is ticked.
     builtin_tools: Option<String>,
 }
@@ -165,7 +171,7 @@ pub(super) async fn save_settings(
         top_p: optional("top-p", &body.top_p)?,
         max_tokens: optional("max tokens", &body.max_tokens)?,
         thinking: None,
-        thinking_budget: None,
+        thinking_budget: optional("thinking budget", &body.thinking_budget)?,
         builtin_tools: body.builtin_tools.is_some().then_some(true),
     };
     parsed.check()?;
@@ -174,7 +180,6 @@ pub(super) async fn save_settings(
         &body.conversation,
         move |old| ConversationSettings {
             thinking: old.thinking,
-            thinking_budget: old.thinking_budget,
             ..parsed
         },
         "Saved.",
