@@ -161,14 +161,22 @@ impl Drop for Terminal {
 /// A stored message: role, status, content.
 type Stored = (String, MessageStatus, String);
 
-/// The stored conversations: title and messages.
-fn stored(data_dir: &Path) -> Vec<(Option<String>, Vec<Stored>)> {
+/// The chat's store in `data_dir`, with a runtime to read it on.
+fn open_store(data_dir: &Path) -> (tokio::runtime::Runtime, SessionStore) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let store = runtime
+        .block_on(SessionStore::open(data_dir))
+        .expect("open the store");
+    (runtime, store)
+}
+
+/// The stored conversations: title and messages.
+fn stored(data_dir: &Path) -> Vec<(Option<String>, Vec<Stored>)> {
+    let (runtime, store) = open_store(data_dir);
     runtime.block_on(async {
-        let store = SessionStore::open(data_dir).await.expect("open the store");
         let mut all = Vec::new();
         for conversation in store.list(None).await.expect("list") {
             let messages = store.messages(conversation.id.clone()).await.unwrap();
@@ -259,15 +267,9 @@ fn think_n_sets_the_conversation_s_thinking_budget() {
     term.wait_for_prompt("the answer", 3);
     term.type_line("/exit");
     assert_eq!(term.wait_for_exit(), 0, "{}", term.screen(false));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let settings = runtime.block_on(async {
-        let store = SessionStore::open(&data).await.expect("open the store");
-        let listed = store.list(None).await.expect("list");
-        listed.into_iter().map(|c| c.settings).collect::<Vec<_>>()
-    });
+    let (runtime, store) = open_store(&data);
+    let listed = runtime.block_on(store.list(None)).expect("list");
+    let settings: Vec<_> = listed.into_iter().map(|c| c.settings).collect();
     assert_eq!(settings.len(), 1, "{settings:?}");
     assert_eq!(settings[0].thinking_budget, Some(3), "{settings:?}");
     assert_eq!(settings[0].thinking, Some(true));
