@@ -161,14 +161,22 @@ impl Drop for Terminal {
 /// A stored message: role, status, content.
 type Stored = (String, MessageStatus, String);
 
-/// The stored conversations: title and messages.
-fn stored(data_dir: &Path) -> Vec<(Option<String>, Vec<Stored>)> {
+/// The chat's store in `data_dir`, with a runtime to read it on.
+fn open_store(data_dir: &Path) -> (tokio::runtime::Runtime, SessionStore) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let store = runtime
+        .block_on(SessionStore::open(data_dir))
+        .expect("open the store");
+    (runtime, store)
+}
+
+/// The stored conversations: title and messages.
+fn stored(data_dir: &Path) -> Vec<(Option<String>, Vec<Stored>)> {
+    let (runtime, store) = open_store(data_dir);
     runtime.block_on(async {
-        let store = SessionStore::open(data_dir).await.expect("open the store");
         let mut all = Vec::new();
         for conversation in store.list(None).await.expect("list") {
             let messages = store.messages(conversation.id.clone()).await.unwrap();
@@ -235,6 +243,36 @@ fn streams_answers_and_switches_thinking_and_exits() {
         .iter()
         .all(|m| m.1 == MessageStatus::Complete && !m.2.is_empty()));
     assert!(messages[3].2.contains("| Thinking | off |"));
+}
+
+#[test]
+fn think_n_sets_the_conversation_s_thinking_budget() {
+    if !tmux_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let term = Terminal::start(
+        "budget",
+        &data,
+        dir.path(),
+        &["--stub-tokens-per-second", "0"],
+    );
+    term.wait_for_prompt("the first prompt", 0);
+    term.type_line("/think many");
+    term.wait_for("the usage", |s| s.contains("/think takes a number"));
+    term.type_line("/think 3");
+    term.wait_for("the budget", |s| s.contains("at most 3 tokens of it"));
+    term.type_line("Hello there");
+    term.wait_for_prompt("the answer", 3);
+    term.type_line("/exit");
+    assert_eq!(term.wait_for_exit(), 0, "{}", term.screen(false));
+    let (runtime, store) = open_store(&data);
+    let listed = runtime.block_on(store.list(None)).expect("list");
+    let settings: Vec<_> = listed.into_iter().map(|c| c.settings).collect();
+    assert_eq!(settings.len(), 1, "{settings:?}");
+    assert_eq!(settings[0].thinking_budget, Some(3), "{settings:?}");
+    assert_eq!(settings[0].thinking, Some(true));
 }
 
 #[test]

@@ -237,30 +237,50 @@ fn a_special_token_id_outside_the_vocabulary_is_ignored_with_a_warning() {
     );
 }
 
-#[test]
-fn greedy_smollm2_answers_paris_with_llama_cpp_tokens() {
+/// `generate` continuing the golden prompt greedily on SmolLM2 (at most 30 tokens), with
+/// `extra` flags; returns the golden file, stdout and stderr of a successful run.
+fn greedy_after_the_golden_prompt(extra: &[&str]) -> (serde_json::Value, String, String) {
     let golden = golden("smollm2_greedy.json");
-    let out = smolbot(&[
+    let (model, prompt) = (
+        smollm2_model(),
+        golden["prompt"].as_str().unwrap().to_owned(),
+    );
+    let mut args = vec![
         "generate",
         "--model",
-        smollm2_model().to_str().unwrap(),
+        model.to_str().unwrap(),
         "--raw",
         "--prompt",
-        golden["prompt"].as_str().unwrap(),
+        &prompt,
         "--temperature",
         "0",
         "--max-tokens",
         "30",
-    ]);
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    ];
+    args.extend_from_slice(extra);
+    let out = smolbot(&args);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    (golden, stdout, stderr)
+}
+
+#[test]
+fn greedy_smollm2_answers_paris_with_llama_cpp_tokens() {
+    let (golden, stdout, stderr) = greedy_after_the_golden_prompt(&[]);
     assert!(stdout.contains("Paris"), "{stdout}");
     assert_eq!(
         stdout.trim_end(),
         golden["text"].as_str().unwrap().trim_end()
     );
-    let stderr = text(&out.stderr);
     assert!(stderr.contains("tok/s"), "no timings on stderr: {stderr}");
+}
+
+#[test]
+fn a_stop_string_ends_the_output_before_it() {
+    let (golden, stdout, stderr) = greedy_after_the_golden_prompt(&["--stop", " Paris"]);
+    assert!(golden["text"].as_str().unwrap().contains(" Paris"));
+    assert_eq!(stdout.trim_end(), "The capital of France is");
+    assert!(!stderr.contains("stopped:"), "{stderr}");
 }
 
 #[test]

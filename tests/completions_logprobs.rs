@@ -23,7 +23,11 @@ use smolbot::web::{app, AppState};
 
 async fn model_app(path: &std::path::Path) -> Router {
     let engine = common::gguf_engine(path).await;
-    app(AppState::new(engine, None))
+    app(AppState::new(
+        engine,
+        smolbot::services::SessionStore::in_memory().expect("in-memory store"),
+        None,
+    ))
 }
 
 /// What lm-evaluation-harness's `local-completions` sends for a loglikelihood request.

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use serde_json::json;
 use smolbot::inference::device;
 use smolbot::services::kv_budget::ContextRequest;
-use smolbot::services::{BackendSpec, Engine, EngineLimits, ServiceError};
+use smolbot::services::{BackendSpec, Engine, EngineLimits, ServiceError, SessionStore};
 use smolbot::smollm3::LoadedModel;
 use smolbot::web::{app, AppState};
 
@@ -46,7 +46,8 @@ async fn a_small_budget_caps_the_context_and_a_longer_prompt_is_refused() {
     };
     let engine = engine(context, 2).await.unwrap();
     assert_eq!(engine.info().context_length, 1536);
-    let app = app(AppState::new(engine, None));
+    let store = SessionStore::in_memory().expect("in-memory store");
+    let app = app(AppState::new(engine, store, None));
 
     let text = "the quick brown fox jumps over the lazy dog ".repeat(100);
     let counted = post_json(&app, "/tokenize", json!({"content": text})).await;

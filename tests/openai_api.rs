@@ -30,6 +30,7 @@ async fn stub_engine(tokens_per_second: f64, context_length: usize, queue: usize
 async fn stub_app() -> Router {
     app(AppState::new(
         stub_engine(0.0, STUB_CONTEXT_LENGTH, 4).await,
+        smolbot::services::SessionStore::in_memory().expect("in-memory store"),
         None,
     ))
 }
@@ -352,7 +353,11 @@ async fn errors_have_openai_shape_and_status() {
 
 #[tokio::test]
 async fn prompt_longer_than_the_context_says_both_numbers() {
-    let app = app(AppState::new(stub_engine(0.0, 300, 4).await, None));
+    let app = app(AppState::new(
+        stub_engine(0.0, 300, 4).await,
+        smolbot::services::SessionStore::in_memory().expect("in-memory store"),
+        None,
+    ));
     let reply = post_json(
         &app,
         "/v1/chat/completions",
@@ -371,6 +376,7 @@ async fn prompt_longer_than_the_context_says_both_numbers() {
 async fn api_key_guards_v1_only() {
     let app = app(AppState::new(
         stub_engine(0.0, STUB_CONTEXT_LENGTH, 4).await,
+        smolbot::services::SessionStore::in_memory().expect("in-memory store"),
         Some("sesame".into()),
     ));
     let with = |value: Option<&str>| {
@@ -412,6 +418,7 @@ async fn full_queue_is_refused_with_retry_after() {
     // One request may wait; the engine runs one. A third, while both last, is refused.
     let app = app(AppState::new(
         stub_engine(5.0, STUB_CONTEXT_LENGTH, 1).await,
+        smolbot::services::SessionStore::in_memory().expect("in-memory store"),
         None,
     ));
     let body = json!({"messages": user("hi"), "stream": true}).to_string();
@@ -467,7 +474,11 @@ async fn tokenize_detokenize_and_pieces_agree() {
 async fn real_engine_answers_on_the_tiny_model() {
     let engine = common::gguf_engine(common::tiny_model()).await;
     let id = engine.info().id.clone();
-    let app = app(AppState::new(engine, None));
+    let app = app(AppState::new(
+        engine,
+        smolbot::services::SessionStore::in_memory().expect("in-memory store"),
+        None,
+    ));
     let body = json!({"model": id, "messages": user("Hello"), "max_tokens": 6,
                       "temperature": 0, "enable_thinking": false});
     let first = post_json(&app, "/v1/chat/completions", body.clone()).await;

@@ -26,9 +26,16 @@ async fn serve_stub(tokens_per_second: f64) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     tokio::spawn(async move {
-        axum::serve(listener, app(AppState::new(engine, None)))
-            .await
-            .expect("serve");
+        axum::serve(
+            listener,
+            app(AppState::new(
+                engine,
+                smolbot::services::SessionStore::in_memory().expect("in-memory store"),
+                None,
+            )),
+        )
+        .await
+        .expect("serve");
     });
     address
 }

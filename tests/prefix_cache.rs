@@ -16,7 +16,11 @@ use smolbot::web::{app, AppState};
 
 async fn smollm2_app() -> Router {
     let engine = common::gguf_engine(&smollm2_model()).await;
-    app(AppState::new(engine, None))
+    app(AppState::new(
+        engine,
+        smolbot::services::SessionStore::in_memory().expect("in-memory store"),
+        None,
+    ))
 }
 
 async fn chat(app: &Router, messages: &Value) -> Value {

@@ -10,9 +10,6 @@ use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use common::{stored_app, StoredApp};
 use serde_json::{json, Value};
-use smolbot::services::stub::StubConfig;
-use smolbot::services::{BackendSpec, Engine};
-use smolbot::web::{app, AppState};
 use tower::ServiceExt;
 
 async fn harness() -> StoredApp {
@@ -474,18 +471,4 @@ async fn errors_are_clear_and_have_the_right_status() {
     )
     .await;
     assert_eq!(messages["data"], json!([]));
-}
-
-#[tokio::test]
-async fn without_a_store_the_api_says_how_to_enable_it() {
-    let engine = Engine::start(BackendSpec::Stub(StubConfig::default()), 1)
-        .await
-        .expect("stub engine starts");
-    let app = app(AppState::new(engine, None));
-    let (status, err) = call_json(&app, Method::GET, "/api/conversations", None).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(err["error"]["message"]
-        .as_str()
-        .expect("message")
-        .contains("--data-dir"));
 }

@@ -15,15 +15,19 @@ use common::stub_engine;
 use smolbot::services::SessionStore;
 use smolbot::web::{app, AppState};
 
-/// The app without a data directory: the page keeps conversations in memory.
+/// The app over an in-memory store: the page says its conversations are not kept.
 async fn stub_app() -> Router {
-    app(AppState::new(stub_engine(0.0).await, None))
+    app(AppState::new(
+        stub_engine(0.0).await,
+        smolbot::services::SessionStore::in_memory().expect("in-memory store"),
+        None,
+    ))
 }
 
 /// The app over a store in `dir`, as `smolbot serve --data-dir dir` builds it.
 async fn stored_app(dir: &std::path::Path) -> Router {
     let store = SessionStore::open(dir).await.expect("store opens");
-    app(AppState::new(stub_engine(0.0).await, None).with_sessions(store))
+    app(AppState::new(stub_engine(0.0).await, store, None))
 }
 
 fn form_request(uri: &str, body: &str, from_page: bool) -> Request<Body> {
@@ -306,7 +310,11 @@ async fn tool_calls_arrive_as_cards() {
 async fn stop_cancels_an_answer_and_frees_the_conversation() {
     // Paced, so the answer is still being written when Stop comes: nobody reads its stream,
     // and the run writes on without a reader.
-    let app = app(AppState::new(stub_engine(100.0).await, None));
+    let app = app(AppState::new(
+        stub_engine(100.0).await,
+        smolbot::services::SessionStore::in_memory().expect("in-memory store"),
+        None,
+    ));
     let sent = send_message(&app, "", "Hello", "").await;
     let conversation = sent.hx("hx-push-url").expect("url")["/c/".len()..].to_owned();
     let url = stream_url(&sent.text);
@@ -665,6 +673,34 @@ async fn settings_are_checked_saved_and_reset() {
     )
     .await;
     assert_eq!(forged.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn the_thinking_budget_is_a_field_of_the_settings_form() {
+    let app = stub_app().await;
+    let id = conversation_with(&app, "Hi", "").await;
+    let settings = |body: &str| {
+        let body = format!("conversation={id}&{body}");
+        let app = app.clone();
+        async move { post(&app, "/chat/settings", &body).await }
+    };
+    let bad = settings("thinking_budget=lots").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+    assert!(
+        bad.text.contains("thinking budget must be a number"),
+        "{}",
+        bad.text
+    );
+    let saved = settings("thinking_budget=12").await;
+    assert_eq!(saved.status, StatusCode::OK, "{}", saved.text);
+    let page = get(&app, &format!("/c/{id}")).await;
+    let field = |budget: &str| format!(r#"placeholder="no limit" value="{budget}""#);
+    assert!(page.text.contains(&field("12")), "{}", page.text);
+    // `/think N` sets the same setting, and the form shows it.
+    let think = send_message(&app, &id, "/think 7", "&thinking=on").await;
+    assert!(think.text.contains(&field("7")), "{}", think.text);
+    let cleared = settings("thinking_budget=").await;
+    assert!(cleared.text.contains(&field("")), "{}", cleared.text);
 }
 
 #[tokio::test]

@@ -34,6 +34,7 @@ const RESET: &str = "\x1b[0m";
 
 const HELP: &str = "\
 /think         let the model reason before answering (shown dimmed)
+/think N       the same, with at most N tokens of reasoning per answer
 /no_think      answer directly, without reasoning
 /system TEXT   set the system prompt (/system alone clears it)
 /clear         start a new conversation
@@ -86,6 +87,7 @@ pub fn run(mut args: ChatArgs) -> anyhow::Result<ExitCode> {
         conversations: Conversations::new(engine, Runs::new(store)),
         runtime,
         thinking: !args.no_think,
+        thinking_budget: None,
         system: args.system.filter(|s| !s.trim().is_empty()),
         conversation: None,
         color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
@@ -99,6 +101,8 @@ struct Chat {
     conversations: Conversations,
     runtime: Runtime,
     thinking: bool,
+    /// At most this many reasoning tokens per answer (`/think N`); `None` lets it reason.
+    thinking_budget: Option<usize>,
     system: Option<String>,
     /// The stored conversation, whose messages are the history the model sees; created with
     /// the first message, so an empty session leaves nothing behind in the list.
@@ -110,7 +114,13 @@ struct Chat {
 #[derive(Debug, PartialEq)]
 enum Input<'a> {
     Message(&'a str),
-    Think(bool),
+    /// `/think` (with a budget, `/think N`) or `/no_think`.
+    Think {
+        on: bool,
+        budget: Option<usize>,
+    },
+    /// A command whose argument cannot be used; the text says what it takes.
+    BadArgument(&'static str),
     System(Option<&'a str>),
     Clear,
     Help,
@@ -131,8 +141,21 @@ fn parse_input(line: &str) -> Input<'_> {
         .split_once(char::is_whitespace)
         .map_or((command, ""), |(name, rest)| (name, rest.trim()));
     match name {
-        "think" => Input::Think(true),
-        "no_think" | "nothink" => Input::Think(false),
+        "think" if rest.is_empty() => Input::Think {
+            on: true,
+            budget: None,
+        },
+        "think" => match rest.parse() {
+            Ok(budget) => Input::Think {
+                on: true,
+                budget: Some(budget),
+            },
+            Err(_) => Input::BadArgument("/think takes a number of tokens, as in /think 200"),
+        },
+        "no_think" | "nothink" => Input::Think {
+            on: false,
+            budget: None,
+        },
         "system" => Input::System((!rest.is_empty()).then_some(rest)),
         "clear" | "new" => Input::Clear,
         "help" | "?" => Input::Help,
@@ -161,11 +184,20 @@ impl Chat {
             match parse_input(&line) {
                 Input::Empty => {}
                 Input::Message(text) => self.send(text)?,
-                Input::Think(on) => {
+                Input::Think { on, budget } => {
                     self.thinking = on;
+                    // `/think` alone lifts a budget; `/no_think` keeps it for later, as
+                    // the page's commands do.
+                    if on {
+                        self.thinking_budget = budget;
+                    }
                     self.save_settings()?;
-                    println!("thinking {}", on_off(on));
+                    match budget {
+                        Some(n) => println!("thinking on, at most {n} tokens of it"),
+                        None => println!("thinking {}", on_off(on)),
+                    }
                 }
+                Input::BadArgument(usage) => println!("{usage}"),
                 Input::System(text) => {
                     self.system = text.map(str::to_owned);
                     self.save_settings()?;
@@ -190,6 +222,7 @@ impl Chat {
         ConversationSettings {
             system_prompt: self.system.clone(),
             thinking: Some(self.thinking),
+            thinking_budget: self.thinking_budget,
             ..ConversationSettings::default()
         }
     }
@@ -340,8 +373,12 @@ mod tests {
             parse_input("  hello /there "),
             Input::Message("hello /there")
         );
-        assert_eq!(parse_input("/think"), Input::Think(true));
-        assert_eq!(parse_input("/no_think"), Input::Think(false));
+        let think = |on, budget| Input::Think { on, budget };
+        assert_eq!(parse_input("/think"), think(true, None));
+        assert_eq!(parse_input("/think 200"), think(true, Some(200)));
+        assert!(matches!(parse_input("/think lots"), Input::BadArgument(_)));
+        assert!(matches!(parse_input("/think -1"), Input::BadArgument(_)));
+        assert_eq!(parse_input("/no_think"), think(false, None));
         assert_eq!(
             parse_input("/system  Be brief. "),
             Input::System(Some("Be brief."))

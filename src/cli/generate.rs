@@ -1,24 +1,30 @@
 //! `smolbot generate`: one completion streamed to stdout, timings to stderr.
 //!
+//! It runs on the server's pipeline: the engine thread, the codec's prepare (template,
+//! sampling defaults and range checks, stop strings, thinking budget) and the reply parser
+//! (reasoning apart from the answer, tool calls), so a prompt behaves here as it does over
+//! the API. This module only turns the flags into a request and prints the events.
+//!
 //! The prompt is a user message rendered with the model's own chat template (optionally after
 //! a `--system` message), or with `--raw` the exact text to continue. For a templated prompt
-//! the model's reasoning (its `<think>` block) goes to stderr, dimmed on a terminal and
-//! between `<think>` tags otherwise, and only the answer to stdout; with `--raw` stdout is the
-//! model's text exactly.
+//! the model's reasoning goes to stderr, dimmed on a terminal and between `<think>` tags
+//! otherwise, the answer to stdout, and each tool call (with `--tools`) to stdout as one JSON
+//! line; with `--raw` stdout is the model's text exactly.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
-use serde_json::json;
-use smolbot::inference::generate::{generate_with, GenerationRequest, StopReason, TokenAction};
-use smolbot::inference::sampling::SamplingParams;
-use smolbot::inference::GgufFile;
-use smolbot::smollm3::chat_template::RenderContext;
-use smolbot::smollm3::prompt::{model_template, render_prompt, special_token_kwargs};
-use smolbot::smollm3::thinking::{ThinkingEvent, ThinkingParser};
-use smolbot::smollm3::thinking_budget::{prompt_opens_reasoning, think_tag_ids, ThinkingBudget};
-use smolbot::smollm3::{GgufTokenizer, LoadedModel, StreamDecoder};
+use serde_json::Value as Json;
+use smolbot::services::chat::{
+    tool_call_json, ChatMessage, ChatRequest, CompletionPrompt, CompletionRequest, Role, Sampling,
+    TokenLimit,
+};
+use smolbot::services::events::{Completion, FinishReason, GenerationEvent};
+use smolbot::services::{BackendSpec, Engine, GenerationStream};
+use smolbot::smollm3::tool_calls::ToolCall;
 
 use super::EngineArgs;
 
@@ -45,6 +51,13 @@ pub struct GenerateArgs {
     /// Close the reasoning with `</think>` once it has reached N tokens, so the model answers.
     #[arg(long, value_name = "N")]
     thinking_budget: Option<usize>,
+    /// End the output where this text first appears (not printed); may be repeated.
+    #[arg(long, value_name = "TEXT")]
+    stop: Vec<String>,
+    /// JSON file with the tools to offer (a list of function schemas, bare or in OpenAI's
+    /// `{"type": "function", "function": …}`); the model's calls are printed as JSON lines.
+    #[arg(long, value_name = "TOOLS.json", conflicts_with = "raw")]
+    tools: Option<PathBuf>,
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// 0 picks the most likely token every time.
@@ -64,200 +77,216 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
-    let device = args.engine.device();
-    let model = LoadedModel::load(&args.engine.model, &device)?;
-    let tk = &model.tokenizer;
-    let mut prompt = if args.raw {
-        let mut prompt = Vec::new();
-        if tk.add_bos {
-            prompt.extend(tk.bos);
-        }
-        prompt.extend(tk.encode(&args.prompt, true)?);
-        prompt
-    } else {
-        templated_prompt(&args, tk)?
+    args.engine.apply_env();
+    let tools = args.tools.as_deref().map(read_tools).transpose()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(generate(&args, tools.unwrap_or_default()))
+}
+
+async fn generate(args: &GenerateArgs, tools: Vec<Json>) -> anyhow::Result<ExitCode> {
+    let spec = BackendSpec::Gguf {
+        path: args.engine.model.clone(),
+        force_cpu: args.engine.cpu,
+        alias: None,
+        context: Default::default(),
     };
-    let tags = think_tag_ids(tk).ok();
-    let mut budget = match args.thinking_budget {
-        Some(max) => Some(ThinkingBudget::new(tk, max, &prompt)?),
-        None => None,
-    };
-    if let Some(budget) = &mut budget {
-        prompt.extend(budget.prompt_suffix());
-    }
-    let starts_in_reasoning =
-        tags.is_some_and(|(open, close)| prompt_opens_reasoning(&prompt, open, close));
-    let request = GenerationRequest {
-        max_tokens: args.max_tokens,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            min_p: args.min_p,
-            repeat_penalty: args.repeat_penalty,
-            seed: args.seed,
-            ..SamplingParams::default()
-        },
-        stop_tokens: tk.end_of_generation().to_vec(),
-        ..GenerationRequest::default()
-    };
-    let mut decoder = StreamDecoder::new(tk);
+    // One request: a queue of one is enough.
+    let engine = Engine::start(spec, 1).await?;
+    let context_length = engine.info().context_length;
+    // The flag's default may exceed a small model's context; the context then ends the output.
+    let max_tokens = args.max_tokens.min(context_length);
+    let stream = start(args, &engine, tools, max_tokens).await?;
     let stderr = std::io::stderr();
     let dim = stderr.is_terminal();
-    let mut printer = Printer::new(
-        std::io::stdout(),
-        stderr,
-        args.raw,
-        starts_in_reasoning,
-        dim,
-    );
-    let mut failure: Option<anyhow::Error> = None;
-    let mut cache = model.transformer.new_cache();
-    let stats = generate_with(&model.transformer, &mut cache, &prompt, &request, |id| {
-        let inject = budget.as_mut().and_then(|b| b.observe(id));
-        let ids = std::iter::once(id).chain(inject.iter().flatten().copied());
-        for id in ids {
-            let printed = decoder
-                .push(id)
-                .map_err(anyhow::Error::from)
-                .and_then(|piece| piece.map_or(Ok(()), |p| printer.text(&p)));
-            if let Err(e) = printed {
-                failure = Some(e);
-                return TokenAction::Stop;
-            }
-        }
-        inject.map_or(TokenAction::Continue, TokenAction::Inject)
-    })?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    if let Some(rest) = decoder.finish()? {
-        printer.text(&rest)?;
-    }
-    printer.finish()?;
+    let mut printer = Printer::new(std::io::stdout(), stderr, dim);
+    let done = printer.print(stream).await?;
+    let timings = &done.timings;
     eprintln!(
         "prompt: {} tokens, {:.1} tok/s | generation: {} tokens, {:.1} tok/s",
-        stats.prompt_tokens,
-        stats.prompt_tok_per_s(),
-        stats.generated_tokens,
-        stats.generation_tok_per_s()
+        done.usage.prompt_tokens,
+        per_second(timings.prompt_tokens, timings.prompt_time),
+        done.usage.completion_tokens,
+        per_second(timings.predicted_tokens, timings.predicted_time),
     );
-    if let (Some(budget), Some(max)) = (&budget, args.thinking_budget) {
-        eprintln!("reasoning: {} tokens (budget {max})", budget.used());
+    if let (Some(used), Some(max)) = (done.usage.reasoning_tokens, args.thinking_budget) {
+        eprintln!("reasoning: {used} tokens (budget {max})");
     }
-    match stats.stop {
-        StopReason::ContextFull => eprintln!(
-            "stopped: the context is full ({} tokens)",
-            model.config.transformer.context_length
-        ),
-        StopReason::MaxTokens => eprintln!("stopped: reached --max-tokens {}", args.max_tokens),
-        StopReason::EndToken | StopReason::Cancelled => {}
+    match done.finish_reason {
+        FinishReason::Length if done.usage.completion_tokens >= max_tokens => {
+            eprintln!("stopped: reached --max-tokens {max_tokens}")
+        }
+        FinishReason::Length => {
+            eprintln!("stopped: the context is full ({context_length} tokens)")
+        }
+        FinishReason::ToolCalls => eprintln!("stopped: the model called a tool"),
+        FinishReason::Stop => {}
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The prompt as the model was trained on it: the user's text (after the `--system` message,
-/// if any) rendered with the model's own template.
-///
-/// Tokenizing the rendered text with special tokens recognised, as llama.cpp does, would let
-/// a user who types `<|im_end|>` end their own turn. `render_prompt` instead keeps
-/// special-token text in the messages as plain characters and makes control tokens only of
-/// the template's markup (see `smollm3::prompt`); for ordinary text the ids equal llama.cpp's.
-fn templated_prompt(args: &GenerateArgs, tk: &GgufTokenizer) -> anyhow::Result<Vec<u32>> {
-    let file = GgufFile::open(&args.engine.model)?;
-    let template = model_template(&file)?;
+/// Queues the request the flags describe: a chat turn, or with `--raw` a text completion.
+async fn start(
+    args: &GenerateArgs,
+    engine: &Engine,
+    tools: Vec<Json>,
+    max_tokens: usize,
+) -> anyhow::Result<GenerationStream> {
+    let max_tokens = Some(TokenLimit {
+        field: "max_tokens",
+        value: i64::try_from(max_tokens)?,
+    });
+    let sampling = Sampling {
+        temperature: Some(args.temperature),
+        top_k: Some(args.top_k),
+        top_p: Some(args.top_p),
+        min_p: Some(args.min_p),
+        repeat_penalty: Some(args.repeat_penalty),
+        seed: Some(args.seed),
+        ..Sampling::default()
+    };
+    if args.raw {
+        let request = CompletionRequest {
+            prompt: CompletionPrompt::Text(args.prompt.clone()),
+            max_tokens,
+            sampling,
+            stop: args.stop.clone(),
+            thinking_budget: args.thinking_budget,
+            ..CompletionRequest::default()
+        };
+        let prepared = engine.prepare_completion(request).await?;
+        return Ok(engine.submit(prepared)?);
+    }
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
-        messages.push(json!({"role": "system", "content": system}));
+        messages.push(ChatMessage::new(Role::System, system.clone()));
     }
-    messages.push(json!({"role": "user", "content": args.prompt}));
-    let mut ctx = RenderContext::new(messages);
-    ctx.add_generation_prompt = true;
-    ctx.enable_thinking = match (args.think, args.no_think) {
-        (true, _) => Some(true),
-        (_, true) => Some(false),
-        _ => None,
+    messages.push(ChatMessage::new(Role::User, args.prompt.clone()));
+    let request = ChatRequest {
+        messages,
+        tools,
+        enable_thinking: match (args.think, args.no_think) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        max_tokens,
+        sampling,
+        stop: args.stop.clone(),
+        thinking_budget: args.thinking_budget,
+        ..ChatRequest::default()
     };
-    ctx.extra = special_token_kwargs(&file)?;
-    Ok(render_prompt(&template, &ctx, tk)?.ids)
+    Ok(engine.generate(request).await?)
 }
 
-/// Sends generated text where it belongs: everything to `out` (stdout) in raw mode;
-/// otherwise reasoning to `err` (stderr; dimmed on a terminal, between `<think>` tags when
-/// not) and the answer, with its leading whitespace trimmed, to `out`.
+/// The function schemas of a `--tools` file, unwrapped from OpenAI's envelope if need be.
+fn read_tools(path: &std::path::Path) -> anyhow::Result<Vec<Json>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let tools: Vec<Json> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a JSON list of tools", path.display()))?;
+    Ok(tools
+        .into_iter()
+        .map(|tool| match tool.get("function") {
+            Some(function) if tool.get("type").and_then(Json::as_str) == Some("function") => {
+                function.clone()
+            }
+            _ => tool,
+        })
+        .collect())
+}
+
+fn per_second(tokens: usize, time: std::time::Duration) -> f64 {
+    let seconds = time.as_secs_f64();
+    if seconds > 0.0 {
+        tokens as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// Sends a generation's events where they belong: the answer (and, in raw mode, the whole
+/// text) to `out`, each tool call to `out` as a JSON line, the reasoning to `err` (dimmed on
+/// a terminal, between `<think>` tags when not).
 struct Printer<O: Write, E: Write> {
     out: O,
     err: E,
-    /// `None` in raw mode.
-    parser: Option<ThinkingParser>,
     /// Whether the reasoning's opening mark was written to `err` and not yet closed.
     in_reasoning: bool,
-    answer_started: bool,
+    /// Whether `out` holds text not yet ended by a newline.
+    open_line: bool,
     dim: bool,
 }
 
 impl<O: Write, E: Write> Printer<O, E> {
-    fn new(out: O, err: E, raw: bool, starts_in_reasoning: bool, dim: bool) -> Self {
-        let parser = (!raw).then(|| {
-            if starts_in_reasoning {
-                ThinkingParser::in_reasoning()
-            } else {
-                ThinkingParser::new()
-            }
-        });
+    fn new(out: O, err: E, dim: bool) -> Self {
         Self {
             out,
             err,
-            parser,
             in_reasoning: false,
-            answer_started: false,
+            open_line: false,
             dim,
         }
     }
 
-    fn text(&mut self, piece: &str) -> anyhow::Result<()> {
-        match &mut self.parser {
-            None => write_flush(&mut self.out, piece),
-            Some(parser) => {
-                let events = parser.push(piece);
-                self.events(events)
+    /// Prints the stream to its end and returns its closing summary.
+    async fn print(&mut self, mut stream: GenerationStream) -> anyhow::Result<Completion> {
+        while let Some(event) = stream.next().await {
+            match event {
+                GenerationEvent::Done(done) => {
+                    self.finish()?;
+                    return Ok(done);
+                }
+                GenerationEvent::Failed(message) => {
+                    self.finish()?;
+                    anyhow::bail!("generation failed: {message}");
+                }
+                event => self.event(event)?,
             }
         }
+        anyhow::bail!("the engine stopped")
+    }
+
+    fn event(&mut self, event: GenerationEvent) -> anyhow::Result<()> {
+        match event {
+            GenerationEvent::Reasoning(text) => {
+                if !self.in_reasoning {
+                    self.in_reasoning = true;
+                    let open = if self.dim { "\x1b[2m" } else { "<think>" };
+                    write_flush(&mut self.err, open)?;
+                }
+                write_flush(&mut self.err, &text)
+            }
+            GenerationEvent::Content(text) => {
+                self.close_reasoning()?;
+                self.open_line = !text.ends_with('\n');
+                write_flush(&mut self.out, &text)
+            }
+            GenerationEvent::ToolCall(call) => {
+                self.close_reasoning()?;
+                self.tool_call(&call)
+            }
+            GenerationEvent::Progress(_)
+            | GenerationEvent::Done(_)
+            | GenerationEvent::Failed(_) => Ok(()),
+        }
+    }
+
+    fn tool_call(&mut self, call: &ToolCall) -> anyhow::Result<()> {
+        if self.open_line {
+            write_flush(&mut self.out, "\n")?;
+        }
+        self.open_line = false;
+        write_flush(&mut self.out, &format!("{}\n", tool_call_json(call)))
     }
 
     fn finish(&mut self) -> anyhow::Result<()> {
-        if let Some(parser) = &mut self.parser {
-            let events = parser.finish();
-            self.events(events)?;
-            self.close_reasoning()?;
-        }
-        write_flush(&mut self.out, "\n")
-    }
-
-    fn events(&mut self, events: Vec<ThinkingEvent>) -> anyhow::Result<()> {
-        for event in events {
-            match event {
-                ThinkingEvent::Reasoning(text) => {
-                    if !self.in_reasoning {
-                        self.in_reasoning = true;
-                        let open = if self.dim { "\x1b[2m" } else { "<think>" };
-                        write_flush(&mut self.err, open)?;
-                    }
-                    write_flush(&mut self.err, &text)?;
-                }
-                ThinkingEvent::Answer(text) => {
-                    self.close_reasoning()?;
-                    let text = if self.answer_started {
-                        text.as_str()
-                    } else {
-                        text.trim_start()
-                    };
-                    if !text.is_empty() {
-                        self.answer_started = true;
-                        write_flush(&mut self.out, text)?;
-                    }
-                }
-            }
+        self.close_reasoning()?;
+        if self.open_line {
+            self.open_line = false;
+            write_flush(&mut self.out, "\n")?;
         }
         Ok(())
     }
@@ -281,16 +310,16 @@ fn write_flush(out: &mut impl Write, text: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    /// Feeds `pieces` to a printer and returns what reached stdout and stderr.
-    fn print(raw: bool, starts_in_reasoning: bool, pieces: &[&str]) -> (String, String) {
+    /// Feeds `events` to a printer and returns what reached stdout and stderr.
+    fn print(events: Vec<GenerationEvent>) -> (String, String) {
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let mut printer = Printer::new(&mut out, &mut err, raw, starts_in_reasoning, false);
-        for piece in pieces {
-            printer.text(piece).unwrap();
+        let mut printer = Printer::new(&mut out, &mut err, false);
+        for event in events {
+            printer.event(event).unwrap();
         }
         printer.finish().unwrap();
-        drop(printer);
         (
             String::from_utf8(out).unwrap(),
             String::from_utf8(err).unwrap(),
@@ -299,43 +328,49 @@ mod tests {
 
     #[test]
     fn reasoning_goes_to_stderr_and_the_answer_to_stdout() {
-        let pieces = [
-            "<th",
-            "ink>\nLet me",
-            " think.\n</",
-            "think>\n\nParis",
-            " it is.",
-        ];
-        let (out, err) = print(false, false, &pieces);
+        let (out, err) = print(vec![
+            GenerationEvent::Reasoning("Let me".into()),
+            GenerationEvent::Reasoning(" think.".into()),
+            GenerationEvent::Content("Paris".into()),
+            GenerationEvent::Content(" it is.".into()),
+        ]);
         assert_eq!(out, "Paris it is.\n");
-        assert_eq!(err, "<think>\nLet me think.\n</think>\n");
+        assert_eq!(err, "<think>Let me think.</think>\n");
     }
 
     #[test]
-    fn raw_mode_prints_the_model_text_exactly() {
-        let pieces = ["<think>\nhm", "</think>\n", " Paris"];
-        let (out, err) = print(true, false, &pieces);
-        assert_eq!(out, "<think>\nhm</think>\n Paris\n");
+    fn tool_calls_are_json_lines_after_the_answer() {
+        let call = ToolCall {
+            name: "get_weather".into(),
+            arguments: json!({"city": "Paris"}),
+        };
+        let (out, err) = print(vec![
+            GenerationEvent::Content("Let me check.".into()),
+            GenerationEvent::ToolCall(call.clone()),
+            GenerationEvent::ToolCall(call),
+        ]);
+        let line = r#"{"name": "get_weather", "arguments": {"city": "Paris"}}"#;
+        assert_eq!(out, format!("Let me check.\n{line}\n{line}\n"));
         assert_eq!(err, "");
     }
 
     #[test]
-    fn prompt_opened_reasoning_and_no_thinking_output() {
-        let (out, err) = print(false, true, &["step", "</think>", "\nanswer"]);
+    fn unterminated_reasoning_is_closed_on_stderr() {
+        let (out, err) = print(vec![GenerationEvent::Reasoning("still going".into())]);
         assert_eq!(
             (out.as_str(), err.as_str()),
-            ("answer\n", "<think>step</think>\n")
+            ("", "<think>still going</think>\n")
         );
-        let (out, err) = print(false, false, &["Just ", "the answer."]);
-        assert_eq!((out.as_str(), err.as_str()), ("Just the answer.\n", ""));
     }
 
     #[test]
-    fn unterminated_reasoning_is_closed_on_stderr() {
-        let (out, err) = print(false, false, &["<think>", "still going"]);
-        assert_eq!(
-            (out.as_str(), err.as_str()),
-            ("\n", "<think>still going</think>\n")
-        );
+    fn a_tools_file_may_use_openai_s_envelope() {
+        let path = std::env::temp_dir().join(format!("smolbot-tools-{}.json", std::process::id()));
+        let bare = json!({"name": "calculator", "parameters": {}});
+        let wrapped = json!({"type": "function", "function": {"name": "get_weather"}});
+        std::fs::write(&path, json!([bare, wrapped]).to_string()).unwrap();
+        let tools = read_tools(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(tools.unwrap(), vec![bare, json!({"name": "get_weather"})]);
     }
 }

@@ -139,13 +139,19 @@ impl EngineArgs {
     /// Applies `--threads` before any kernel runs: candle sizes its pools from
     /// `RAYON_NUM_THREADS` at first use.
     pub fn device(&self) -> candle_core::Device {
+        self.apply_env();
+        smolbot::inference::device::select(self.cpu)
+    }
+
+    /// Hands `--threads`, `--cache-type` and the RoPE flags to the loader, for commands whose model is
+    /// loaded by the engine thread. Call it on the main thread before any other starts.
+    pub fn apply_env(&self) {
         if let Some(n) = self.threads {
             // Safe: called on the main thread before any other thread exists.
             unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
         }
         apply_cache_type(self.cache_type.as_deref());
         self.rope.apply();
-        smolbot::inference::device::select(self.cpu)
     }
 }
 

@@ -247,8 +247,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let (id, context_length) = (engine.info().id.clone(), engine.info().context_length);
-    let state = AppState::new(engine, api_key).with_sessions(sessions.clone());
-    let runs = state.runs().cloned();
+    let state = AppState::new(engine, sessions.clone(), api_key);
+    let runs = state.runs().clone();
     let _ = ready.set(app(state));
     // Only once the full app answers: scripts start their requests on this line.
     tracing::info!("serving {id} ({context_length} tokens of context) on http://{address}");
@@ -284,14 +284,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     // Chat runs outlive their connections: give them what is left of the grace, then stop
     // them so their partial answers are saved before the store closes.
-    if let Some(runs) = runs {
-        let left = deadline.map_or(Duration::ZERO, |at: Instant| {
-            at.saturating_duration_since(Instant::now())
-        });
-        let stopped = runs.finish_all(left).await;
-        if stopped > 0 {
-            tracing::warn!("{stopped} chat answer(s) still running were stopped and saved");
-        }
+    let left = deadline.map_or(Duration::ZERO, |at: Instant| {
+        at.saturating_duration_since(Instant::now())
+    });
+    let stopped = runs.finish_all(left).await;
+    if stopped > 0 {
+        tracing::warn!("{stopped} chat answer(s) still running were stopped and saved");
     }
     match sessions.close().await {
         Ok(0) => tracing::info!("conversation store flushed"),

@@ -8,6 +8,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod generate;
+pub mod generation;
 pub mod gguf;
 pub mod kernels;
 pub mod kv_cache;

@@ -4,14 +4,14 @@
 //! batch, and at most one prefilling sequence by one prompt step. A long prompt thus delays
 //! the others' next tokens by one [`PREFILL_STEP`] at a time, never by its whole length.
 //!
-//! The single-sequence token loop ([`super::generate::generate_observed`]) is this machine
+//! The single-sequence token loop (`generate::generate_observed`) is this machine
 //! with one sequence, so batched and solo generation share every rule (limits, stop tokens,
 //! injected tokens, cancellation).
 
 use std::time::Instant;
 
 use super::error::{InferenceError, Result};
-use super::generate::{
+use super::generation::{
     GenerationRequest, GenerationStats, PrefillProgress, Sampled, StopReason, TokenAction,
     TokenSink, PREFILL_STEP,
 };

@@ -1,20 +1,19 @@
 //! The agent loop's parts apart from the run: which round still offers the built-in tools,
 //! running the model's calls and storing their results, and the request for the next round.
 //!
-//! A run ([`super::runs`]) drives the loop: after a round that ends calling only built-in
+//! A run (`runs`) drives the loop: after a round that ends calling only built-in
 //! tools it stores the call, [`answer_calls`] runs the tools and stores one tool message per
 //! call, and [`ToolLoop::next_round`] submits the next round. Kept apart so the rules (at
 //! most `max_rounds` rounds of tool execution, then an answer without tools) are plain
 //! functions with tests of their own, and the run stays about logs and saving.
 
-use serde_json::Value as Json;
-
 use super::chat::{ChatMessage, ChatRequest, Role, ToolChoice};
 use super::engine::{Engine, GenerationStream};
 use super::error::ServiceError;
-use super::sessions::{ConversationSettings, MessageStatus, NewMessage, SessionStore};
+use super::sessions::{
+    ConversationSettings, MessageStatus, NewMessage, SessionStore, StoredToolCall,
+};
 use super::tools::{builtin_specs, is_builtin, run_builtin, MAX_TOOL_ROUNDS};
-use crate::smollm3::tool_calls::ToolCall;
 
 /// Whether a conversation's answers run the built-in tools; off unless the setting says so,
 /// since offering tools changes the prompt and a model may call them unasked.
@@ -31,14 +30,14 @@ pub fn offers_tools(round: usize, max_rounds: usize) -> bool {
 
 /// Whether a round's calls are the server's to run: there are some, and all are built-in.
 /// One call to a tool the server does not have stops the loop, and the calls are shown.
-pub fn runs_calls(calls: &[ToolCall]) -> bool {
+pub fn runs_calls(calls: &[StoredToolCall]) -> bool {
     !calls.is_empty() && calls.iter().all(|call| is_builtin(&call.name))
 }
 
 /// The result of one built-in call, as the tool message stores it and the log shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolResult {
-    /// The id of the call in the assistant message's `tool_calls`.
+    /// The id of the call it answers.
     pub call_id: String,
     pub name: String,
     /// The result, or the error's message written for the model.
@@ -46,19 +45,12 @@ pub struct ToolResult {
     pub is_error: bool,
 }
 
-/// Runs `calls` one after another off the async runtime. `ids` is the assistant message's
-/// `tool_calls` JSON, whose ids the results answer. A tool that panics gives an error
-/// result rather than taking the run down.
-pub async fn run_calls(calls: &[ToolCall], ids: Option<&Json>) -> Vec<ToolResult> {
+/// Runs `calls` one after another off the async runtime; each result answers its call's
+/// id. A tool that panics gives an error result rather than taking the run down.
+pub async fn run_calls(calls: &[StoredToolCall]) -> Vec<ToolResult> {
     let mut results = Vec::with_capacity(calls.len());
-    for (index, call) in calls.iter().enumerate() {
-        let call_id = ids
-            .and_then(|ids| ids.get(index))
-            .and_then(|entry| entry.get("id"))
-            .and_then(Json::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let owned = call.clone();
+    for call in calls {
+        let owned = call.call();
         let outcome = match tokio::task::spawn_blocking(move || run_builtin(&owned)).await {
             Ok(result) => result.map_err(|err| err.to_string()),
             Err(err) => {
@@ -74,7 +66,7 @@ pub async fn run_calls(calls: &[ToolCall], ids: Option<&Json>) -> Vec<ToolResult
             Err(message) => (message, true),
         };
         results.push(ToolResult {
-            call_id,
+            call_id: call.id.clone(),
             name: call.name.clone(),
             content,
             is_error,
@@ -89,11 +81,10 @@ pub async fn run_calls(calls: &[ToolCall], ids: Option<&Json>) -> Vec<ToolResult
 pub async fn answer_calls(
     store: &SessionStore,
     conversation: &str,
-    calls: &[ToolCall],
-    ids: Option<&Json>,
+    calls: &[StoredToolCall],
     mut stored: impl FnMut(ToolResult),
 ) -> Result<Vec<ToolResult>, String> {
-    let results = run_calls(calls, ids).await;
+    let results = run_calls(calls).await;
     for result in &results {
         let message = NewMessage {
             tool_call_id: Some(result.call_id.clone()).filter(|id| !id.is_empty()),
@@ -166,13 +157,13 @@ impl ToolLoop {
     pub async fn next_round(
         &mut self,
         content: &str,
-        calls: &[ToolCall],
+        calls: &[StoredToolCall],
         results: &[ToolResult],
     ) -> Result<GenerationStream, ServiceError> {
         self.request.messages.push(ChatMessage {
             role: Role::Assistant,
             content: content.trim().to_owned(),
-            tool_calls: calls.to_vec(),
+            tool_calls: calls.iter().map(StoredToolCall::call).collect(),
         });
         for result in results {
             self.request
@@ -199,10 +190,11 @@ pub fn with_builtin_tools(mut request: ChatRequest) -> ChatRequest {
 mod tests {
     use super::*;
     use crate::services::runs::{RunEvent, Runs};
-    use serde_json::json;
+    use serde_json::{json, Value as Json};
 
-    fn call(name: &str, arguments: Json) -> ToolCall {
-        ToolCall {
+    fn call(name: &str, arguments: Json) -> StoredToolCall {
+        StoredToolCall {
+            id: format!("call_{name}"),
             name: name.to_owned(),
             arguments,
         }
@@ -227,12 +219,13 @@ mod tests {
 
     #[tokio::test]
     async fn results_answer_their_call_ids_and_errors_are_text() {
-        let calls = [
+        let mut calls = [
             call("calculator", json!({"expression": "17 * (3+4)"})),
             call("calculator", json!({"expression": "1/0"})),
         ];
-        let ids = json!([{"id": "call_a"}, {"id": "call_b"}]);
-        let results = run_calls(&calls, Some(&ids)).await;
+        calls[0].id = "call_a".into();
+        calls[1].id = "call_b".into();
+        let results = run_calls(&calls).await;
         assert_eq!(
             results[0],
             ToolResult {
@@ -293,10 +286,8 @@ mod tests {
         let messages = runs.store().messages(conversation).await.expect("messages");
         assert!(messages.len() >= 2, "{messages:#?}");
         for (index, message) in messages.iter().enumerate() {
-            let Some(calls) = message.tool_calls.as_ref().and_then(|c| c.as_array()) else {
-                continue;
-            };
-            if message.status != MessageStatus::Complete {
+            let calls = &message.tool_calls;
+            if calls.is_empty() || message.status != MessageStatus::Complete {
                 continue;
             }
             let answers: Vec<Option<&str>> = messages[index + 1..]
@@ -304,10 +295,10 @@ mod tests {
                 .take_while(|m| m.role == Role::Tool)
                 .map(|m| m.tool_call_id.as_deref())
                 .collect();
-            let ids: Vec<Option<&str>> = calls.iter().map(|c| c["id"].as_str()).collect();
+            let ids: Vec<Option<&str>> = calls.iter().map(|c| Some(c.id.as_str())).collect();
             assert_eq!(answers, ids, "{messages:#?}");
         }
-        let calls = messages.iter().filter(|m| m.tool_calls.is_some()).count();
+        let calls = messages.iter().filter(|m| !m.tool_calls.is_empty()).count();
         assert!(calls < 4, "the stop ended the loop early: {messages:#?}");
     }
 
@@ -340,14 +331,14 @@ mod tests {
         use Role::{Assistant, Tool};
         assert_eq!(roles, [Assistant, Tool, Assistant, Tool, Assistant]);
         for (call, result) in [(&messages[0], &messages[1]), (&messages[2], &messages[3])] {
-            assert_eq!(call.calls()[0].name, "calculator");
+            assert_eq!(call.tool_calls[0].name, "calculator");
             assert_eq!(call.finish_reason.as_deref(), Some("tool_calls"));
-            let id = call.tool_calls.as_ref().and_then(|c| c[0]["id"].as_str());
+            let id = Some(call.tool_calls[0].id.as_str());
             assert_eq!(result.tool_call_id.as_deref(), id);
             assert_eq!(result.content, "119");
         }
         let last = &messages[4];
-        assert!(last.calls().is_empty(), "the last round had no tools");
+        assert!(last.tool_calls.is_empty(), "the last round had no tools");
         assert_eq!(last.finish_reason.as_deref(), Some("stop"));
         assert!(last.content.contains("119"), "{}", last.content);
         assert!(matches!(

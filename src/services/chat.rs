@@ -181,10 +181,27 @@ pub struct ChatRequest {
     pub thinking_budget: Option<usize>,
 }
 
-/// A plain text completion (`/v1/completions`): the prompt as tokens, no template.
+/// The prompt of a text completion, as a client gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CompletionPrompt {
+    /// Text, tokenized as llama.cpp's server does: BOS first where the model wants it, and
+    /// special-token texts read as control tokens (the caller writes the markup itself).
+    Text(String),
+    /// Token ids as given, checked against the vocabulary.
+    Ids(Vec<i64>),
+}
+
+impl Default for CompletionPrompt {
+    fn default() -> Self {
+        Self::Ids(Vec::new())
+    }
+}
+
+/// A plain text completion (`/v1/completions`, `smolbot generate --raw`): no template, no
+/// reply parsing.
 #[derive(Debug, Clone, Default)]
 pub struct CompletionRequest {
-    pub prompt: Vec<u32>,
+    pub prompt: CompletionPrompt,
     /// 0 only scores the prompt.
     pub max_tokens: Option<TokenLimit>,
     pub sampling: Sampling,
@@ -193,6 +210,9 @@ pub struct CompletionRequest {
     pub logprobs: Option<usize>,
     /// Score the prompt's tokens as well (OpenAI's `echo` with `logprobs`).
     pub score_prompt: bool,
+    /// At most this many reasoning tokens after a prompt that opened `<think>` (see
+    /// [`ChatRequest::thinking_budget`]).
+    pub thinking_budget: Option<usize>,
 }
 
 /// Alternatives a request may ask for per token; as OpenAI's legacy completions allow.
@@ -329,12 +349,9 @@ impl ChatCodec {
         prompt.extend(&forced);
         let mut prefix = forced;
         let thinking_budget = self.thinking_budget(request, &prefix, &prompt)?;
-        if let Some(mut budget) = thinking_budget.clone() {
-            // A budget of 0 closes a reasoning block the prompt opened before the first token.
-            let suffix = budget.prompt_suffix();
-            prompt.extend(&suffix);
-            prefix.extend(suffix);
-        }
+        let suffix = Self::budget_suffix(&thinking_budget);
+        prompt.extend(&suffix);
+        prefix.extend(suffix);
         let max_tokens = self.checked_limits(prompt.len(), request.max_tokens, 1)?;
         Ok(PreparedChat {
             prompt,
@@ -363,12 +380,22 @@ impl ChatCodec {
         forced: &[u32],
         prompt: &[u32],
     ) -> Result<Option<ThinkingBudget>, ServiceError> {
-        let Some(max) = request.thinking_budget else {
-            return Ok(None);
-        };
         if request.enable_thinking == Some(false) || !forced.is_empty() {
             return Ok(None);
         }
+        self.budget_over(request.thinking_budget, prompt)
+    }
+
+    /// A budget of `max` reasoning tokens for the output after `prompt`; an error names the
+    /// field when the model has no single-token `<think>` tags to count between.
+    fn budget_over(
+        &self,
+        max: Option<usize>,
+        prompt: &[u32],
+    ) -> Result<Option<ThinkingBudget>, ServiceError> {
+        let Some(max) = max else {
+            return Ok(None);
+        };
         ThinkingBudget::new(&self.tokenizer, max, prompt)
             .map(Some)
             .map_err(|err| ServiceError::InvalidParameter {
@@ -377,31 +404,51 @@ impl ChatCodec {
             })
     }
 
-    /// Checks a text completion against the model's limits; its text is not parsed.
-    pub fn prepare_completion(
-        &self,
-        request: &CompletionRequest,
-    ) -> Result<PreparedChat, ServiceError> {
-        if request.prompt.is_empty() {
+    /// The closing `</think>` a spent budget of 0 writes right after the prompt.
+    fn budget_suffix(budget: &Option<ThinkingBudget>) -> Vec<u32> {
+        budget
+            .clone()
+            .map_or_else(Vec::new, |mut budget| budget.prompt_suffix())
+    }
+
+    /// The ids of a completion's prompt: text tokenized as llama.cpp's server does, ids
+    /// checked against the vocabulary.
+    pub fn completion_prompt(&self, prompt: &CompletionPrompt) -> Result<Vec<u32>, ServiceError> {
+        let vocab = self.tokenizer.vocab_size();
+        let ids = match prompt {
+            CompletionPrompt::Text(text) => self.tokenize(text, true, true)?,
+            CompletionPrompt::Ids(ids) => ids
+                .iter()
+                .map(|&id| match u32::try_from(id) {
+                    Ok(ok) if (ok as usize) < vocab => Ok(ok),
+                    _ => Err(ServiceError::TokenOutOfRange { id, vocab }),
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        if ids.is_empty() {
             return Err(ServiceError::InvalidParameter {
                 field: "prompt",
                 problem: "must hold at least one token".into(),
             });
         }
-        if let Some(&id) = request
-            .prompt
-            .iter()
-            .find(|&&id| id as usize >= self.tokenizer.vocab_size())
-        {
-            return Err(ServiceError::TokenOutOfRange {
-                id: id.into(),
-                vocab: self.tokenizer.vocab_size(),
-            });
-        }
+        Ok(ids)
+    }
+
+    /// Tokenizes a text completion and checks it against the model's limits; its text is
+    /// not parsed.
+    pub fn prepare_completion(
+        &self,
+        request: &CompletionRequest,
+    ) -> Result<PreparedChat, ServiceError> {
+        let mut prompt = self.completion_prompt(&request.prompt)?;
         let top = checked_top_logprobs(request.logprobs)?;
-        let max_tokens = self.checked_limits(request.prompt.len(), request.max_tokens, 0)?;
+        let thinking_budget = self.budget_over(request.thinking_budget, &prompt)?;
+        // A `</think>` a spent budget writes after the prompt is part of the prompt here, as
+        // the prompt is not echoed either.
+        prompt.extend(Self::budget_suffix(&thinking_budget));
+        let max_tokens = self.checked_limits(prompt.len(), request.max_tokens, 0)?;
         Ok(PreparedChat {
-            prompt: request.prompt.clone(),
+            prompt,
             generation: GenerationRequest {
                 max_tokens,
                 sampling: request.sampling.resolve()?,
@@ -414,7 +461,7 @@ impl ChatCodec {
                 raw: true,
                 ..ReplyOptions::default()
             },
-            thinking_budget: None,
+            thinking_budget,
         })
     }
 
@@ -757,7 +804,7 @@ mod tests {
     fn completions_may_score_without_generating() {
         let codec = stub_codec();
         let request = CompletionRequest {
-            prompt: vec![1, 2, 3],
+            prompt: CompletionPrompt::Ids(vec![1, 2, 3]),
             max_tokens: Some(TokenLimit {
                 field: "max_tokens",
                 value: 0,
@@ -776,9 +823,17 @@ mod tests {
         };
         assert!(codec.prepare_completion(&too_many).is_err());
         let empty = CompletionRequest {
-            prompt: vec![],
-            ..request
+            prompt: CompletionPrompt::Ids(vec![]),
+            ..request.clone()
         };
         assert!(codec.prepare_completion(&empty).is_err());
+        let outside = CompletionRequest {
+            prompt: CompletionPrompt::Ids(vec![1, -1]),
+            ..request
+        };
+        assert!(matches!(
+            codec.prepare_completion(&outside),
+            Err(ServiceError::TokenOutOfRange { id: -1, .. })
+        ));
     }
 }

@@ -249,7 +249,7 @@ fn usable(message: &StoredMessage) -> bool {
         message.status,
         MessageStatus::Complete | MessageStatus::Stopped | MessageStatus::Interrupted
     );
-    finished && !(message.content.is_empty() && message.tool_calls.is_none())
+    finished && !(message.content.is_empty() && message.tool_calls.is_empty())
 }
 
 /// The request for the model: the conversation's settings, its usable history, and `next`

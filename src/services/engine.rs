@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::backend::{BackendSpec, ModelInfo, TokenSource};
-use super::chat::{ChatCodec, ChatRequest, PreparedChat};
+use super::chat::{ChatCodec, ChatRequest, CompletionRequest, PreparedChat};
 use super::error::ServiceError;
 use super::events::{
     Completion, FinishReason, GenerationEvent, Logprobs, Progress, ReplyParser, Timings, Usage,
@@ -236,11 +236,33 @@ impl Engine {
     /// then queues it: the one way a chat request reaches the model, so no front end
     /// prepares on a worker thread or words a failed worker on its own.
     pub async fn generate(&self, request: ChatRequest) -> Result<GenerationStream, ServiceError> {
-        let codec = Arc::clone(&self.codec);
-        let prepared = tokio::task::spawn_blocking(move || codec.prepare(&request))
-            .await
-            .map_err(|err| ServiceError::Generation(format!("worker failed: {err}")))??;
+        let prepared = self
+            .off_runtime(move |codec| codec.prepare(&request))
+            .await?;
         self.submit(prepared)
+    }
+
+    /// Tokenizes and checks a text completion on tokio's blocking pool. The caller submits
+    /// it: `/v1/completions` checks every prompt of a batch before it runs the first, and
+    /// echoes the prompt's tokens.
+    pub async fn prepare_completion(
+        &self,
+        request: CompletionRequest,
+    ) -> Result<PreparedChat, ServiceError> {
+        self.off_runtime(move |codec| codec.prepare_completion(&request))
+            .await
+    }
+
+    /// Runs `work` on the codec on tokio's blocking pool: rendering and tokenizing a long
+    /// conversation takes milliseconds, too long for a worker thread.
+    pub async fn off_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&ChatCodec) -> Result<T, ServiceError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let codec = Arc::clone(&self.codec);
+        tokio::task::spawn_blocking(move || work(&codec))
+            .await
+            .map_err(|err| ServiceError::Generation(format!("worker failed: {err}")))?
     }
 
     /// Queues `chat` and returns its event stream, or refuses at once when the queue is full.
@@ -537,6 +559,7 @@ fn complete(
         usage: Usage {
             prompt_tokens: stats.prompt_tokens,
             completion_tokens: stats.generated_tokens,
+            reasoning_tokens: sink.budget.as_ref().map(ThinkingBudget::used),
         },
         timings: Timings {
             prompt_tokens: stats.prompt_tokens - stats.cached_tokens,

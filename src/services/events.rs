@@ -78,6 +78,9 @@ pub struct Usage {
     pub prompt_tokens: usize,
     /// Generated tokens, reasoning and tool calls included, the end token not.
     pub completion_tokens: usize,
+    /// Tokens spent reasoning, when the request had a thinking budget (which counts them
+    /// exactly, by token id); `None` otherwise.
+    pub reasoning_tokens: Option<usize>,
 }
 
 /// How long the prompt and the answer took (llama.cpp server's `timings`).

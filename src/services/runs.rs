@@ -34,9 +34,8 @@ use super::engine::GenerationStream;
 use super::error::ServiceError;
 use super::events::{Completion, FinishReason, GenerationEvent};
 use super::sessions::{
-    tool_calls_json, MessageStats, MessageStatus, MessageUpdate, SessionStore, StoredMessage,
+    MessageStats, MessageStatus, MessageUpdate, SessionStore, StoredMessage, StoredToolCall,
 };
-use crate::smollm3::tool_calls::ToolCall;
 
 /// How long a finished run's log stays readable: a reconnecting browser retries within a
 /// few seconds, and a minute of a finished answer's events costs little memory.
@@ -429,9 +428,8 @@ impl Drop for Reservation {
 struct Answer {
     content: String,
     reasoning: String,
-    calls: Vec<ToolCall>,
-    /// OpenAI's form of `calls`, made once per call so their ids stay the same across saves.
-    tool_calls: Option<serde_json::Value>,
+    /// Each call with its id, given once, so it stays the same across saves.
+    calls: Vec<StoredToolCall>,
 }
 
 impl Answer {
@@ -439,10 +437,7 @@ impl Answer {
         match event {
             GenerationEvent::Reasoning(text) => self.reasoning.push_str(text),
             GenerationEvent::Content(text) => self.content.push_str(text),
-            GenerationEvent::ToolCall(call) => {
-                self.calls.push(call.clone());
-                self.tool_calls = tool_calls_json(&self.calls);
-            }
+            GenerationEvent::ToolCall(call) => self.calls.push(StoredToolCall::new(call.clone())),
             GenerationEvent::Progress(_)
             | GenerationEvent::Done(_)
             | GenerationEvent::Failed(_) => {}
@@ -453,7 +448,7 @@ impl Answer {
         MessageUpdate {
             content: self.content.trim().to_owned(),
             reasoning: Some(self.reasoning.trim().to_owned()).filter(|r| !r.is_empty()),
-            tool_calls: self.tool_calls.clone(),
+            tool_calls: self.calls.clone(),
             status: outcome.status,
             finish_reason: outcome.finish_reason.clone(),
             stats: outcome.stats,
@@ -573,13 +568,9 @@ async fn next_round(
     if !called || !call_saved || !tools.offered() || !agent::runs_calls(&answer.calls) {
         return Next::End;
     }
-    let stored = agent::answer_calls(
-        store,
-        &run.conversation,
-        &answer.calls,
-        answer.tool_calls.as_ref(),
-        |result| run.publish(RunEvent::ToolResult(result)),
-    )
+    let stored = agent::answer_calls(store, &run.conversation, &answer.calls, |result| {
+        run.publish(RunEvent::ToolResult(result))
+    })
     .await;
     let results = match stored {
         Ok(results) => results,

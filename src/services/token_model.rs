@@ -1,5 +1,5 @@
-//! The token loop's interface, apart from the backends that implement it ([`super::backend`]
-//! for the GGUF model, [`super::stub`] for the stub), so that neither needs the other.
+//! The token loop's interface, apart from the backends that implement it (`backend`
+//! for the GGUF model, `stub` for the stub), so that neither needs the other.
 
 use super::error::ServiceError;
 use crate::inference::generate::{GenerationRequest, GenerationStats, TokenSink};

@@ -189,8 +189,8 @@ impl GgufTokenizer {
     }
 
     /// The control tokens (texts that become one token only with `parse_special`) and their
-    /// ids, longest text first: what must be kept out of user text (see
-    /// [`super::prompt`]).
+    /// ids, longest text first: what must be kept out of user text (see the `prompt`
+    /// module).
     pub fn control_tokens(&self) -> Vec<(String, u32)> {
         let mut tokens: Vec<(String, u32)> = self
             .special

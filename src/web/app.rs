@@ -31,10 +31,7 @@ pub fn app(state: AppState) -> Router {
         .merge(v1)
         .merge(api::utility_routes())
         .merge(conversations::routes())
-        .merge(page::routes(
-            state.engine().clone(),
-            state.conversations().cloned(),
-        ))
+        .merge(page::routes())
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

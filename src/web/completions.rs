@@ -18,9 +18,11 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::json::ApiJson;
-use super::openai::{random_id, stop_strings, WireUsage};
-use super::state::{blocking, check_model, AppState};
-use crate::services::chat::{ChatCodec, CompletionRequest, Sampling, TokenLimit};
+use super::openai::{body_with_sampling, random_id, stop_strings, WireUsage};
+use super::state::{check_model, AppState};
+use crate::services::chat::{
+    ChatCodec, CompletionPrompt, CompletionRequest, PreparedChat, TokenLimit,
+};
 use crate::services::events::{Completion, GenerationEvent, TokenLogprobs, Usage};
 use crate::services::ServiceError;
 
@@ -30,39 +32,26 @@ pub const DEFAULT_MAX_TOKENS: i64 = 16;
 /// Prompts one request may hold; each runs as its own generation, one after the other.
 pub const MAX_BATCH: usize = 64;
 
-/// The request body, with llama.cpp's sampling extensions.
-#[derive(Debug, Deserialize)]
-pub struct CompletionBody {
-    pub model: Option<String>,
-    pub prompt: Value,
-    pub max_tokens: Option<i64>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<usize>,
-    pub min_p: Option<f32>,
-    pub repeat_penalty: Option<f32>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-    pub stop: Option<Value>,
-    pub seed: Option<i64>,
-    /// How many alternatives to list per token (0 lists only the token's own score).
-    pub logprobs: Option<usize>,
-    pub echo: Option<bool>,
-    pub stream: Option<bool>,
-    pub n: Option<u32>,
-    pub best_of: Option<u32>,
-    pub suffix: Option<String>,
-}
-
-/// One prompt of the request: text to tokenize, or ids as given.
-#[derive(Debug, Clone, PartialEq)]
-enum Prompt {
-    Text(String),
-    Ids(Vec<i64>),
+body_with_sampling! {
+    /// The request body, with llama.cpp's sampling extensions.
+    #[derive(Debug, Deserialize)]
+    pub struct CompletionBody {
+        pub model: Option<String>,
+        pub prompt: Value,
+        pub max_tokens: Option<i64>,
+        pub stop: Option<Value>,
+        /// How many alternatives to list per token (0 lists only the token's own score).
+        pub logprobs: Option<usize>,
+        pub echo: Option<bool>,
+        pub stream: Option<bool>,
+        pub n: Option<u32>,
+        pub best_of: Option<u32>,
+        pub suffix: Option<String>,
+    }
 }
 
 impl CompletionBody {
-    fn prompts(&self) -> Result<Vec<Prompt>, ApiError> {
+    fn prompts(&self) -> Result<Vec<CompletionPrompt>, ApiError> {
         let bad = || {
             ApiError::invalid(
                 "prompt",
@@ -73,16 +62,16 @@ impl CompletionBody {
         let ids =
             |items: &[Value]| -> Option<Vec<i64>> { items.iter().map(Value::as_i64).collect() };
         let prompts = match &self.prompt {
-            Value::String(text) => vec![Prompt::Text(text.clone())],
+            Value::String(text) => vec![CompletionPrompt::Text(text.clone())],
             Value::Array(items) if items.is_empty() => return Err(bad()),
             Value::Array(items) if items.iter().all(Value::is_number) => {
-                vec![Prompt::Ids(ids(items).ok_or_else(bad)?)]
+                vec![CompletionPrompt::Ids(ids(items).ok_or_else(bad)?)]
             }
             Value::Array(items) => items
                 .iter()
                 .map(|item| match item {
-                    Value::String(text) => Ok(Prompt::Text(text.clone())),
-                    Value::Array(inner) => ids(inner).map(Prompt::Ids).ok_or_else(bad),
+                    Value::String(text) => Ok(CompletionPrompt::Text(text.clone())),
+                    Value::Array(inner) => ids(inner).map(CompletionPrompt::Ids).ok_or_else(bad),
                     _ => Err(bad()),
                 })
                 .collect::<Result<_, _>>()?,
@@ -136,45 +125,20 @@ impl CompletionBody {
         Ok(())
     }
 
-    /// The request for one prompt's ids, in the services' terms.
-    fn request(&self, prompt: Vec<u32>) -> Result<CompletionRequest, ApiError> {
+    /// The request for one prompt, in the services' terms.
+    fn request(&self, prompt: CompletionPrompt) -> Result<CompletionRequest, ApiError> {
         Ok(CompletionRequest {
             prompt,
             max_tokens: Some(TokenLimit {
                 field: "max_tokens",
                 value: self.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
             }),
-            sampling: Sampling {
-                temperature: self.temperature,
-                top_k: self.top_k,
-                top_p: self.top_p,
-                min_p: self.min_p,
-                repeat_penalty: self.repeat_penalty,
-                frequency_penalty: self.frequency_penalty,
-                presence_penalty: self.presence_penalty,
-                // A negative seed asks for a fresh one, as llama.cpp's -1 does.
-                seed: self.seed.and_then(|seed| u64::try_from(seed).ok()),
-            },
+            sampling: self.sampling(),
             stop: stop_strings(self.stop.as_ref())?,
             logprobs: self.logprobs,
             score_prompt: self.echo == Some(true) && self.logprobs.is_some(),
+            thinking_budget: None,
         })
-    }
-}
-
-/// The ids of `prompt`: text is tokenized as llama.cpp's server does (special tokens read).
-fn prompt_ids(codec: &ChatCodec, prompt: &Prompt) -> Result<Vec<u32>, ServiceError> {
-    match prompt {
-        Prompt::Text(text) => codec.tokenize(text, true, true),
-        Prompt::Ids(ids) => ids
-            .iter()
-            .map(|&id| {
-                u32::try_from(id).map_err(|_| ServiceError::TokenOutOfRange {
-                    id,
-                    vocab: codec.tokenizer().vocab_size(),
-                })
-            })
-            .collect(),
     }
 }
 
@@ -248,10 +212,7 @@ struct Finished {
     done: Completion,
 }
 
-async fn run_one(
-    state: &AppState,
-    chat: crate::services::chat::PreparedChat,
-) -> Result<Finished, ApiError> {
+async fn run_one(state: &AppState, chat: PreparedChat) -> Result<Finished, ApiError> {
     let reply = state.engine().submit(chat)?.collect().await?;
     // Raw completions parse nothing: the whole text comes as content.
     let mut text = reply.reasoning.unwrap_or_default();
@@ -273,12 +234,11 @@ pub async fn completions(
     let codec = state.engine().codec().clone();
     let mut prepared = Vec::with_capacity(prompts.len());
     for prompt in prompts {
-        let codec = codec.clone();
-        let ids = blocking(move || prompt_ids(&codec, &prompt)).await?;
-        let request = body.request(ids.clone())?;
-        let codec = state.engine().codec().clone();
-        let chat = blocking(move || codec.prepare_completion(&request)).await?;
-        prepared.push((ids, chat));
+        let chat = state
+            .engine()
+            .prepare_completion(body.request(prompt)?)
+            .await?;
+        prepared.push(chat);
     }
     let id = random_id("cmpl-");
     let created = std::time::SystemTime::now()
@@ -286,7 +246,7 @@ pub async fn completions(
         .map_or(0, |d| d.as_secs());
     let model = state.engine().info().id.clone();
     if body.stream == Some(true) {
-        let (_, chat) = prepared
+        let chat = prepared
             .pop()
             .ok_or_else(|| ApiError::bad_request("no prompt"))?;
         let generation = state.engine().submit(chat)?;
@@ -295,7 +255,8 @@ pub async fn completions(
     let echo = body.echo == Some(true);
     let mut choices = Vec::with_capacity(prepared.len());
     let mut usage = Usage::default();
-    for (index, (ids, chat)) in prepared.into_iter().enumerate() {
+    for (index, chat) in prepared.into_iter().enumerate() {
+        let ids = chat.prompt.clone();
         let finished = run_one(&state, chat).await?;
         let done = &finished.done;
         usage.prompt_tokens += done.usage.prompt_tokens;
@@ -394,20 +355,40 @@ mod tests {
     #[test]
     fn every_prompt_shape_is_read() {
         let cases = [
-            (json!("hi"), vec![Prompt::Text("hi".into())]),
+            (json!("hi"), vec![CompletionPrompt::Text("hi".into())]),
             (
                 json!(["a", "b"]),
-                vec![Prompt::Text("a".into()), Prompt::Text("b".into())],
+                vec![
+                    CompletionPrompt::Text("a".into()),
+                    CompletionPrompt::Text("b".into()),
+                ],
             ),
-            (json!([1, 2, 3]), vec![Prompt::Ids(vec![1, 2, 3])]),
+            (json!([1, 2, 3]), vec![CompletionPrompt::Ids(vec![1, 2, 3])]),
             (
                 json!([[1], [2, 3]]),
-                vec![Prompt::Ids(vec![1]), Prompt::Ids(vec![2, 3])],
+                vec![
+                    CompletionPrompt::Ids(vec![1]),
+                    CompletionPrompt::Ids(vec![2, 3]),
+                ],
             ),
         ];
         for (prompt, want) in cases {
             assert_eq!(body(json!({ "prompt": prompt })).prompts().unwrap(), want);
         }
+    }
+
+    #[test]
+    fn sampling_fields_reach_the_services_and_a_negative_seed_draws_one() {
+        let given = body(json!({"prompt": "x", "temperature": 0.5, "top_k": 3, "seed": 7}));
+        let sampling = given.sampling();
+        assert_eq!(
+            (sampling.temperature, sampling.top_k, sampling.seed),
+            (Some(0.5), Some(3), Some(7))
+        );
+        assert_eq!(
+            body(json!({"prompt": "x", "seed": -1})).sampling().seed,
+            None
+        );
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::services::runs::{Entry, Run, RunEvent, Subscription};
 use crate::services::sessions::{
     from_jsonl, to_jsonl, to_markdown, ConversationPatch, ConversationSettings,
 };
-use crate::services::{Ask, ConversationError, Conversations, ServiceError, SessionStore, Started};
+use crate::services::{Ask, ConversationError, ServiceError, Started};
 
 /// The routes of the conversations API.
 pub fn routes() -> Router<AppState> {
@@ -50,26 +50,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/conversations/{id}/stream", get(resume))
         .route("/api/conversations/{id}/stop", post(stop))
         .route("/api/conversations/{id}/export", get(export))
-}
-
-/// The store, or a 503 when the server runs without one.
-fn store(state: &AppState) -> Result<SessionStore, ApiError> {
-    state.sessions().cloned().ok_or_else(no_store)
-}
-
-/// The conversation service; there is one exactly when there is a store.
-fn conversations(state: &AppState) -> Result<Conversations, ApiError> {
-    state.conversations().cloned().ok_or_else(no_store)
-}
-
-fn no_store() -> ApiError {
-    ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        kind: ErrorKind::Unavailable,
-        message: "this server keeps no conversations; start it with --data-dir".into(),
-        param: None,
-        code: None,
-    }
 }
 
 /// A query string of type `T`, or a 400 in our error shape.
@@ -91,7 +71,7 @@ async fn list(
     params: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let params = query(params)?;
-    let conversations = store(&state)?.list(params.q).await?;
+    let conversations = state.sessions().list(params.q).await?;
     Ok(Json(json!({ "object": "list", "data": conversations })))
 }
 
@@ -109,14 +89,15 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, 
     } else {
         super::json::parse_body(&body)?
     };
-    let conversation = store(&state)?
+    let conversation = state
+        .sessions()
         .create(body.title, body.settings.unwrap_or_default())
         .await?;
     Ok((StatusCode::CREATED, Json(conversation)).into_response())
 }
 
 async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    Ok(Json(store(&state)?.get(id).await?).into_response())
+    Ok(Json(state.sessions().get(id).await?).into_response())
 }
 
 async fn update(
@@ -128,14 +109,14 @@ async fn update(
         title: body.title,
         settings: body.settings,
     };
-    Ok(Json(store(&state)?.update(id, patch).await?).into_response())
+    Ok(Json(state.sessions().update(id, patch).await?).into_response())
 }
 
 async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    store(&state)?.delete(id).await?;
+    state.sessions().delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -143,7 +124,7 @@ async fn messages(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let messages = store(&state)?.messages(id).await?;
+    let messages = state.sessions().messages(id).await?;
     Ok(Json(json!({ "object": "list", "data": messages })))
 }
 
@@ -170,7 +151,7 @@ async fn export(
             ))
         }
     };
-    let store = store(&state)?;
+    let store = state.sessions();
     let conversation = store.get(id.clone()).await?;
     let messages = store.messages(id.clone()).await?;
     let (body, content_type, extension) = if jsonl {
@@ -212,7 +193,7 @@ async fn import(
     let text = std::str::from_utf8(&body)
         .map_err(|err| ApiError::invalid("file", format!("the file is not UTF-8 text: {err}")))?;
     let messages = from_jsonl(text)?;
-    let conversation = store(&state)?.import(params.title, messages).await?;
+    let conversation = state.sessions().import(params.title, messages).await?;
     Ok((StatusCode::CREATED, Json(conversation)).into_response())
 }
 
@@ -239,7 +220,8 @@ async fn send(
         question,
         draft,
         ..
-    } = conversations(&state)?
+    } = state
+        .conversations()
         .send(&id, Ask::text(body.content))
         .await?;
     let user = json!(question);
@@ -258,7 +240,8 @@ async fn resume(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let run = conversations(&state)?
+    let run = state
+        .conversations()
         .runs()
         .live(&id)
         .ok_or_else(|| not_answering(&id))?;
@@ -276,7 +259,8 @@ async fn stop(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    conversations(&state)?
+    state
+        .conversations()
         .stop(&id)
         .await
         .map_err(|err| match err {

@@ -12,45 +12,78 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
 
 use super::error::ApiError;
-use crate::services::chat::{
-    json_kind, ChatMessage, ChatRequest, Role, Sampling, TokenLimit, ToolChoice,
-};
+use crate::services::chat::{json_kind, ChatMessage, ChatRequest, Role, TokenLimit, ToolChoice};
 use crate::services::events::{Completion, Timings, TokenLogprobs, Usage};
+use crate::services::sessions::{arguments_from_wire, StoredToolCall};
 use crate::services::Reply;
 use crate::smollm3::tool_calls::ToolCall;
 
-/// `POST /v1/chat/completions` (also the body of `/apply-template`).
-#[derive(Debug, Deserialize)]
-pub struct ChatCompletionRequest {
-    pub model: Option<String>,
-    pub messages: Vec<WireMessage>,
-    pub stream: Option<bool>,
-    pub stream_options: Option<StreamOptions>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    /// llama.cpp extension.
-    pub top_k: Option<usize>,
-    /// llama.cpp extension.
-    pub min_p: Option<f32>,
-    /// llama.cpp extension.
-    pub repeat_penalty: Option<f32>,
-    pub max_tokens: Option<i64>,
-    pub max_completion_tokens: Option<i64>,
-    pub stop: Option<Json>,
-    pub seed: Option<i64>,
-    pub tools: Option<Vec<WireTool>>,
-    pub tool_choice: Option<Json>,
-    pub chat_template_kwargs: Option<Map<String, Json>>,
-    /// SmolLM3's switch, also accepted outside `chat_template_kwargs`.
-    pub enable_thinking: Option<bool>,
-    /// At most this many reasoning tokens (also accepted in `chat_template_kwargs`).
-    pub thinking_budget: Option<usize>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-    pub n: Option<u32>,
-    pub response_format: Option<Json>,
-    pub logprobs: Option<bool>,
-    pub top_logprobs: Option<usize>,
+/// Declares an OpenAI request body that takes llama.cpp's sampling fields (`temperature`,
+/// `top_p`, `top_k`, `min_p`, `repeat_penalty`, `presence_penalty`, `frequency_penalty`,
+/// `seed`), as both completion endpoints do, with its `sampling()`: the one place these
+/// fields become the services' [`Sampling`]. A macro rather than a `#[serde(flatten)]`
+/// struct: fields read through `flatten` lose their name in error messages.
+macro_rules! body_with_sampling {
+    ($(#[$meta:meta])* pub struct $name:ident { $($fields:tt)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            pub temperature: Option<f32>,
+            pub top_p: Option<f32>,
+            /// llama.cpp extension.
+            pub top_k: Option<usize>,
+            /// llama.cpp extension.
+            pub min_p: Option<f32>,
+            /// llama.cpp extension.
+            pub repeat_penalty: Option<f32>,
+            pub presence_penalty: Option<f32>,
+            pub frequency_penalty: Option<f32>,
+            pub seed: Option<i64>,
+            $($fields)*
+        }
+
+        impl $name {
+            /// The sampling values given, in the services' terms.
+            pub fn sampling(&self) -> $crate::services::chat::Sampling {
+                $crate::services::chat::Sampling {
+                    temperature: self.temperature,
+                    top_k: self.top_k,
+                    top_p: self.top_p,
+                    min_p: self.min_p,
+                    repeat_penalty: self.repeat_penalty,
+                    frequency_penalty: self.frequency_penalty,
+                    presence_penalty: self.presence_penalty,
+                    // A negative seed asks for a fresh one, as llama.cpp's -1 does.
+                    seed: self.seed.and_then(|seed| u64::try_from(seed).ok()),
+                }
+            }
+        }
+    };
+}
+pub(crate) use body_with_sampling;
+
+body_with_sampling! {
+    /// `POST /v1/chat/completions` (also the body of `/apply-template`).
+    #[derive(Debug, Deserialize)]
+    pub struct ChatCompletionRequest {
+        pub model: Option<String>,
+        pub messages: Vec<WireMessage>,
+        pub stream: Option<bool>,
+        pub stream_options: Option<StreamOptions>,
+        pub max_tokens: Option<i64>,
+        pub max_completion_tokens: Option<i64>,
+        pub stop: Option<Json>,
+        pub tools: Option<Vec<WireTool>>,
+        pub tool_choice: Option<Json>,
+        pub chat_template_kwargs: Option<Map<String, Json>>,
+        /// SmolLM3's switch, also accepted outside `chat_template_kwargs`.
+        pub enable_thinking: Option<bool>,
+        /// At most this many reasoning tokens (also accepted in `chat_template_kwargs`).
+        pub thinking_budget: Option<usize>,
+        pub n: Option<u32>,
+        pub response_format: Option<Json>,
+        pub logprobs: Option<bool>,
+        pub top_logprobs: Option<usize>,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,17 +198,6 @@ impl ChatCompletionRequest {
             }),
             (None, None) => None,
         };
-        let sampling = Sampling {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            repeat_penalty: self.repeat_penalty,
-            frequency_penalty: self.frequency_penalty,
-            presence_penalty: self.presence_penalty,
-            // A negative seed asks for a fresh one, as llama.cpp's -1 does.
-            seed: self.seed.and_then(|seed| u64::try_from(seed).ok()),
-        };
         Ok(ChatRequest {
             messages,
             tools,
@@ -183,7 +205,7 @@ impl ChatCompletionRequest {
             enable_thinking: self.enable_thinking.or(kwarg_thinking),
             template_kwargs,
             max_tokens,
-            sampling,
+            sampling: self.sampling(),
             stop: stop_strings(self.stop.as_ref())?,
             logprobs: self.logprobs().then_some(self.top_logprobs.unwrap_or(0)),
             thinking_budget: self.thinking_budget.or(kwarg_budget),
@@ -257,14 +279,10 @@ fn message(i: usize, m: &WireMessage) -> Result<ChatMessage, ApiError> {
         .enumerate()
         .map(|(j, call)| {
             let field = || format!("messages[{i}].tool_calls[{j}].function.arguments");
-            let arguments = match &call.function.arguments {
-                None | Some(Json::Null) => Json::Object(Map::new()),
-                Some(Json::String(text)) if text.trim().is_empty() => Json::Object(Map::new()),
-                Some(Json::String(text)) => serde_json::from_str(text).map_err(|err| {
+            let arguments =
+                arguments_from_wire(call.function.arguments.as_ref()).map_err(|err| {
                     ApiError::invalid(field(), format!("`{}` is not JSON: {err}", field()))
-                })?,
-                Some(value) => value.clone(),
-            };
+                })?;
             Ok(ToolCall {
                 name: call.function.name.clone(),
                 arguments,
@@ -472,14 +490,15 @@ pub struct WireFunctionOut {
 impl WireToolCallOut {
     /// A whole call, for a non-streaming answer.
     pub fn whole(call: &ToolCall) -> Self {
+        let call = StoredToolCall::new(call.clone());
         Self {
             index: None,
-            id: Some(random_id("call_")),
             kind: Some("function"),
             function: WireFunctionOut {
-                name: Some(call.name.clone()),
-                arguments: call.arguments.to_string(),
+                arguments: call.wire_arguments(),
+                name: Some(call.name),
             },
+            id: Some(call.id),
         }
     }
 }

@@ -16,10 +16,11 @@ use futures_util::stream::{self, Stream, StreamExt};
 
 use super::error::{ApiError, ErrorKind};
 use super::openai::{
-    random_id, ChatCompletionChunk, ChunkChoice, Delta, ResponseMeta, WireFunctionOut, WireTimings,
+    ChatCompletionChunk, ChunkChoice, Delta, ResponseMeta, WireFunctionOut, WireTimings,
     WireToolCallOut, WireUsage,
 };
 use crate::services::events::{Completion, GenerationEvent};
+use crate::services::sessions::StoredToolCall;
 use crate::services::GenerationStream;
 
 /// Turns generation events into the `data:` payloads of the stream, in order.
@@ -75,22 +76,23 @@ impl ChunkWriter {
             GenerationEvent::ToolCall(call) => {
                 let index = Some(self.tool_calls);
                 self.tool_calls += 1;
-                let head = WireToolCallOut {
-                    index,
-                    id: Some(random_id("call_")),
-                    kind: Some("function"),
-                    function: WireFunctionOut {
-                        name: Some(call.name.clone()),
-                        arguments: String::new(),
-                    },
-                };
+                let call = StoredToolCall::new(call);
                 let arguments = WireToolCallOut {
                     index,
                     id: None,
                     kind: None,
                     function: WireFunctionOut {
                         name: None,
-                        arguments: call.arguments.to_string(),
+                        arguments: call.wire_arguments(),
+                    },
+                };
+                let head = WireToolCallOut {
+                    index,
+                    id: Some(call.id),
+                    kind: Some("function"),
+                    function: WireFunctionOut {
+                        name: Some(call.name),
+                        arguments: String::new(),
                     },
                 };
                 let chunks = [head, arguments]
@@ -235,6 +237,7 @@ mod tests {
             usage: Usage {
                 prompt_tokens: 7,
                 completion_tokens: 3,
+                ..Usage::default()
             },
             timings: Timings::default(),
             logprobs: None,

@@ -1,62 +1,62 @@
 //! What every handler can reach ([`AppState`]) and the checks they share, apart from the
-//! router ([`super::app`]) and the handlers, so that handlers depend on it and the router on
+//! router (`app`) and the handlers, so that handlers depend on it and the router on
 //! them, without a circle.
 
 use std::sync::Arc;
 
+use axum::extract::FromRef;
+
 use super::error::ApiError;
+use super::page::PageState;
 use crate::services::{Conversations, Engine, Runs, ServiceError, SessionStore};
 
-/// What every handler can reach.
+/// What every handler can reach: the conversation service (and through it the engine, the
+/// store and the answers being written) and the API key.
 #[derive(Clone)]
 pub struct AppState {
-    engine: Engine,
     api_key: Option<Arc<str>>,
-    /// The conversation store; `None` serves no `/api/conversations` (503).
-    sessions: Option<SessionStore>,
-    /// The conversation service over `sessions`, shared by the page and the API so a
-    /// conversation has one answer being written at a time, whoever sent the message.
-    conversations: Option<Conversations>,
+    /// Shared by the page, the conversations API and the OpenAI API, so a conversation has
+    /// one answer being written at a time, whoever sent the message.
+    conversations: Conversations,
 }
 
 impl AppState {
-    /// `api_key`: when set, `/v1/*` requires `Authorization: Bearer <key>`.
-    pub fn new(engine: Engine, api_key: Option<String>) -> Self {
+    /// The app over `engine`, keeping conversations in `store` (a server's on disk; a test's
+    /// may be [`SessionStore::in_memory`]). `api_key`: when set, `/v1/*` requires
+    /// `Authorization: Bearer <key>`.
+    pub fn new(engine: Engine, store: SessionStore, api_key: Option<String>) -> Self {
         Self {
-            engine,
             api_key: api_key.filter(|k| !k.is_empty()).map(Arc::from),
-            sessions: None,
-            conversations: None,
+            conversations: Conversations::new(engine, Runs::new(store)),
         }
     }
 
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        self.conversations.engine()
     }
 
     pub fn api_key(&self) -> Option<&str> {
         self.api_key.as_deref()
     }
 
-    /// Keeps conversations in `store` and serves them under `/api/conversations`.
-    pub fn with_sessions(mut self, store: SessionStore) -> Self {
-        let runs = Runs::new(store.clone());
-        self.conversations = Some(Conversations::new(self.engine.clone(), runs));
-        self.sessions = Some(store);
-        self
+    pub fn sessions(&self) -> &SessionStore {
+        self.conversations.store()
     }
 
-    pub fn sessions(&self) -> Option<&SessionStore> {
-        self.sessions.as_ref()
+    /// The conversation service every front end asks through.
+    pub fn conversations(&self) -> &Conversations {
+        &self.conversations
     }
 
-    /// The conversation service; there is one exactly when there is a store.
-    pub fn conversations(&self) -> Option<&Conversations> {
-        self.conversations.as_ref()
+    pub fn runs(&self) -> &Runs {
+        self.conversations.runs()
     }
+}
 
-    pub fn runs(&self) -> Option<&Runs> {
-        self.conversations.as_ref().map(Conversations::runs)
+/// The page's handlers see the same conversation service, as their own substate.
+impl FromRef<AppState> for PageState {
+    fn from_ref(state: &AppState) -> Self {
+        PageState::new(state.conversations.clone())
     }
 }
 

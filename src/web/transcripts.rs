@@ -4,12 +4,11 @@
 //! [`chat_request`](crate::services::conversation::chat_request)).
 //!
 //! The page goes to the same store as `/api/conversations`, so a conversation started on the
-//! page can be read, exported or continued through the API and the other way round. A server
-//! without a data directory gives the page an in-memory store ([`SessionStore::in_memory`]):
-//! one code path, with persistence the only difference.
+//! page can be read, exported or continued through the API and the other way round. An app
+//! over an in-memory store ([`SessionStore::in_memory`], as tests use) runs the same code,
+//! with persistence the only difference.
 
 use serde::Serialize;
-use serde_json::Value as Json;
 
 use super::markdown::render_markdown;
 use crate::services::chat::Role;
@@ -79,32 +78,22 @@ fn stats_line(message: &StoredMessage) -> Option<String> {
 }
 
 /// The tool messages right after `messages[index]` (an assistant's call), each with the
-/// name of the call it answers: by `tool_call_id`, else by position.
+/// name of the call it answers: by `tool_call_id`, else by position (an imported file may
+/// leave out the ids).
 fn results_after(messages: &[StoredMessage], index: usize) -> Vec<ToolResultView> {
-    let call = &messages[index];
-    let calls = call.calls();
-    let ids: Vec<Option<&str>> = match &call.tool_calls {
-        Some(Json::Array(entries)) => entries
-            .iter()
-            .map(|entry| entry.get("id").and_then(Json::as_str))
-            .collect(),
-        _ => Vec::new(),
-    };
+    let calls = &messages[index].tool_calls;
     messages[index + 1..]
         .iter()
         .take_while(|m| m.role == Role::Tool)
         .enumerate()
         .map(|(position, result)| {
-            let by_id = result
+            let answered = result
                 .tool_call_id
                 .as_deref()
-                .and_then(|id| ids.iter().position(|c| *c == Some(id)));
-            let name = by_id
-                .or(Some(position))
-                .and_then(|i| calls.get(i))
-                .map_or_else(|| "tool".to_owned(), |c| c.name.clone());
+                .and_then(|id| calls.iter().find(|call| call.id == id))
+                .or_else(|| calls.get(position));
             ToolResultView {
-                name,
+                name: answered.map_or_else(|| "tool".to_owned(), |call| call.name.clone()),
                 content: result.content.clone(),
             }
         })
@@ -141,12 +130,12 @@ pub fn views(messages: &[StoredMessage]) -> Vec<MessageView> {
                     .filter(|r| !r.is_empty())
                     .map(str::to_owned),
                 tools: message
-                    .calls()
-                    .into_iter()
+                    .tool_calls
+                    .iter()
                     .map(|call| ToolView {
                         arguments: serde_json::to_string_pretty(&call.arguments)
                             .unwrap_or_else(|_| call.arguments.to_string()),
-                        name: call.name,
+                        name: call.name.clone(),
                     })
                     .collect(),
                 results: results_after(messages, index),
@@ -166,6 +155,7 @@ pub fn views(messages: &[StoredMessage]) -> Vec<MessageView> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::services::sessions::StoredToolCall;
 
     fn stored(role: Role, content: &str, status: MessageStatus) -> StoredMessage {
         StoredMessage::for_test(role, content, status)
@@ -181,19 +171,22 @@ mod tests {
 
     #[test]
     fn tool_messages_show_under_the_call_they_answer() {
-        let calls =
-            crate::services::sessions::tool_calls_json(&[crate::smollm3::tool_calls::ToolCall {
+        let calls = vec![
+            StoredToolCall {
+                id: "call_time".into(),
+                name: "current_time".into(),
+                arguments: serde_json::json!({}),
+            },
+            StoredToolCall {
+                id: "call_calc".into(),
                 name: "calculator".into(),
                 arguments: serde_json::json!({"expression": "17 * (3+4)"}),
-            }]);
-        let id = calls
-            .as_ref()
-            .and_then(|c| c[0]["id"].as_str())
-            .map(str::to_owned);
+            },
+        ];
         let mut call = stored(Role::Assistant, "", MessageStatus::Complete);
         call.tool_calls = calls;
         let mut result = stored(Role::Tool, "<119>", MessageStatus::Complete);
-        result.tool_call_id = id;
+        result.tool_call_id = Some("call_calc".into());
         let views = views(&[
             stored(Role::User, "What is 17 * (3+4)?", MessageStatus::Complete),
             call,
@@ -201,9 +194,12 @@ mod tests {
             stored(Role::Assistant, "It is 119.", MessageStatus::Complete),
         ]);
         assert_eq!(views.len(), 3, "the tool message joins its call");
-        assert_eq!(views[1].tools[0].name, "calculator");
+        assert_eq!(views[1].tools[1].name, "calculator");
         assert_eq!(views[1].results.len(), 1);
-        assert_eq!(views[1].results[0].name, "calculator");
+        assert_eq!(
+            views[1].results[0].name, "calculator",
+            "by its id, not its position"
+        );
         assert_eq!(views[1].results[0].content, "<119>");
         assert!(views[2].results.is_empty());
     }

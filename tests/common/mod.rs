@@ -148,7 +148,7 @@ pub async fn stored_app(tokens_per_second: f64) -> StoredApp {
         .await
         .expect("store opens");
     StoredApp {
-        app: smolbot::web::app(smolbot::web::AppState::new(engine, None).with_sessions(store)),
+        app: smolbot::web::app(smolbot::web::AppState::new(engine, store, None)),
         _dir: dir,
     }
 }

@@ -9,6 +9,7 @@
 
 use serde_json::{Map, Value as Json};
 
+use super::tool_calls::{wire_list, StoredToolCall};
 use super::{parse_role, Conversation, MessageStats, MessageStatus, NewMessage, StoredMessage};
 use crate::services::chat::Role;
 use crate::services::error::ServiceError;
@@ -23,8 +24,8 @@ pub fn to_jsonl(messages: &[StoredMessage]) -> String {
         if let Some(reasoning) = &message.reasoning {
             line.insert("reasoning_content".into(), Json::from(reasoning.as_str()));
         }
-        if let Some(calls) = &message.tool_calls {
-            line.insert("tool_calls".into(), calls.clone());
+        if !message.tool_calls.is_empty() {
+            line.insert("tool_calls".into(), wire_list(&message.tool_calls));
         }
         if let Some(id) = &message.tool_call_id {
             line.insert("tool_call_id".into(), Json::from(id.as_str()));
@@ -83,20 +84,15 @@ fn message_from(object: &Map<String, Json>) -> Result<NewMessage, String> {
         None => optional_string(object, "reasoning")?,
     };
     let tool_calls = match object.get("tool_calls") {
-        None | Some(Json::Null) => None,
-        Some(Json::Array(calls)) => {
-            for (i, call) in calls.iter().enumerate() {
-                if call
-                    .get("function")
-                    .and_then(|f| f.get("name"))
-                    .and_then(Json::as_str)
-                    .is_none()
-                {
-                    return Err(format!("`tool_calls[{i}].function.name` is missing"));
-                }
-            }
-            Some(Json::Array(calls.clone()))
-        }
+        None | Some(Json::Null) => Vec::new(),
+        Some(Json::Array(calls)) => calls
+            .iter()
+            .enumerate()
+            .map(|(i, call)| {
+                StoredToolCall::from_wire(call)
+                    .map_err(|problem| problem.replacen('`', &format!("`tool_calls[{i}]."), 1))
+            })
+            .collect::<Result<_, _>>()?,
         Some(other) => return Err(format!("`tool_calls` must be an array, got {other}")),
     };
     let status = match optional_string(object, "status")?.as_deref() {
@@ -164,7 +160,7 @@ pub fn to_markdown(conversation: &Conversation, messages: &[StoredMessage]) -> S
             out.push_str(&message.content);
             out.push('\n');
         }
-        for call in message.calls() {
+        for call in &message.tool_calls {
             let arguments = serde_json::to_string_pretty(&call.arguments)
                 .unwrap_or_else(|_| call.arguments.to_string());
             out.push_str(&format!(

@@ -11,6 +11,7 @@
 //! worker thread.
 
 mod export;
+mod tool_calls;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,13 +21,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rand::distr::{Alphanumeric, SampleString};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value as Json};
 
 use super::chat::{Role, Sampling};
 use super::error::ServiceError;
 use crate::smollm3::tool_calls::ToolCall;
 
 pub use export::{from_jsonl, to_jsonl, to_markdown};
+pub use tool_calls::{arguments_from_wire, fresh_id, wire_list, StoredToolCall};
 
 /// The schema, one step per file; step `i` brings `user_version` from `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -34,7 +35,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_builtin_tools.sql"),
     include_str!("migrations/0003_interrupted.sql"),
     include_str!("migrations/0004_thinking_budget.sql"),
+    include_str!("migrations/0005_typed_tool_calls.sql"),
 ];
+
+/// What an in-memory store gives as its path, SQLite's name for such a database.
+const IN_MEMORY_PATH: &str = ":memory:";
 
 /// The database's file name inside the data directory.
 pub const DATABASE_FILE: &str = "smolbot.sqlite3";
@@ -197,8 +202,9 @@ pub struct StoredMessage {
     pub role: Role,
     pub content: String,
     pub reasoning: Option<String>,
-    /// OpenAI's `tool_calls` array, kept as given so an export gives it back unchanged.
-    pub tool_calls: Option<Json>,
+    /// The calls an assistant message made; shown to API clients in OpenAI's form.
+    #[serde(serialize_with = "tool_calls::serialize_wire")]
+    pub tool_calls: Vec<StoredToolCall>,
     pub tool_call_id: Option<String>,
     pub status: MessageStatus,
     pub finish_reason: Option<String>,
@@ -215,7 +221,7 @@ impl StoredMessage {
             role,
             content: content.into(),
             reasoning: None,
-            tool_calls: None,
+            tool_calls: Vec::new(),
             tool_call_id: None,
             status,
             finish_reason: None,
@@ -226,26 +232,9 @@ impl StoredMessage {
 }
 
 impl StoredMessage {
-    /// The calls of `tool_calls` in the model's terms, skipping entries without a name.
+    /// The calls in the model's terms, as the chat template writes them back.
     pub fn calls(&self) -> Vec<ToolCall> {
-        let Some(Json::Array(calls)) = &self.tool_calls else {
-            return Vec::new();
-        };
-        calls
-            .iter()
-            .filter_map(|call| {
-                let function = call.get("function")?;
-                let name = function.get("name")?.as_str()?.to_owned();
-                let arguments = match function.get("arguments") {
-                    Some(Json::String(text)) => {
-                        serde_json::from_str(text).unwrap_or(Json::String(text.clone()))
-                    }
-                    Some(other) => other.clone(),
-                    None => json!({}),
-                };
-                Some(ToolCall { name, arguments })
-            })
-            .collect()
+        self.tool_calls.iter().map(StoredToolCall::call).collect()
     }
 }
 
@@ -260,31 +249,13 @@ pub fn parse_role(text: &str) -> Option<Role> {
         .find(|r| r.as_str() == text)
 }
 
-/// OpenAI's form of the calls a generation made, each with a fresh id.
-pub fn tool_calls_json(calls: &[ToolCall]) -> Option<Json> {
-    (!calls.is_empty()).then(|| {
-        Json::Array(
-            calls
-                .iter()
-                .map(|call| {
-                    json!({
-                        "id": format!("call_{}", random_token(24)),
-                        "type": "function",
-                        "function": { "name": call.name, "arguments": call.arguments.to_string() },
-                    })
-                })
-                .collect(),
-        )
-    })
-}
-
 /// A message to store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewMessage {
     pub role: Role,
     pub content: String,
     pub reasoning: Option<String>,
-    pub tool_calls: Option<Json>,
+    pub tool_calls: Vec<StoredToolCall>,
     pub tool_call_id: Option<String>,
     pub status: MessageStatus,
     pub finish_reason: Option<String>,
@@ -298,7 +269,7 @@ impl NewMessage {
             role,
             content: content.into(),
             reasoning: None,
-            tool_calls: None,
+            tool_calls: Vec::new(),
             tool_call_id: None,
             status: MessageStatus::Complete,
             finish_reason: None,
@@ -312,7 +283,7 @@ impl NewMessage {
 pub struct MessageUpdate {
     pub content: String,
     pub reasoning: Option<String>,
-    pub tool_calls: Option<Json>,
+    pub tool_calls: Vec<StoredToolCall>,
     pub status: MessageStatus,
     pub finish_reason: Option<String>,
     pub stats: MessageStats,
@@ -446,6 +417,11 @@ impl SessionStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the conversations outlive the process ([`Self::in_memory`]'s do not).
+    pub fn is_on_disk(&self) -> bool {
+        self.path.as_os_str() != IN_MEMORY_PATH
     }
 
     /// Runs `work` on the connection on tokio's blocking pool.
@@ -829,7 +805,7 @@ fn message_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
         role: parse_role(&role).ok_or_else(|| bad(1, "role"))?,
         content: row.get(2)?,
         reasoning: row.get(3)?,
-        tool_calls: tool_calls.and_then(|t| serde_json::from_str(&t).ok()),
+        tool_calls: tool_calls.map_or_else(Vec::new, |text| stored_calls(&text)),
         tool_call_id: row.get(5)?,
         status: MessageStatus::parse(&status).ok_or_else(|| bad(6, "status"))?,
         finish_reason: row.get(7)?,
@@ -864,8 +840,19 @@ fn get_message(c: &Connection, id: i64) -> Result<StoredMessage, ServiceError> {
     .map_err(storage("read a message"))
 }
 
-fn tool_calls_text(calls: Option<&Json>) -> Option<String> {
-    calls.filter(|c| !c.is_null()).map(Json::to_string)
+/// The calls of a `tool_calls` column; a value no version wrote is logged and read as none.
+fn stored_calls(text: &str) -> Vec<StoredToolCall> {
+    serde_json::from_str(text).unwrap_or_else(|err| {
+        tracing::warn!("conversation store: unreadable tool calls ignored: {err}");
+        Vec::new()
+    })
+}
+
+/// The `tool_calls` column of `calls`: NULL when there are none.
+fn tool_calls_text(calls: &[StoredToolCall]) -> Option<String> {
+    (!calls.is_empty())
+        .then(|| serde_json::to_string(calls).ok())
+        .flatten()
 }
 
 fn append(
@@ -885,7 +872,7 @@ fn append(
             m.role.as_str(),
             m.content,
             m.reasoning,
-            tool_calls_text(m.tool_calls.as_ref()),
+            tool_calls_text(&m.tool_calls),
             m.tool_call_id,
             m.status.as_str(),
             m.finish_reason,
@@ -924,7 +911,7 @@ fn update_message(
                 id,
                 u.content,
                 u.reasoning,
-                tool_calls_text(u.tool_calls.as_ref()),
+                tool_calls_text(&u.tool_calls),
                 u.status.as_str(),
                 u.finish_reason,
                 u.stats.prompt_tokens,
@@ -959,7 +946,7 @@ impl SessionStore {
         migrate(&mut connection)?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
-            path: Arc::new(PathBuf::from(":memory:")),
+            path: Arc::new(PathBuf::from(IN_MEMORY_PATH)),
             closed: Arc::default(),
         })
     }

@@ -1,6 +1,7 @@
 //! The store against a real SQLite file in a temporary directory.
 
 use super::*;
+use serde_json::{json, Value as Json};
 
 fn temp() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
@@ -114,6 +115,72 @@ async fn messages_migrate_to_the_interrupted_status_with_their_ids() {
         .await
         .expect("append");
     assert_eq!(next.id, 4, "the deleted message's id 3 is not given again");
+}
+
+/// A database from before typed tool calls (schema version 4) holds them in OpenAI's wire
+/// form; opening it converts every call in place: arguments text to a JSON value (text that
+/// is not JSON kept as a string), ids kept or given, nameless entries dropped.
+#[tokio::test]
+async fn wire_form_tool_calls_migrate_to_typed_ones() {
+    let dir = temp();
+    {
+        let mut c = Connection::open(dir.path().join(DATABASE_FILE)).expect("open");
+        let tx = c.transaction().expect("transaction");
+        for step in &MIGRATIONS[..4] {
+            tx.execute_batch(step).expect("old schema");
+        }
+        tx.pragma_update(None, "user_version", 4).expect("version");
+        let calls = [
+            json!([{"id": "call_a", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]),
+            json!([{"type": "function", "function": {"name": "f", "arguments": "not json"}},
+                   {"type": "function", "function": {"arguments": "{}"}},
+                   {"id": "call_b", "function": {"name": "g", "arguments": {"n": [1, true]}}},
+                   {"id": "call_c", "function": {"name": "h", "arguments": ""}}]),
+            json!([{"function": {}}]),
+        ];
+        tx.execute(
+            "INSERT INTO conversations (id, title, settings, created_at, updated_at) \
+             VALUES ('conv_old', 'old', '{}', 1, 1)",
+            [],
+        )
+        .expect("conversation");
+        for calls in calls {
+            tx.execute(
+                "INSERT INTO messages (conversation_id, role, content, tool_calls, status, \
+                 created_at) VALUES ('conv_old', 'assistant', '', ?1, 'complete', 1)",
+                [calls.to_string()],
+            )
+            .expect("old call");
+        }
+        tx.commit().expect("commit");
+    }
+    let s = store(&dir).await;
+    let all = s.messages("conv_old".into()).await.expect("messages");
+    let typed = |id: &str, name: &str, arguments: Json| StoredToolCall {
+        id: id.into(),
+        name: name.into(),
+        arguments,
+    };
+    assert_eq!(
+        all[0].tool_calls,
+        [typed("call_a", "get_weather", json!({"city": "Paris"}))]
+    );
+    assert_eq!(
+        all[1].tool_calls,
+        [
+            typed("call_2_0", "f", json!("not json")),
+            typed("call_b", "g", json!({"n": [1, true]})),
+            typed("call_c", "h", json!({})),
+        ]
+    );
+    assert!(all[2].tool_calls.is_empty(), "{:?}", all[2].tool_calls);
+    let exported: Json =
+        serde_json::from_str(to_jsonl(&all[..1]).trim_end()).expect("exported line");
+    assert_eq!(
+        exported["tool_calls"][0]["function"]["arguments"],
+        json!("{\"city\":\"Paris\"}")
+    );
 }
 
 /// A database from before `builtin_tools` (schema version 1) opens with its settings as
@@ -303,10 +370,10 @@ async fn messages_keep_every_field_and_a_partial_answer_is_updated_in_place() {
         .append(c.id.clone(), assistant("", MessageStatus::Generating))
         .await
         .expect("draft");
-    let calls = tool_calls_json(&[ToolCall {
+    let calls = vec![StoredToolCall::new(ToolCall {
         name: "calculator".into(),
         arguments: json!({"expression": "2+2"}),
-    }]);
+    })];
     let stats = MessageStats {
         prompt_tokens: Some(12),
         completion_tokens: Some(7),
@@ -339,7 +406,7 @@ async fn messages_keep_every_field_and_a_partial_answer_is_updated_in_place() {
             MessageUpdate {
                 content: String::new(),
                 reasoning: None,
-                tool_calls: None,
+                tool_calls: Vec::new(),
                 status: MessageStatus::Stopped,
                 finish_reason: None,
                 stats: MessageStats::default(),
@@ -394,7 +461,7 @@ async fn closing_stops_running_answers_and_empties_the_log() {
     let update = MessageUpdate {
         content: "half an answer".into(),
         reasoning: None,
-        tool_calls: None,
+        tool_calls: Vec::new(),
         status: MessageStatus::Generating,
         finish_reason: None,
         stats: MessageStats::default(),
@@ -525,17 +592,14 @@ async fn jsonl_export_imports_back_unchanged() {
     let dir = temp();
     let s = store(&dir).await;
     let c = untitled(&s).await;
-    let calls = tool_calls_json(&[ToolCall {
+    let calls = vec![StoredToolCall::new(ToolCall {
         name: "get_weather".into(),
         arguments: json!({"city": "Paris"}),
-    }]);
+    })];
     let mut call = assistant("Let me check.", MessageStatus::Complete);
     call.reasoning = Some("The user asks about Paris.\n\nA tool can tell.".into());
     call.tool_calls = calls.clone();
-    let call_id = calls
-        .as_ref()
-        .and_then(|c| c[0]["id"].as_str())
-        .map(str::to_owned);
+    let call_id = Some(calls[0].id.clone());
     let mut result = NewMessage::text(Role::Tool, "{\"temperature\": 21}");
     result.tool_call_id = call_id;
     let mut partial = assistant("It is 21 °C in Pa", MessageStatus::Stopped);
@@ -628,6 +692,10 @@ fn import_errors_name_the_line_and_the_field() {
         (
             "{\"role\": \"assistant\", \"tool_calls\": [{}]}",
             "line 1: `tool_calls[0].function.name`",
+        ),
+        (
+            "{\"role\": \"assistant\", \"tool_calls\": [{\"function\": {\"name\": \"f\", \"arguments\": \"{oops\"}}]}",
+            "line 1: `tool_calls[0].function.arguments` is not JSON",
         ),
         (
             "{\"role\": \"user\", \"status\": \"generating\"}",

@@ -2,8 +2,6 @@
 //! `/export`, `/help`, `/status`): the list the menu and `/help` show, and running one. A
 //! command's answer is a notice in the conversation's view, not a stored message.
 
-use std::sync::Arc;
-
 use axum::response::{Html, IntoResponse, Response};
 use minijinja::{context, Value};
 
@@ -88,7 +86,7 @@ fn notice(
 /// Runs a slash command typed in the composer; its answer is a notice added to the
 /// conversation's view (not stored), or a move to another page.
 pub(super) async fn command(
-    state: &Arc<PageState>,
+    state: &PageState,
     raw: &str,
     text: &str,
     thinking_box: bool,
@@ -228,7 +226,7 @@ pub(super) async fn command(
                     "Conversation: {} ({} messages{})",
                     conversation.title.as_deref().unwrap_or("New chat"),
                     history.len(),
-                    if state.persistent {
+                    if state.persistent() {
                         ""
                     } else {
                         ", in memory only"

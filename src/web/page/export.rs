@@ -1,8 +1,6 @@
 //! `GET /c/{id}/export`: a conversation as a Markdown or JSON download (the `/export`
 //! command links to it).
 
-use std::sync::Arc;
-
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue};
@@ -19,7 +17,7 @@ pub(super) struct ExportQuery {
 }
 
 pub(super) async fn export(
-    State(state): State<Arc<PageState>>,
+    State(state): State<PageState>,
     Path(id): Path<String>,
     params: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, PageError> {

@@ -58,11 +58,11 @@ pub(super) async fn measure(
         return Some(0);
     }
     let request = crate::services::conversation::chat_request(settings, history, None, Vec::new());
-    let codec = state.engine().codec().clone();
-    tokio::task::spawn_blocking(move || codec.prepare(&request).ok().map(|p| p.prompt.len()))
-        .await
-        .ok()
-        .flatten()
+    let prepared = state
+        .engine()
+        .off_runtime(move |codec| codec.prepare(&request))
+        .await;
+    prepared.ok().map(|p| p.prompt.len())
 }
 
 pub(super) async fn meter_html(

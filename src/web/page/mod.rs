@@ -36,8 +36,6 @@ mod sidebar;
 mod stream;
 mod templates;
 
-use std::sync::Arc;
-
 use axum::extract::rejection::FormRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -48,6 +46,7 @@ use serde::Deserialize;
 pub use error::PageError;
 
 use super::assets;
+use super::state::AppState;
 use super::transcripts::ConversationId;
 use crate::services::sessions::{Conversation, ConversationSettings};
 use crate::services::{Conversations, Engine, Runs, SessionStore};
@@ -60,11 +59,10 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 pub const MAX_TITLE_BYTES: usize = crate::services::sessions::MAX_TITLE_BYTES;
 
 /// What the page handlers share: the conversation service (engine, store and the answers
-/// in flight).
+/// in flight). A substate of [`AppState`], made from it for each request.
+#[derive(Clone)]
 pub struct PageState {
     conversations: Conversations,
-    /// The store is on disk (not the in-memory fallback); the sidebar says so otherwise.
-    persistent: bool,
 }
 
 impl PageState {
@@ -80,11 +78,8 @@ impl PageState {
     }
 
     /// A page asking through `conversations`.
-    pub fn new(conversations: Conversations, persistent: bool) -> Self {
-        Self {
-            conversations,
-            persistent,
-        }
+    pub fn new(conversations: Conversations) -> Self {
+        Self { conversations }
     }
 
     fn engine(&self) -> &Engine {
@@ -93,6 +88,11 @@ impl PageState {
 
     fn store(&self) -> &SessionStore {
         self.conversations.store()
+    }
+
+    /// The store is on disk (not in memory); the sidebar says so otherwise.
+    fn persistent(&self) -> bool {
+        self.store().is_on_disk()
     }
 
     fn runs(&self) -> &Runs {
@@ -108,27 +108,8 @@ impl PageState {
     }
 }
 
-/// The page's routes with their own state; merge into the app. Without `conversations` (no
-/// conversation store) the page keeps its conversations in an in-memory store, lost when
-/// the server stops.
-pub fn routes<S: Clone + Send + Sync + 'static>(
-    engine: Engine,
-    conversations: Option<Conversations>,
-) -> Router<S> {
-    let persistent = conversations.is_some();
-    let conversations = match conversations {
-        Some(conversations) => conversations,
-        // Opening an empty in-memory SQLite database only fails when memory is exhausted.
-        None => Conversations::new(
-            engine,
-            Runs::new(SessionStore::in_memory().expect("an in-memory conversation store opens")),
-        ),
-    };
-    routes_with(Arc::new(PageState::new(conversations, persistent)))
-}
-
-/// The page's routes over a given state (a test's, for one).
-pub fn routes_with<S: Clone + Send + Sync + 'static>(state: Arc<PageState>) -> Router<S> {
+/// The page's routes; merge into the app, whose state gives each handler its [`PageState`].
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(pages::new_chat))
         .route("/c/{id}", get(pages::conversation_page))
@@ -149,7 +130,6 @@ pub fn routes_with<S: Clone + Send + Sync + 'static>(state: Arc<PageState>) -> R
         .route("/chat/status", get(pages::badge))
         .merge(assets::routes())
         .layer(middleware::from_fn(assets::security_headers))
-        .with_state(state)
 }
 
 /// Refuses a state-changing request that did not come from the page: a custom header cannot

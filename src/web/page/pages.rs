@@ -1,8 +1,6 @@
 //! The whole pages: a new chat (`GET /`), a stored conversation (`GET /c/{id}`) or its
 //! "not found", and the status badge the page polls (`GET /chat/status`).
 
-use std::sync::Arc;
-
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
@@ -20,7 +18,7 @@ use crate::web::transcripts;
 
 /// `GET /chat/status`: the status badge, which the page polls so "busy" shows while the
 /// model works for anyone.
-pub(super) async fn badge(State(state): State<Arc<PageState>>) -> Result<Html<String>, PageError> {
+pub(super) async fn badge(State(state): State<PageState>) -> Result<Html<String>, PageError> {
     let info = state.engine().info();
     Ok(Html(render(
         "badge.html",
@@ -28,14 +26,12 @@ pub(super) async fn badge(State(state): State<Arc<PageState>>) -> Result<Html<St
     )?))
 }
 
-pub(super) async fn new_chat(
-    State(state): State<Arc<PageState>>,
-) -> Result<Html<String>, PageError> {
+pub(super) async fn new_chat(State(state): State<PageState>) -> Result<Html<String>, PageError> {
     render_page(&state, None).await.map(Html)
 }
 
 pub(super) async fn conversation_page(
-    State(state): State<Arc<PageState>>,
+    State(state): State<PageState>,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let loaded = match load(&state, &id).await {
@@ -83,7 +79,7 @@ async fn render_page(
             state => state.badge_state(),
             conversation => id.as_str(),
             title => title,
-            persistent => state.persistent,
+            persistent => state.persistent(),
             conversations => Serde(&conversations),
             current => id.as_str(),
             query => Option::<String>::None,

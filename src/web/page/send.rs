@@ -4,8 +4,6 @@
 //! queues the answer, stores the question and a draft and starts the run); the handlers
 //! translate the form and answer with the HTML that streams the run.
 
-use std::sync::Arc;
-
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -79,7 +77,7 @@ fn checked_message(raw: &str) -> Result<String, PageError> {
 }
 
 pub(super) async fn send(
-    State(state): State<Arc<PageState>>,
+    State(state): State<PageState>,
     headers: HeaderMap,
     body: Result<Form<SendForm>, FormRejection>,
 ) -> Result<Response, PageError> {
@@ -172,7 +170,7 @@ fn transcript_with_answer(
 }
 
 pub(super) async fn regenerate(
-    State(state): State<Arc<PageState>>,
+    State(state): State<PageState>,
     headers: HeaderMap,
     body: Result<Form<RegenerateForm>, FormRejection>,
 ) -> Result<Html<String>, PageError> {
@@ -199,7 +197,7 @@ pub(super) struct EditQuery {
 }
 
 pub(super) async fn edit_form(
-    State(state): State<Arc<PageState>>,
+    State(state): State<PageState>,
     params: Result<Query<EditQuery>, QueryRejection>,
 ) -> Result<Html<String>, PageError> {
     let Query(params) = params.map_err(|err| PageError::Query(err.body_text()))?;
@@ -212,7 +210,7 @@ pub(super) async fn edit_form(
 }
 
 pub(super) async fn edit(
-    State(state): State<Arc<PageState>>,
+    State(state): State<PageState>,
     headers: HeaderMap,
     body: Result<Form<SendForm>, FormRejection>,
 ) -> Result<Html<String>, PageError> {

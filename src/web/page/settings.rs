@@ -1,9 +1,9 @@
 //! The conversation's settings: the settings form (`POST /chat/settings`, and
 //! `POST /chat/settings/reset`), the Thinking box, and the one path that saves settings,
-//! which the slash commands `/think`, `/temp` and `/system` take too.
+//! which the slash commands `/think` (and `/think N`, the form's thinking budget), `/temp`
+//! and `/system` take too.
 
 use std::str::FromStr;
-use std::sync::Arc;
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::State;
@@ -31,6 +31,7 @@ pub(super) struct SettingsView {
     temperature: String,
     top_p: String,
     max_tokens: String,
+    thinking_budget: String,
     builtin_tools: bool,
 }
 
@@ -42,6 +43,7 @@ impl SettingsView {
             temperature: text(settings.temperature.map(|t| t.to_string())),
             top_p: text(settings.top_p.map(|p| p.to_string())),
             max_tokens: text(settings.max_tokens.map(|m| m.to_string())),
+            thinking_budget: text(settings.thinking_budget.map(|b| b.to_string())),
             builtin_tools: agent::builtin_tools_on(settings),
         }
     }
@@ -88,6 +90,9 @@ pub(super) struct SettingsForm {
     top_p: String,
     #[serde(default)]
     max_tokens: String,
+    /// At most this many reasoning tokens per answer; empty lets the model reason freely.
+    #[serde(default)]
+    thinking_budget: String,
     /// Present (`on`) when the built-in tools box is ticked.
     builtin_tools: Option<String>,
 }
@@ -153,7 +158,7 @@ pub(super) async fn apply_settings(
 }
 
 pub(super) async fn save_settings(
-    State(state): State<Arc<PageState>>,
+    State(state): State<PageState>,
     headers: HeaderMap,
     body: Result<Form<SettingsForm>, FormRejection>,
 ) -> Result<Response, PageError> {
@@ -166,7 +171,7 @@ pub(super) async fn save_settings(
         top_p: optional("top-p", &body.top_p)?,
         max_tokens: optional("max tokens", &body.max_tokens)?,
         thinking: None,
-        thinking_budget: None,
+        thinking_budget: optional("thinking budget", &body.thinking_budget)?,
         builtin_tools: body.builtin_tools.is_some().then_some(true),
     };
     parsed.check()?;
@@ -175,7 +180,6 @@ pub(super) async fn save_settings(
         &body.conversation,
         move |old| ConversationSettings {
             thinking: old.thinking,
-            thinking_budget: old.thinking_budget,
             ..parsed
         },
         "Saved.",
@@ -185,7 +189,7 @@ pub(super) async fn save_settings(
 }
 
 pub(super) async fn reset_settings(
-    State(state): State<Arc<PageState>>,
+    State(state): State<PageState>,
     headers: HeaderMap,
     body: Result<Form<CurrentForm>, FormRejection>,
 ) -> Result<Response, PageError> {

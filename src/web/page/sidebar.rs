@@ -1,8 +1,6 @@
 //! The sidebar's conversation list: listing and searching it, and renaming and deleting a
 //! conversation from it. Each route answers with the fragment it replaces.
 
-use std::sync::Arc;
-
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -48,7 +46,7 @@ pub(super) struct SidebarQuery {
 }
 
 pub(super) async fn sidebar(
-    State(state): State<Arc<PageState>>,
+    State(state): State<PageState>,
     params: Result<Query<SidebarQuery>, QueryRejection>,
 ) -> Result<Html<String>, PageError> {
     let Query(params) = params.map_err(|err| PageError::Query(err.body_text()))?;
@@ -63,7 +61,7 @@ pub(super) async fn sidebar(
 }
 
 pub(super) async fn rename_form(
-    State(state): State<Arc<PageState>>,
+    State(state): State<PageState>,
     Path(id): Path<String>,
 ) -> Result<Html<String>, PageError> {
     let (_, conversation) = load(&state, &id).await?;
@@ -81,7 +79,7 @@ pub(super) struct RenameForm {
 }
 
 pub(super) async fn rename(
-    State(state): State<Arc<PageState>>,
+    State(state): State<PageState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Form<RenameForm>, FormRejection>,
@@ -112,7 +110,7 @@ pub(super) async fn rename(
 }
 
 pub(super) async fn delete(
-    State(state): State<Arc<PageState>>,
+    State(state): State<PageState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Form<CurrentForm>, FormRejection>,

@@ -40,7 +40,7 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// the conversation is free. Stopping a run that just finished is no error: the user
 /// wanted it over, and it is.
 pub(super) async fn stop(
-    State(state): State<Arc<PageState>>,
+    State(state): State<PageState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, PageError> {
@@ -71,12 +71,12 @@ fn last_event_id(headers: &HeaderMap) -> u64 {
 /// `GET /chat/stream/{id}`: the run's answer as SSE events of HTML, from its start or after
 /// the browser's `Last-Event-ID`. Leaving cancels nothing; the run goes on without readers.
 pub(super) async fn stream(
-    State(state): State<Arc<PageState>>,
+    State(state): State<PageState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, PageError> {
     let run = state.runs().get(&id).map_err(PageError::from_run)?;
-    let writer = AnswerWriter::new(Arc::clone(&state), &run, last_event_id(&headers));
+    let writer = AnswerWriter::new(state.clone(), &run, last_event_id(&headers));
     let subscription = run.subscribe(0);
     let events = stream::unfold(Some((subscription, writer)), |current| async move {
         let (mut subscription, mut writer) = current?;
@@ -104,7 +104,7 @@ pub(super) async fn stream(
 /// batch of text, carries the id of the newest text it holds. Events without an id (the
 /// Thinking block closing, a progress line cleared) are safe to repeat after a reconnect.
 struct AnswerWriter {
-    state: Arc<PageState>,
+    state: PageState,
     started_at: Instant,
     /// The client already has every entry up to this id.
     after: u64,
@@ -122,7 +122,7 @@ struct AnswerWriter {
 }
 
 impl AnswerWriter {
-    fn new(state: Arc<PageState>, run: &Run, after: u64) -> Self {
+    fn new(state: PageState, run: &Run, after: u64) -> Self {
         Self {
             state,
             started_at: run.started_at(),
