@@ -130,7 +130,8 @@ pub struct ServeArgs {
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "SMOLBOT_PORT", default_value_t = 3000)]
     pub(super) port: u16,
-    /// Require `Authorization: Bearer KEY` on `/v1/*`.
+    /// Require the key on every route but `/health`: `Authorization: Bearer KEY` for the APIs,
+    /// a login (the key once, then a session cookie) for the chat page.
     #[arg(long, env = "SMOLBOT_API_KEY", hide_env_values = true)]
     pub(super) api_key: Option<String>,
     /// Name the model answers to in `/v1/models` (default: the file name without `.gguf`).
@@ -295,13 +296,25 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|signalled| *signalled).await;
 }
 
-/// The warning for a server that anyone on the network can use: listening beyond loopback
-/// with no API key.
+/// The warning for a server listening beyond loopback: without a key anyone who can reach
+/// it can use it; with one, the key (and the page's session cookie) still cross the network in
+/// clear text unless a TLS proxy is in front, which this server cannot tell from here.
 fn exposure_warning(ip: IpAddr, has_key: bool) -> Option<String> {
-    (!ip.is_loopback() && !has_key).then(|| {
+    if ip.is_loopback() {
+        return None;
+    }
+    Some(if has_key {
+        format!(
+            "warning: listening on {ip} without TLS: the API key and the chat page's session \
+             cookie cross the network in clear text. Put a TLS proxy in front (sending \
+             X-Forwarded-Proto: https, which also marks the cookie Secure), or listen on \
+             127.0.0.1."
+        )
+    } else {
         format!(
             "warning: listening on {ip} without --api-key: anyone who can reach this machine \
-             can use the model. Set --api-key (or SMOLBOT_API_KEY), or listen on 127.0.0.1."
+             can use the model and read every conversation. Set --api-key (or \
+             SMOLBOT_API_KEY), or listen on 127.0.0.1."
         )
     })
 }
@@ -333,10 +346,11 @@ mod tests {
     use super::exposure_warning;
 
     #[test]
-    fn warns_only_beyond_loopback_without_a_key() {
+    fn warns_beyond_loopback_of_no_key_or_no_tls() {
         let warning = exposure_warning("0.0.0.0".parse().unwrap(), false).expect("a warning");
         assert!(warning.contains("0.0.0.0") && warning.contains("--api-key"));
-        assert!(exposure_warning("0.0.0.0".parse().unwrap(), true).is_none());
+        let keyed = exposure_warning("0.0.0.0".parse().unwrap(), true).expect("a warning");
+        assert!(keyed.contains("without TLS") && !keyed.contains("--api-key"));
         assert!(exposure_warning("127.0.0.1".parse().unwrap(), false).is_none());
         assert!(exposure_warning("::1".parse().unwrap(), false).is_none());
         assert!(exposure_warning("192.168.1.5".parse().unwrap(), false).is_some());

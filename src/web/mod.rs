@@ -5,13 +5,16 @@
 pub mod api;
 pub mod app;
 pub mod assets;
+pub mod auth;
 pub mod completions;
 pub mod conversations;
 pub mod error;
 pub mod json;
+pub mod login;
 pub mod markdown;
 pub mod openai;
 pub mod page;
+pub mod refusal;
 pub mod sse;
 pub mod state;
 pub mod transcripts;

@@ -2,8 +2,7 @@
 //! router ([`super::app`]) and the handlers, so that handlers depend on it and the router on
 //! them, without a circle.
 
-use std::sync::Arc;
-
+use super::auth::{ApiKey, LoginSessions};
 use super::error::ApiError;
 use crate::services::{Conversations, Engine, Runs, ServiceError, SessionStore};
 
@@ -11,7 +10,10 @@ use crate::services::{Conversations, Engine, Runs, ServiceError, SessionStore};
 #[derive(Clone)]
 pub struct AppState {
     engine: Engine,
-    api_key: Option<Arc<str>>,
+    /// When set, every route but `/health` (and the login and static files) needs it.
+    api_key: Option<ApiKey>,
+    /// The page's logins, when there is a key.
+    logins: LoginSessions,
     /// The conversation store; `None` serves no `/api/conversations` (503).
     sessions: Option<SessionStore>,
     /// The conversation service over `sessions`, shared by the page and the API so a
@@ -20,11 +22,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// `api_key`: when set, `/v1/*` requires `Authorization: Bearer <key>`.
+    /// `api_key`: when set (and not empty), every route but `/health` requires
+    /// `Authorization: Bearer <key>` or a session from the page's login.
     pub fn new(engine: Engine, api_key: Option<String>) -> Self {
         Self {
             engine,
-            api_key: api_key.filter(|k| !k.is_empty()).map(Arc::from),
+            api_key: api_key.filter(|k| !k.is_empty()).map(|k| ApiKey::new(&k)),
+            logins: LoginSessions::default(),
             sessions: None,
             conversations: None,
         }
@@ -34,8 +38,12 @@ impl AppState {
         &self.engine
     }
 
-    pub fn api_key(&self) -> Option<&str> {
-        self.api_key.as_deref()
+    pub fn api_key(&self) -> Option<&ApiKey> {
+        self.api_key.as_ref()
+    }
+
+    pub fn logins(&self) -> &LoginSessions {
+        &self.logins
     }
 
     /// Keeps conversations in `store` and serves them under `/api/conversations`.
