@@ -22,6 +22,7 @@ use smolbot::services::engine::{DEFAULT_PARALLEL, DEFAULT_QUEUE_CAPACITY};
 use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
 use smolbot::services::{BackendSpec, Engine, EngineLimits};
 use smolbot::web::app::loading_gate;
+use smolbot::web::hosts::AllowedHosts;
 use smolbot::web::{app, AppState};
 use tokio::sync::watch;
 
@@ -134,6 +135,12 @@ pub struct ServeArgs {
     /// a login (the key once, then a session cookie) for the chat page.
     #[arg(long, env = "SMOLBOT_API_KEY", hide_env_values = true)]
     pub(super) api_key: Option<String>,
+    /// Host names the server answers besides localhost, 127.0.0.1 and [::1], comma-separated
+    /// (`chat.example,box.lan`; `*`: any). On a loopback address only those are answered, so a
+    /// web page cannot reach the server by re-pointing its own name at 127.0.0.1 (DNS
+    /// rebinding); beyond loopback every host is answered unless names are given here.
+    #[arg(long, env = "SMOLBOT_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub(super) allowed_hosts: Vec<String>,
     /// Name the model answers to in `/v1/models` (default: the file name without `.gguf`).
     #[arg(long, env = "SMOLBOT_MODEL_ALIAS")]
     pub(super) alias: Option<String>,
@@ -148,6 +155,19 @@ pub struct ServeArgs {
     /// ~/.local/share/smolbot).
     #[arg(long, env = "SMOLBOT_DATA_DIR")]
     pub(super) data_dir: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// `--allowed-hosts` as names, however they came: a config file's
+    /// `allowed_hosts = "a,b"` arrives as one value, the flag and variable already split.
+    pub(super) fn allowed_host_names(&self) -> Vec<String> {
+        self.allowed_hosts
+            .iter()
+            .flat_map(|names| names.split(','))
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .collect()
+    }
 }
 
 pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -197,6 +217,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     let address = listener.local_addr()?;
+    let allowed_hosts = args.allowed_host_names();
     let api_key = args.api_key.filter(|key| !key.is_empty());
     if let Some(warning) = exposure_warning(address.ip(), api_key.is_some()) {
         eprintln!("{warning}");
@@ -230,7 +251,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let (id, context_length) = (engine.info().id.clone(), engine.info().context_length);
-    let state = AppState::new(engine, api_key).with_sessions(sessions.clone());
+    let state = AppState::new(engine, api_key)
+        .with_sessions(sessions.clone())
+        .with_allowed_hosts(AllowedHosts::for_bind(address.ip(), &allowed_hosts));
     let runs = state.runs().cloned();
     let _ = ready.set(app(state));
     // Only once the full app answers: scripts start their requests on this line.

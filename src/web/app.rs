@@ -15,6 +15,7 @@ use super::assets;
 use super::auth;
 use super::conversations;
 use super::error::{ApiError, ErrorKind};
+use super::hosts;
 use super::login;
 use super::page;
 use super::state::AppState;
@@ -24,7 +25,8 @@ use super::state::AppState;
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// The application: the OpenAI-compatible API, the utility routes, the conversations API
-/// and the chat page, all behind the API key when one is set (see [`auth`]).
+/// and the chat page, all behind the API key when one is set (see [`auth`]) and answering
+/// only the hosts allowed (see [`hosts`]).
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(api::v1_routes())
@@ -39,6 +41,10 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            hosts::check_host,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod completions;
 pub mod conversations;
 pub mod error;
+pub mod hosts;
 pub mod json;
 pub mod login;
 pub mod markdown;

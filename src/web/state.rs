@@ -4,6 +4,7 @@
 
 use super::auth::{ApiKey, LoginSessions};
 use super::error::ApiError;
+use super::hosts::AllowedHosts;
 use crate::services::{Conversations, Engine, Runs, ServiceError, SessionStore};
 
 /// What every handler can reach.
@@ -14,6 +15,8 @@ pub struct AppState {
     api_key: Option<ApiKey>,
     /// The page's logins, when there is a key.
     logins: LoginSessions,
+    /// The `Host` headers answered: loopback names only unless told otherwise.
+    allowed_hosts: AllowedHosts,
     /// The conversation store; `None` serves no `/api/conversations` (503).
     sessions: Option<SessionStore>,
     /// The conversation service over `sessions`, shared by the page and the API so a
@@ -29,6 +32,7 @@ impl AppState {
             engine,
             api_key: api_key.filter(|k| !k.is_empty()).map(|k| ApiKey::new(&k)),
             logins: LoginSessions::default(),
+            allowed_hosts: AllowedHosts::default(),
             sessions: None,
             conversations: None,
         }
@@ -44,6 +48,17 @@ impl AppState {
 
     pub fn logins(&self) -> &LoginSessions {
         &self.logins
+    }
+
+    /// Answers the hosts `allowed` names rather than loopback names only (see
+    /// [`super::hosts`]).
+    pub fn with_allowed_hosts(mut self, allowed: AllowedHosts) -> Self {
+        self.allowed_hosts = allowed;
+        self
+    }
+
+    pub fn allowed_hosts(&self) -> &AllowedHosts {
+        &self.allowed_hosts
     }
 
     /// Keeps conversations in `store` and serves them under `/api/conversations`.
