@@ -17,6 +17,7 @@ use super::conversations;
 use super::error::{ApiError, ErrorKind};
 use super::hosts;
 use super::login;
+use super::origin;
 use super::page;
 use super::state::AppState;
 
@@ -26,7 +27,8 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// The application: the OpenAI-compatible API, the utility routes, the conversations API
 /// and the chat page, all behind the API key when one is set (see [`auth`]) and answering
-/// only the hosts allowed (see [`hosts`]).
+/// only the hosts allowed (see [`hosts`]), and taking no changes from other sites' pages (see
+/// [`origin`]).
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(api::v1_routes())
@@ -42,6 +44,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             auth::require_key,
         ))
+        .layer(middleware::from_fn(origin::same_site_writes))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             hosts::check_host,

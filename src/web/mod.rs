@@ -14,6 +14,7 @@ pub mod json;
 pub mod login;
 pub mod markdown;
 pub mod openai;
+pub mod origin;
 pub mod page;
 pub mod refusal;
 pub mod sse;
