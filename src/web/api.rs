@@ -142,6 +142,7 @@ async fn tokenize(
     ApiJson(body): ApiJson<TokenizeRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let codec = state.engine().codec().clone();
+    codec.check_text_bytes("content", body.content.len())?;
     blocking(move || {
         let ids = codec.tokenize(&body.content, body.add_special, body.parse_special)?;
         let tokens = if body.with_pieces {
