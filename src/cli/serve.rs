@@ -9,7 +9,6 @@
 //! their text so far, and the write-ahead log is folded into the database file. The exit
 //! status is 0.
 
-use std::future::IntoFuture;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +22,7 @@ use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
 use smolbot::services::{BackendSpec, Engine, EngineLimits};
 use smolbot::web::app::loading_gate;
 use smolbot::web::hosts::AllowedHosts;
+use smolbot::web::server::ServerLimits;
 use smolbot::web::{app, AppState};
 use tokio::sync::watch;
 
@@ -141,6 +141,11 @@ pub struct ServeArgs {
     /// rebinding); beyond loopback every host is answered unless names are given here.
     #[arg(long, env = "SMOLBOT_ALLOWED_HOSTS", value_delimiter = ',')]
     pub(super) allowed_hosts: Vec<String>,
+    /// Connections kept open at once; one more is answered 503 and closed (default: half the
+    /// open-file limit, between 32 and 1024). Headers must arrive within 30 s (which also
+    /// closes keep-alive connections idle that long) and bodies within 60 s.
+    #[arg(long, env = "SMOLBOT_MAX_CONNECTIONS")]
+    pub(super) max_connections: Option<usize>,
     /// Name the model answers to in `/v1/models` (default: the file name without `.gguf`).
     #[arg(long, env = "SMOLBOT_MODEL_ALIAS")]
     pub(super) alias: Option<String>,
@@ -233,11 +238,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
         let _ = signalled.send(true);
     });
-    let mut server = tokio::spawn(
-        axum::serve(listener, loading_gate(Arc::clone(&ready)))
-            .with_graceful_shutdown(stopped(stop.clone()))
-            .into_future(),
-    );
+    let limits = ServerLimits {
+        max_connections: args
+            .max_connections
+            .unwrap_or_else(smolbot::web::server::default_max_connections),
+        ..ServerLimits::default()
+    };
+    let mut server = tokio::spawn(smolbot::web::server::serve(
+        listener,
+        loading_gate(Arc::clone(&ready)),
+        limits,
+        stopped(stop.clone()),
+    ));
     // Not "on http://…": scripts wait for that line of the ready server.
     tracing::info!("listening at {address} while the model loads");
     let engine = tokio::select! {
@@ -246,7 +258,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             parallel: args.parallel,
         }) => engine?,
         stopped = &mut server => {
-            stopped.context("the server failed")?.context("the server failed")?;
+            stopped.context("the server failed")?;
             return Ok(ExitCode::SUCCESS);
         }
     };
@@ -307,9 +319,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Err(err) => tracing::error!("flushing the conversation store failed: {err}"),
     }
     if let Some(served) = served {
-        served
-            .context("the server failed")?
-            .context("the server failed")?;
+        served.context("the server failed")?;
     }
     Ok(ExitCode::SUCCESS)
 }

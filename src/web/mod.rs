@@ -17,6 +17,7 @@ pub mod openai;
 pub mod origin;
 pub mod page;
 pub mod refusal;
+pub mod server;
 pub mod sse;
 pub mod state;
 pub mod transcripts;
