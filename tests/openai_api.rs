@@ -373,7 +373,7 @@ async fn prompt_longer_than_the_context_says_both_numbers() {
 }
 
 #[tokio::test]
-async fn api_key_guards_v1_only() {
+async fn api_key_guards_the_openai_api() {
     let app = app(AppState::new(
         stub_engine(0.0, STUB_CONTEXT_LENGTH, 4).await,
         smolbot::services::SessionStore::in_memory().expect("in-memory store"),

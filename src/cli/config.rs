@@ -252,6 +252,19 @@ mod tests {
     }
 
     #[test]
+    fn allowed_hosts_come_from_the_file_or_the_flag() {
+        let names = |toml: &str, args: &[&str]| serve(toml, args).allowed_host_names();
+        let toml = "allowed_hosts = \"chat.example, box.lan\"\n";
+        assert_eq!(
+            names(toml, &["smolbot", "serve"]),
+            ["chat.example", "box.lan"]
+        );
+        let flag = ["smolbot", "serve", "--allowed-hosts", "a.example,b.example"];
+        assert_eq!(names(toml, &flag), ["a.example", "b.example"]);
+        assert!(names("", &["smolbot", "serve"]).is_empty());
+    }
+
+    #[test]
     fn chat_keys_are_known() {
         let command = crate::cli::Cli::command();
         let settings = parse(

@@ -9,7 +9,6 @@
 //! their text so far, and the write-ahead log is folded into the database file. The exit
 //! status is 0.
 
-use std::future::IntoFuture;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +22,8 @@ use smolbot::services::kv_budget::ContextRequest;
 use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
 use smolbot::services::{BackendSpec, Engine, EngineLimits};
 use smolbot::web::app::loading_gate;
+use smolbot::web::hosts::AllowedHosts;
+use smolbot::web::server::ServerLimits;
 use smolbot::web::{app, AppState};
 use tokio::sync::watch;
 
@@ -148,9 +149,21 @@ pub struct ServeArgs {
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "SMOLBOT_PORT", default_value_t = 3000)]
     pub(super) port: u16,
-    /// Require `Authorization: Bearer KEY` on `/v1/*`.
+    /// Require the key on every route but `/health`: `Authorization: Bearer KEY` for the APIs,
+    /// a login (the key once, then a session cookie) for the chat page.
     #[arg(long, env = "SMOLBOT_API_KEY", hide_env_values = true)]
     pub(super) api_key: Option<String>,
+    /// Host names the server answers besides localhost, 127.0.0.1 and [::1], comma-separated
+    /// (`chat.example,box.lan`; `*`: any). On a loopback address only those are answered, so a
+    /// web page cannot reach the server by re-pointing its own name at 127.0.0.1 (DNS
+    /// rebinding); beyond loopback every host is answered unless names are given here.
+    #[arg(long, env = "SMOLBOT_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub(super) allowed_hosts: Vec<String>,
+    /// Connections kept open at once; one more is answered 503 and closed (default: half the
+    /// open-file limit, between 32 and 1024). Headers must arrive within 30 s (which also
+    /// closes keep-alive connections idle that long) and bodies within 60 s.
+    #[arg(long, env = "SMOLBOT_MAX_CONNECTIONS")]
+    pub(super) max_connections: Option<usize>,
     /// Name the model answers to in `/v1/models` (default: the file name without `.gguf`).
     #[arg(long, env = "SMOLBOT_MODEL_ALIAS")]
     pub(super) alias: Option<String>,
@@ -165,6 +178,19 @@ pub struct ServeArgs {
     /// ~/.local/share/smolbot).
     #[arg(long, env = "SMOLBOT_DATA_DIR")]
     pub(super) data_dir: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// `--allowed-hosts` as names, however they came: a config file's
+    /// `allowed_hosts = "a,b"` arrives as one value, the flag and variable already split.
+    pub(super) fn allowed_host_names(&self) -> Vec<String> {
+        self.allowed_hosts
+            .iter()
+            .flat_map(|names| names.split(','))
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .collect()
+    }
 }
 
 pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -214,6 +240,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     let address = listener.local_addr()?;
+    let allowed_hosts = args.allowed_host_names();
     let api_key = args.api_key.filter(|key| !key.is_empty());
     if let Some(warning) = exposure_warning(address.ip(), api_key.is_some()) {
         eprintln!("{warning}");
@@ -229,11 +256,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
         let _ = signalled.send(true);
     });
-    let mut server = tokio::spawn(
-        axum::serve(listener, loading_gate(Arc::clone(&ready)))
-            .with_graceful_shutdown(stopped(stop.clone()))
-            .into_future(),
-    );
+    let limits = ServerLimits {
+        max_connections: args
+            .max_connections
+            .unwrap_or_else(smolbot::web::server::default_max_connections),
+        ..ServerLimits::default()
+    };
+    let mut server = tokio::spawn(smolbot::web::server::serve(
+        listener,
+        loading_gate(Arc::clone(&ready)),
+        limits,
+        stopped(stop.clone()),
+    ));
     // Not "on http://…": scripts wait for that line of the ready server.
     tracing::info!("listening at {address} while the model loads");
     let engine = tokio::select! {
@@ -242,12 +276,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             parallel: args.parallel,
         }) => engine?,
         stopped = &mut server => {
-            stopped.context("the server failed")?.context("the server failed")?;
+            stopped.context("the server failed")?;
             return Ok(ExitCode::SUCCESS);
         }
     };
     let (id, context_length) = (engine.info().id.clone(), engine.info().context_length);
-    let state = AppState::new(engine, sessions.clone(), api_key);
+    let state = AppState::new(engine, sessions.clone(), api_key)
+        .with_allowed_hosts(AllowedHosts::for_bind(address.ip(), &allowed_hosts));
     let runs = state.runs().clone();
     let _ = ready.set(app(state));
     // Only once the full app answers: scripts start their requests on this line.
@@ -299,9 +334,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Err(err) => tracing::error!("flushing the conversation store failed: {err}"),
     }
     if let Some(served) = served {
-        served
-            .context("the server failed")?
-            .context("the server failed")?;
+        served.context("the server failed")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -311,13 +344,25 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|signalled| *signalled).await;
 }
 
-/// The warning for a server that anyone on the network can use: listening beyond loopback
-/// with no API key.
+/// The warning for a server listening beyond loopback: without a key anyone who can reach
+/// it can use it; with one, the key (and the page's session cookie) still cross the network in
+/// clear text unless a TLS proxy is in front, which this server cannot tell from here.
 fn exposure_warning(ip: IpAddr, has_key: bool) -> Option<String> {
-    (!ip.is_loopback() && !has_key).then(|| {
+    if ip.is_loopback() {
+        return None;
+    }
+    Some(if has_key {
+        format!(
+            "warning: listening on {ip} without TLS: the API key and the chat page's session \
+             cookie cross the network in clear text. Put a TLS proxy in front (sending \
+             X-Forwarded-Proto: https, which also marks the cookie Secure), or listen on \
+             127.0.0.1."
+        )
+    } else {
         format!(
             "warning: listening on {ip} without --api-key: anyone who can reach this machine \
-             can use the model. Set --api-key (or SMOLBOT_API_KEY), or listen on 127.0.0.1."
+             can use the model and read every conversation. Set --api-key (or \
+             SMOLBOT_API_KEY), or listen on 127.0.0.1."
         )
     })
 }
@@ -349,10 +394,11 @@ mod tests {
     use super::exposure_warning;
 
     #[test]
-    fn warns_only_beyond_loopback_without_a_key() {
+    fn warns_beyond_loopback_of_no_key_or_no_tls() {
         let warning = exposure_warning("0.0.0.0".parse().unwrap(), false).expect("a warning");
         assert!(warning.contains("0.0.0.0") && warning.contains("--api-key"));
-        assert!(exposure_warning("0.0.0.0".parse().unwrap(), true).is_none());
+        let keyed = exposure_warning("0.0.0.0".parse().unwrap(), true).expect("a warning");
+        assert!(keyed.contains("without TLS") && !keyed.contains("--api-key"));
         assert!(exposure_warning("127.0.0.1".parse().unwrap(), false).is_none());
         assert!(exposure_warning("::1".parse().unwrap(), false).is_none());
         assert!(exposure_warning("192.168.1.5".parse().unwrap(), false).is_some());

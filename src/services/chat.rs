@@ -63,6 +63,23 @@ impl ChatMessage {
     }
 }
 
+/// Bytes of text `request` brings for the template: messages, their tool calls, and tools.
+fn request_text_bytes(request: &ChatRequest) -> usize {
+    let json_bytes = |value: &Json| serde_json::to_vec(value).map_or(0, |v| v.len());
+    let messages: usize = request
+        .messages
+        .iter()
+        .map(|m| {
+            m.content.len()
+                + m.tool_calls
+                    .iter()
+                    .map(|call| call.name.len() + json_bytes(&call.arguments))
+                    .sum::<usize>()
+        })
+        .sum();
+    messages + request.tools.iter().map(json_bytes).sum::<usize>()
+}
+
 /// Whether the model may call the offered tools.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ToolChoice {
@@ -228,6 +245,12 @@ pub struct PreparedChat {
     pub thinking_budget: Option<ThinkingBudget>,
 }
 
+/// Most bytes of text a request may bring for each token of context. Real text averages 3–5
+/// bytes a token (English about 4.5, code 3–4, Chinese 2–3), so text beyond 16 a token
+/// cannot fit the context; refusing it before the tokenizer runs is what bounds a request's
+/// memory (an 8 MB body cost 1.7 GB to tokenize).
+pub const MAX_TEXT_BYTES_PER_TOKEN: usize = 16;
+
 /// The model's text side: chat template, tokenizer and context size.
 pub struct ChatCodec {
     tokenizer: GgufTokenizer,
@@ -260,6 +283,26 @@ impl ChatCodec {
     /// Tokens the model can hold, prompt and answer together.
     pub fn context_length(&self) -> usize {
         self.context_length
+    }
+
+    /// Most bytes of text one request may bring ([`MAX_TEXT_BYTES_PER_TOKEN`] per token of
+    /// context): more cannot fit, and is refused before tokenizing.
+    pub fn max_text_bytes(&self) -> usize {
+        self.context_length.saturating_mul(MAX_TEXT_BYTES_PER_TOKEN)
+    }
+
+    /// Refuses `bytes` of text in `field` beyond [`Self::max_text_bytes`].
+    pub fn check_text_bytes(&self, field: &'static str, bytes: usize) -> Result<(), ServiceError> {
+        let limit = self.max_text_bytes();
+        if bytes > limit {
+            return Err(ServiceError::TextTooLong {
+                field,
+                bytes,
+                limit,
+                context: self.context_length,
+            });
+        }
+        Ok(())
     }
 
     /// The prompt text for `request`, ending with the opening of the assistant's turn.
@@ -300,6 +343,7 @@ impl ChatCodec {
         add_special: bool,
         parse_special: bool,
     ) -> Result<Vec<u32>, ServiceError> {
+        self.check_text_bytes("prompt", text.len())?;
         let mut ids = Vec::new();
         if add_special && self.tokenizer.add_bos {
             ids.extend(self.tokenizer.bos);
@@ -334,6 +378,7 @@ impl ChatCodec {
     /// Renders, tokenizes and checks `request` against the model's limits. Only the template's
     /// markup becomes control tokens: a user who types `<|im_end|>` cannot close their turn.
     pub fn prepare(&self, request: &ChatRequest) -> Result<PreparedChat, ServiceError> {
+        self.check_text_bytes("messages", request_text_bytes(request))?;
         let sampling = request.sampling.resolve()?;
         let stop = checked_stop(&request.stop)?;
         let forced = self.forced_opening(request)?;

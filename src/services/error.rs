@@ -21,6 +21,21 @@ pub enum ServiceError {
         thousands(*limit)
     )]
     PromptTooLong { prompt_tokens: usize, limit: usize },
+    /// Refused before tokenizing, which costs memory in proportion to the text.
+    #[error(
+        "`{field}` has {} bytes of text; the context of {} tokens holds at most {} ({} bytes a \
+         token), so it cannot fit",
+        thousands(*bytes),
+        thousands(*context),
+        thousands(*limit),
+        limit / (*context).max(1)
+    )]
+    TextTooLong {
+        field: &'static str,
+        bytes: usize,
+        limit: usize,
+        context: usize,
+    },
     #[error("`{field}` {problem}")]
     InvalidParameter {
         field: &'static str,
@@ -113,6 +128,15 @@ mod tests {
                     limit: 65_536,
                 },
                 "the prompt has 70,112 tokens; the context holds 65,536",
+            ),
+            (
+                ServiceError::TextTooLong {
+                    field: "content",
+                    bytes: 8_000_000,
+                    limit: 1_048_576,
+                    context: 65_536,
+                },
+                "`content` has 8,000,000 bytes of text; the context of 65,536 tokens holds at most 1,048,576 (16 bytes a token)",
             ),
             (
                 ServiceError::TokenOutOfRange {

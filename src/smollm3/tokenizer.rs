@@ -33,6 +33,12 @@ const END_OF_GENERATION_TEXTS: &[&str] = &[
     "<EOT>",
 ];
 
+/// Text longer than this is tokenized a piece at a time. The `tokenizers` crate keeps about
+/// 200 bytes of bookkeeping per byte of text while it works (offsets, alignments, token
+/// strings), so a 1 MB text cost 200 MB at once; 64 KiB pieces keep that near 13 MB whatever
+/// the length, and give the same ids (see [`pieces`]).
+pub const ENCODE_PIECE_BYTES: usize = 64 * 1024;
+
 /// A GGUF file's tokenizer with its special ids.
 #[derive(Clone)]
 pub struct GgufTokenizer {
@@ -43,6 +49,8 @@ pub struct GgufTokenizer {
     pub bos: Option<u32>,
     pub add_bos: bool,
     end_of_generation: Vec<u32>,
+    /// Longest piece of text tokenized at once ([`ENCODE_PIECE_BYTES`]).
+    piece_bytes: usize,
 }
 
 impl GgufTokenizer {
@@ -151,7 +159,15 @@ impl GgufTokenizer {
                 .opt_bool("tokenizer.ggml.add_bos_token")?
                 .unwrap_or(false),
             end_of_generation,
+            piece_bytes: ENCODE_PIECE_BYTES,
         })
+    }
+
+    /// The same tokenizer cutting text into pieces of about `bytes` (`usize::MAX`: never),
+    /// so tests can compare piecewise and whole tokenization.
+    pub fn with_piece_bytes(mut self, bytes: usize) -> Self {
+        self.piece_bytes = bytes.max(1);
+        self
     }
 
     /// Token ids of `text`; with `parse_special`, special-token texts become control tokens.
@@ -162,9 +178,14 @@ impl GgufTokenizer {
         } else {
             &self.plain
         };
-        tk.encode(text, false)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| Smollm3Error::Encode(e.to_string()))
+        let mut ids = Vec::new();
+        for piece in pieces(text, self.piece_bytes) {
+            let encoding = tk
+                .encode(piece, false)
+                .map_err(|e| Smollm3Error::Encode(e.to_string()))?;
+            ids.extend_from_slice(encoding.get_ids());
+        }
+        Ok(ids)
     }
 
     /// Text of `ids`, special tokens included.
@@ -202,6 +223,53 @@ impl GgufTokenizer {
         tokens.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         tokens
     }
+}
+
+/// `text` cut into pieces of about `size` bytes, each ending just before a space that follows
+/// a character other than whitespace (`…x` | ` y…`), or else at a lone newline between two
+/// such characters (`…x\n` | `y…`); a stretch without either place stays whole.
+///
+/// The split patterns of every pre-tokenizer here take a space only as the first character
+/// of a match, and a newline between two other characters as a match of its own, so no
+/// pre-token spans such a place, and the pre-token before it is the same whether or not text
+/// follows (a run of whitespace would not do: GPT-2's `\s+(?!\S)` keeps a trailing run whole
+/// at the end of the input but splits off its last character before text). BPE never merges
+/// across pre-tokens and no control token holds a space or newline, so the pieces' ids, one
+/// after another, are the whole text's.
+fn pieces(text: &str, size: usize) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let cut = if rest.len() <= size {
+            rest.len()
+        } else {
+            cut_point(rest, size).unwrap_or(rest.len())
+        };
+        let (piece, tail) = rest.split_at(cut);
+        rest = tail;
+        Some(piece)
+    })
+}
+
+/// The place nearest before `size` (else the first after it) where [`pieces`] may cut.
+fn cut_point(text: &str, size: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let solid = |c: Option<char>| c.is_some_and(|c| !c.is_whitespace());
+    let fits = |at: usize| {
+        let before_space = bytes[at] == b' ' && solid(text[..at].chars().next_back());
+        let after_newline = at > 1
+            && bytes[at - 1] == b'\n'
+            && solid(text[..at - 1].chars().next_back())
+            && solid(text[at..].chars().next());
+        before_space || after_newline
+    };
+    let size = size.min(bytes.len() - 1);
+    (1..=size)
+        .rev()
+        .find(|&at| fits(at))
+        .or_else(|| (size + 1..bytes.len()).find(|&at| fits(at)))
 }
 
 fn pre_tokenizer(name: &str) -> Option<PreTokenizerWrapper> {
@@ -268,5 +336,25 @@ impl<'a> StreamDecoder<'a> {
             (now.len() > before.len() && now.is_char_boundary(before.len()))
                 .then(|| now[before.len()..].to_string()),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_end_before_a_space_or_after_a_lone_newline() {
+        let text = "ab\ncd\n\nef  \ngh\nij";
+        let cut: Vec<&str> = pieces(text, 4).collect();
+        assert_eq!(cut.concat(), text);
+        assert_eq!(cut, ["ab\n", "cd\n\nef", "  \ngh\n", "ij"]);
+        let words: Vec<&str> = pieces("one two, three", 5).collect();
+        assert_eq!(words, ["one", " two,", " three"]);
+        let whole: Vec<&str> = pieces("no-space-at-all", 3).collect();
+        assert_eq!(whole, ["no-space-at-all"]);
+        assert_eq!(pieces("", 3).count(), 0);
+        let unicode = "é\nü\n\u{3000}x\nß\nç";
+        assert_eq!(pieces(unicode, 2).collect::<String>(), unicode);
     }
 }

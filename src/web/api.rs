@@ -6,9 +6,8 @@
 //! Template rendering and tokenizing run on tokio's blocking pool; generation runs on the
 //! engine thread; a handler itself never blocks.
 
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -22,7 +21,7 @@ use super::sse::{chat_stream, ChunkWriter};
 use super::state::{blocking, check_model, AppState};
 use crate::services::metrics::QueueState;
 
-/// Routes under `/v1`, which an API key protects when one is set.
+/// Routes under `/v1`.
 pub fn v1_routes() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
@@ -40,31 +39,6 @@ pub fn utility_routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
         .route("/api/status", get(status))
         .route("/apply-template", post(apply_template))
-}
-
-/// Lets a request through only with `Authorization: Bearer <key>` when a key is set.
-pub async fn require_api_key(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if let Some(key) = state.api_key() {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        if !given.is_some_and(|given| constant_time_eq(given.as_bytes(), key.as_bytes())) {
-            return Err(ApiError::unauthorized());
-        }
-    }
-    Ok(next.run(request).await)
-}
-
-/// Compares without stopping at the first difference, so timing tells nothing of the key.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn chat_completions(
@@ -168,6 +142,7 @@ async fn tokenize(
     ApiJson(body): ApiJson<TokenizeRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let codec = state.engine().codec().clone();
+    codec.check_text_bytes("content", body.content.len())?;
     blocking(move || {
         let ids = codec.tokenize(&body.content, body.add_special, body.parse_special)?;
         let tokens = if body.with_pieces {
@@ -226,17 +201,4 @@ async fn apply_template(
     let codec = state.engine().codec().clone();
     let prompt = blocking(move || codec.render(&request)).await?;
     Ok(Json(json!({ "prompt": prompt })))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn key_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-    }
 }

@@ -12,8 +12,12 @@ use tower::ServiceExt;
 
 use super::api;
 use super::assets;
+use super::auth;
 use super::conversations;
 use super::error::{ApiError, ErrorKind};
+use super::hosts;
+use super::login;
+use super::origin;
 use super::page;
 use super::state::AppState;
 
@@ -21,18 +25,27 @@ use super::state::AppState;
 /// 8 MiB leaves room for JSON escaping and tool schemas while refusing abuse early.
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
-/// The application: the API under `/v1` (behind the key, if any) and the utility routes.
+/// The application: the OpenAI-compatible API, the utility routes, the conversations API
+/// and the chat page, all behind the API key when one is set (see [`auth`]) and answering
+/// only the hosts allowed (see [`hosts`]), and taking no changes from other sites' pages (see
+/// [`origin`]).
 pub fn app(state: AppState) -> Router {
-    let v1 = api::v1_routes().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        api::require_api_key,
-    ));
     Router::new()
-        .merge(v1)
+        .merge(api::v1_routes())
         .merge(api::utility_routes())
         .merge(conversations::routes())
+        .merge(login::routes())
         .merge(page::routes())
         .fallback(no_route)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+        .layer(middleware::from_fn(origin::same_site_writes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            hosts::check_host,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -82,11 +82,16 @@ struct ConversationBody {
     settings: Option<ConversationSettings>,
 }
 
-async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     // An empty body creates an untitled conversation with default settings.
     let body: ConversationBody = if body.iter().all(u8::is_ascii_whitespace) {
         ConversationBody::default()
     } else {
+        super::json::require_json(&headers, &[])?;
         super::json::parse_body(&body)?
     };
     let conversation = state
@@ -187,8 +192,10 @@ struct ImportQuery {
 async fn import(
     State(state): State<AppState>,
     params: Result<Query<ImportQuery>, QueryRejection>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    super::json::require_json(&headers, super::json::JSON_LINES)?;
     let params = query(params)?;
     let text = std::str::from_utf8(&body)
         .map_err(|err| ApiError::invalid("file", format!("the file is not UTF-8 text: {err}")))?;

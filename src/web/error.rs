@@ -173,6 +173,12 @@ impl From<ServiceError> for ApiError {
                 Some("messages"),
                 Some("context_length_exceeded"),
             ),
+            ServiceError::TextTooLong { field, .. } => (
+                StatusCode::BAD_REQUEST,
+                ErrorKind::InvalidRequest,
+                Some(*field),
+                Some("context_length_exceeded"),
+            ),
             ServiceError::InvalidParameter { field, .. } => (
                 StatusCode::BAD_REQUEST,
                 ErrorKind::InvalidRequest,

@@ -2,19 +2,24 @@
 //! router (`app`) and the handlers, so that handlers depend on it and the router on
 //! them, without a circle.
 
-use std::sync::Arc;
-
 use axum::extract::FromRef;
 
+use super::auth::{ApiKey, LoginSessions};
 use super::error::ApiError;
+use super::hosts::AllowedHosts;
 use super::page::PageState;
 use crate::services::{Conversations, Engine, Runs, ServiceError, SessionStore};
 
 /// What every handler can reach: the conversation service (and through it the engine, the
-/// store and the answers being written) and the API key.
+/// store and the answers being written), the API key, the page's logins and the hosts served.
 #[derive(Clone)]
 pub struct AppState {
-    api_key: Option<Arc<str>>,
+    /// When set, every route but `/health` (and the login and static files) needs it.
+    api_key: Option<ApiKey>,
+    /// The page's logins, when there is a key.
+    logins: LoginSessions,
+    /// The `Host` headers answered: loopback names only unless told otherwise.
+    allowed_hosts: AllowedHosts,
     /// Shared by the page, the conversations API and the OpenAI API, so a conversation has
     /// one answer being written at a time, whoever sent the message.
     conversations: Conversations,
@@ -22,11 +27,13 @@ pub struct AppState {
 
 impl AppState {
     /// The app over `engine`, keeping conversations in `store` (a server's on disk; a test's
-    /// may be [`SessionStore::in_memory`]). `api_key`: when set, `/v1/*` requires
-    /// `Authorization: Bearer <key>`.
+    /// may be [`SessionStore::in_memory`]). `api_key`: when set (and not empty), every route
+    /// but `/health` requires `Authorization: Bearer <key>` or a session from the page's login.
     pub fn new(engine: Engine, store: SessionStore, api_key: Option<String>) -> Self {
         Self {
-            api_key: api_key.filter(|k| !k.is_empty()).map(Arc::from),
+            api_key: api_key.filter(|k| !k.is_empty()).map(|k| ApiKey::new(&k)),
+            logins: LoginSessions::default(),
+            allowed_hosts: AllowedHosts::default(),
             conversations: Conversations::new(engine, Runs::new(store)),
         }
     }
@@ -35,8 +42,23 @@ impl AppState {
         self.conversations.engine()
     }
 
-    pub fn api_key(&self) -> Option<&str> {
-        self.api_key.as_deref()
+    pub fn api_key(&self) -> Option<&ApiKey> {
+        self.api_key.as_ref()
+    }
+
+    pub fn logins(&self) -> &LoginSessions {
+        &self.logins
+    }
+
+    /// Answers the hosts `allowed` names rather than loopback names only (see
+    /// [`super::hosts`]).
+    pub fn with_allowed_hosts(mut self, allowed: AllowedHosts) -> Self {
+        self.allowed_hosts = allowed;
+        self
+    }
+
+    pub fn allowed_hosts(&self) -> &AllowedHosts {
+        &self.allowed_hosts
     }
 
     pub fn sessions(&self) -> &SessionStore {

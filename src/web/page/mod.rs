@@ -44,6 +44,7 @@ use axum::{middleware, Form, Router};
 use serde::Deserialize;
 
 pub use error::PageError;
+pub(crate) use templates::render as render_template;
 
 use super::assets;
 use super::state::AppState;

@@ -32,6 +32,8 @@ const SOURCES: &[(&str, &str)] = &[
     template!("meter.html"),
     template!("edit.html"),
     template!("notice.html"),
+    template!("login.html"),
+    template!("refused.html"),
 ];
 
 /// The page's templates, parsed once.
@@ -49,6 +51,6 @@ fn templates() -> &'static Environment<'static> {
 }
 
 /// Renders the template `name` with `ctx`.
-pub(super) fn render(name: &str, ctx: Value) -> Result<String, minijinja::Error> {
+pub(crate) fn render(name: &str, ctx: Value) -> Result<String, minijinja::Error> {
     templates().get_template(name)?.render(ctx)
 }
