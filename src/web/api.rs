@@ -18,7 +18,7 @@ use super::error::ApiError;
 use super::json::ApiJson;
 use super::openai::{ChatCompletionRequest, ReplyCollector, ResponseMeta};
 use super::sse::{chat_stream, ChunkWriter};
-use super::state::{blocking, check_model, AppState};
+use super::state::{check_model, AppState};
 use crate::services::metrics::QueueState;
 
 /// Routes under `/v1`.
@@ -141,9 +141,11 @@ async fn tokenize(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<TokenizeRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let codec = state.engine().codec().clone();
-    codec.check_text_bytes("content", body.content.len())?;
-    blocking(move || {
+    state
+        .engine()
+        .codec()
+        .check_text_bytes("content", body.content.len())?;
+    let tokens = state.engine().off_runtime(move |codec| {
         let ids = codec.tokenize(&body.content, body.add_special, body.parse_special)?;
         let tokens = if body.with_pieces {
             ids.iter()
@@ -152,9 +154,9 @@ async fn tokenize(
         } else {
             json!(ids)
         };
-        Ok(Json(json!({ "tokens": tokens })))
-    })
-    .await
+        Ok(tokens)
+    });
+    Ok(Json(json!({ "tokens": tokens.await? })))
 }
 
 /// llama.cpp's `/detokenize` body.
@@ -167,13 +169,12 @@ async fn detokenize(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<DetokenizeRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let codec = state.engine().codec().clone();
-    blocking(move || {
-        let content = codec.detokenize(&body.tokens)?;
-        // llama.cpp names the text `content`, vLLM `prompt`.
-        Ok(Json(json!({ "content": content, "prompt": content })))
-    })
-    .await
+    let content = state
+        .engine()
+        .off_runtime(move |codec| codec.detokenize(&body.tokens))
+        .await?;
+    // llama.cpp names the text `content`, vLLM `prompt`.
+    Ok(Json(json!({ "content": content, "prompt": content })))
 }
 
 /// vLLM's `/tokenizer_info`: the special tokens' texts, which lm-evaluation-harness's remote
@@ -198,7 +199,9 @@ async fn apply_template(
     ApiJson(body): ApiJson<ChatCompletionRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let request = body.to_chat_request()?;
-    let codec = state.engine().codec().clone();
-    let prompt = blocking(move || codec.render(&request)).await?;
+    let prompt = state
+        .engine()
+        .off_runtime(move |codec| codec.render(&request))
+        .await?;
     Ok(Json(json!({ "prompt": prompt })))
 }

@@ -8,7 +8,7 @@ use super::auth::{ApiKey, LoginSessions};
 use super::error::ApiError;
 use super::hosts::AllowedHosts;
 use super::page::PageState;
-use crate::services::{Conversations, Engine, Runs, ServiceError, SessionStore};
+use crate::services::{Conversations, Engine, Runs, SessionStore};
 
 /// What every handler can reach: the conversation service (and through it the engine, the
 /// store and the answers being written), the API key, the page's logins and the hosts served.
@@ -80,16 +80,6 @@ impl FromRef<AppState> for PageState {
     fn from_ref(state: &AppState) -> Self {
         PageState::new(state.conversations.clone())
     }
-}
-
-/// Runs blocking work (template, tokenizer) on tokio's blocking pool.
-pub async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| ApiError::from(ServiceError::Generation(format!("worker failed: {err}"))))?
-        .map_err(ApiError::from)
 }
 
 /// Refuses a `model` other than the one loaded; an absent or empty one means "the model".
