@@ -74,7 +74,7 @@ impl AllowedHosts {
             .parse::<IpAddr>()
         {
             Ok(ip) => !loopback_ips_only || ip.is_loopback(),
-            Err(_) => names.iter().any(|allowed| *allowed == name),
+            Err(_) => names.contains(&name),
         }
     }
 
