@@ -5,6 +5,8 @@
 //! This is the one place that decides each service error's status code, so the mapping can
 //! be read and tested as a table.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -16,6 +18,51 @@ use crate::services::ServiceError;
 
 /// Seconds a client is told to wait when the queue is full: about one short answer's time.
 const RETRY_AFTER_SECONDS: &str = "1";
+
+/// "Busy" refusals are expected under load, not errors: they are counted and logged at most
+/// once per [`BUSY_LOG_EVERY_S`] seconds, so a burst of 180 refusals is one line, not 180.
+static BUSY_LOG: BusyLog = BusyLog::new();
+
+/// Seconds between two "busy" log lines.
+const BUSY_LOG_EVERY_S: u64 = 10;
+
+/// Counts refusals and says when to log them.
+struct BusyLog {
+    refused: AtomicU64,
+    /// The second of the last line, plus one (0: none yet).
+    logged_at: AtomicU64,
+}
+
+impl BusyLog {
+    const fn new() -> Self {
+        Self {
+            refused: AtomicU64::new(0),
+            logged_at: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one refusal at second `now`; returns how many to report when a line is due.
+    fn note(&self, now: u64) -> Option<u64> {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let last = self.logged_at.load(Ordering::Relaxed);
+        let due = last == 0 || now + 1 >= last + BUSY_LOG_EVERY_S;
+        if due
+            && self
+                .logged_at
+                .compare_exchange(last, now + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.refused.swap(0, Ordering::Relaxed));
+        }
+        None
+    }
+}
+
+fn seconds_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// OpenAI's error categories (the `type` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,7 +287,11 @@ impl From<ServiceError> for ApiError {
                 None,
             ),
         };
-        if status.is_server_error() {
+        if matches!(err, ServiceError::QueueFull { .. }) {
+            if let Some(refused) = BUSY_LOG.note(seconds_now()) {
+                tracing::warn!("busy: refused {refused} request(s) with 503 ({message})");
+            }
+        } else if status.is_server_error() {
             tracing::error!("{message}");
         }
         Self {
@@ -273,6 +324,18 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_refusals_are_logged_once_per_interval_with_their_count() {
+        let log = BusyLog::new();
+        assert_eq!(log.note(100), Some(1), "the first refusal is logged");
+        for second in 100..100 + BUSY_LOG_EVERY_S - 1 {
+            assert_eq!(log.note(second), None, "second {second}");
+        }
+        let burst = BUSY_LOG_EVERY_S - 1;
+        assert_eq!(log.note(100 + BUSY_LOG_EVERY_S), Some(burst + 1));
+        assert_eq!(log.note(100 + BUSY_LOG_EVERY_S), None);
+    }
 
     #[test]
     fn each_service_error_gets_its_status() {
