@@ -112,7 +112,8 @@ impl BackendSpec {
                     ChatTemplate::builtin()?,
                     Map::new(),
                     config.context_length,
-                );
+                )
+                .without_grammars();
                 Ok(LoadedBackend {
                     info: ModelInfo {
                         id: super::stub::STUB_MODEL_ID.into(),

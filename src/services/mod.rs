@@ -15,6 +15,7 @@ pub mod events;
 pub mod metrics;
 pub mod runs;
 pub mod sessions;
+pub mod structured;
 pub mod stub;
 pub mod token_model;
 pub mod tools;

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::json::ApiJson;
-use super::openai::{random_id, stop_strings, WireUsage};
+use super::openai::{random_id, response_format, stop_strings, WireUsage};
 use super::state::{blocking, check_model, AppState};
 use crate::services::chat::{ChatCodec, CompletionRequest, Sampling, TokenLimit};
 use crate::services::events::{Completion, GenerationEvent, TokenLogprobs, Usage};
@@ -52,6 +52,12 @@ pub struct CompletionBody {
     pub n: Option<u32>,
     pub best_of: Option<u32>,
     pub suffix: Option<String>,
+    /// What the completion must match, as on `/v1/chat/completions`.
+    pub response_format: Option<Value>,
+    /// llama-server extension: a JSON schema the completion must match.
+    pub json_schema: Option<Value>,
+    /// llama-server extension: a grammar (llguidance's Lark dialect).
+    pub grammar: Option<String>,
 }
 
 /// One prompt of the request: text to tokenize, or ids as given.
@@ -158,6 +164,11 @@ impl CompletionBody {
             stop: stop_strings(self.stop.as_ref())?,
             logprobs: self.logprobs,
             score_prompt: self.echo == Some(true) && self.logprobs.is_some(),
+            response_format: response_format(
+                self.response_format.as_ref(),
+                self.json_schema.as_ref(),
+                self.grammar.as_deref(),
+            )?,
         })
     }
 }
