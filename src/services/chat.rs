@@ -264,7 +264,11 @@ impl ChatCodec {
         field: &'static str,
     ) -> Result<Option<crate::smollm3::grammar::Grammar>, ServiceError> {
         let compiler = self.grammars.get_or_init(|| {
-            Some(GrammarCompiler::new(&self.tokenizer).map(Arc::new).map_err(|err| err.to_string()))
+            Some(
+                GrammarCompiler::new(&self.tokenizer)
+                    .map(Arc::new)
+                    .map_err(|err| err.to_string()),
+            )
         });
         let compiler = match compiler {
             None => return Ok(None),
@@ -304,13 +308,15 @@ impl ChatCodec {
                 written: ToolCallOpening::Arguments(name.clone()),
             }),
             // A format under `"auto"` still lets the model call a tool instead.
-            ToolChoice::Auto if offers => request.response_format.as_ref().map(|f| match f.spec() {
-                GrammarSpec::JsonSchema(schema) => GrammarSpec::JsonOrToolCall {
-                    schema,
-                    tools: request.tools.clone(),
-                },
-                other => other,
-            }),
+            ToolChoice::Auto if offers => {
+                request.response_format.as_ref().map(|f| match f.spec() {
+                    GrammarSpec::JsonSchema(schema) => GrammarSpec::JsonOrToolCall {
+                        schema,
+                        tools: request.tools.clone(),
+                    },
+                    other => other,
+                })
+            }
             _ => request.response_format.as_ref().map(ResponseFormat::spec),
         };
         let field = if forced { "tools" } else { "response_format" };

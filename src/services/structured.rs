@@ -216,7 +216,8 @@ mod tests {
 
     fn feed(gate: &mut ConstraintGate, tok: &GgufTokenizer, text: &str) {
         for id in tok.encode(text, true).unwrap() {
-            gate.observe(id).unwrap_or_else(|e| panic!("{text:?} at {id}: {e}"));
+            gate.observe(id)
+                .unwrap_or_else(|e| panic!("{text:?} at {id}: {e}"));
         }
     }
 
@@ -248,7 +249,10 @@ mod tests {
         feed(&mut gate, &tok, "\"no\"");
         let end = allowed(&mut gate, vocab);
         assert!(!end.is_empty() && end.iter().all(|id| tok.end_of_generation().contains(id)));
-        assert!(gate.observe(one(&tok, "a")).is_err(), "a token past the grammar fails");
+        assert!(
+            gate.observe(one(&tok, "a")).is_err(),
+            "a token past the grammar fails"
+        );
     }
 
     #[test]
@@ -296,15 +300,25 @@ mod tests {
         assert!(!in_call.is_empty());
         for id in in_call {
             let text = tok.decode(&[id]).unwrap();
-            assert!(text.starts_with('\n'), "only the call's newline, got {text:?}");
+            assert!(
+                text.starts_with('\n'),
+                "only the call's newline, got {text:?}"
+            );
         }
         feed(
             &mut gate,
             &tok,
             "\n{\"name\": \"get_weather\", \"arguments\": {\"unit\": \"f\"}}\n</tool_call>",
         );
-        assert_eq!(allowed(&mut gate, vocab).len(), vocab, "free again after the call");
+        assert_eq!(
+            allowed(&mut gate, vocab).len(),
+            vocab,
+            "free again after the call"
+        );
         gate.observe(trigger).unwrap();
-        assert!(gate.observe(one(&tok, "a")).is_err(), "a second call is held too");
+        assert!(
+            gate.observe(one(&tok, "a")).is_err(),
+            "a second call is held too"
+        );
     }
 }

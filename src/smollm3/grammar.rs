@@ -182,20 +182,15 @@ impl GrammarCompiler {
             GrammarSpec::ToolCall { tools, written } => {
                 TopLevelGrammar::from_lark(self.tool_call_lark(tools, written)?)
             }
-            GrammarSpec::JsonOrToolCall { schema, tools } => {
-                TopLevelGrammar::from_lark(format!(
-                    "start: answer | {} \"\\n\" call \"\\n\" {}\nanswer: %json {}\ncall: %json {}\n",
-                    self.tag("<tool_call>"),
-                    self.tag("</tool_call>"),
-                    with_layout(schema.clone()),
-                    calls_schema(tools)?,
-                ))
-            }
+            GrammarSpec::JsonOrToolCall { schema, tools } => TopLevelGrammar::from_lark(format!(
+                "start: answer | {} \"\\n\" call \"\\n\" {}\nanswer: %json {}\ncall: %json {}\n",
+                self.tag("<tool_call>"),
+                self.tag("</tool_call>"),
+                with_layout(schema.clone()),
+                calls_schema(tools)?,
+            )),
         };
-        let parser = self
-            .factory
-            .create_parser(grammar)
-            .map_err(grammar_error)?;
+        let parser = self.factory.create_parser(grammar).map_err(grammar_error)?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(err) = matcher.get_error() {
             return Err(grammar_error(err));
@@ -209,7 +204,13 @@ impl GrammarCompiler {
     /// `tag` as a Lark grammar names it: `<name>` when it is one control token of this
     /// vocabulary, a quoted string otherwise.
     fn tag(&self, tag: &str) -> String {
-        if self.factory.tok_env().tok_trie().get_special_token(tag).is_some() {
+        if self
+            .factory
+            .tok_env()
+            .tok_trie()
+            .get_special_token(tag)
+            .is_some()
+        {
             tag.to_owned()
         } else {
             format!("\"{tag}\"")
@@ -312,7 +313,9 @@ pub struct Grammar {
 
 impl std::fmt::Debug for Grammar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Grammar").field("vocab", &self.vocab).finish()
+        f.debug_struct("Grammar")
+            .field("vocab", &self.vocab)
+            .finish()
     }
 }
 
@@ -409,7 +412,10 @@ mod tests {
             state.mask(&mut logits).unwrap();
             let next = crate::inference::sampling::argmax(&logits);
             if tok.end_of_generation().contains(&next) {
-                assert!(state.is_accepting(), "an end token while the grammar cannot end");
+                assert!(
+                    state.is_accepting(),
+                    "an end token while the grammar cannot end"
+                );
                 return tok.decode(&out).unwrap();
             }
             state.advance(next).unwrap();
@@ -424,7 +430,10 @@ mod tests {
         let bytes = token_bytes(&tok);
         for text in ["hello", " world", "\n", "é"] {
             let ids = tok.encode(text, false).unwrap();
-            let joined: Vec<u8> = ids.iter().flat_map(|&id| bytes[id as usize].clone()).collect();
+            let joined: Vec<u8> = ids
+                .iter()
+                .flat_map(|&id| bytes[id as usize].clone())
+                .collect();
             assert_eq!(joined, text.as_bytes(), "{text:?}");
         }
         let [close] = tok.encode("</tool_call>", true).unwrap()[..] else {
@@ -449,11 +458,16 @@ mod tests {
         });
         let grammar = compiler.compile(&GrammarSpec::JsonSchema(schema)).unwrap();
         for seed in 0..5u32 {
-            let text = drive(&tok, &grammar, |id| (id.wrapping_mul(2654435761).wrapping_add(seed * 97) % 1000) as f32);
+            let text = drive(&tok, &grammar, |id| {
+                (id.wrapping_mul(2654435761).wrapping_add(seed * 97) % 1000) as f32
+            });
             let value: Json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
             let n = value["n"].as_i64().unwrap();
             assert!((3..=7).contains(&n), "{text}");
-            assert!(["a", "b"].contains(&value["tag"].as_str().unwrap()), "{text}");
+            assert!(
+                ["a", "b"].contains(&value["tag"].as_str().unwrap()),
+                "{text}"
+            );
             let len = value["list"].as_array().unwrap().len();
             assert!((1..=2).contains(&len), "{text}");
         }

@@ -238,7 +238,10 @@ pub fn response_format(
                 }
                 Some(other) => Err(ApiError::invalid(
                     path.to_owned(),
-                    format!("`{path}` must be a JSON schema object, got {}", json_kind(other)),
+                    format!(
+                        "`{path}` must be a JSON schema object, got {}",
+                        json_kind(other)
+                    ),
                 )),
                 None => Err(ApiError::invalid(
                     path.to_owned(),
@@ -283,14 +286,19 @@ pub fn response_format(
         Some(other) => {
             return Err(ApiError::invalid(
                 "json_schema",
-                format!("`json_schema` must be a JSON schema object, got {}", json_kind(other)),
+                format!(
+                    "`json_schema` must be a JSON schema object, got {}",
+                    json_kind(other)
+                ),
             ))
         }
     };
     let from_grammar = grammar
         .filter(|g| !g.trim().is_empty())
         .map(|g| ResponseFormat::Grammar(g.to_owned()));
-    let mut given = [from_format, from_schema, from_grammar].into_iter().flatten();
+    let mut given = [from_format, from_schema, from_grammar]
+        .into_iter()
+        .flatten();
     let first = given.next();
     if given.next().is_some() {
         return Err(ApiError::invalid(
