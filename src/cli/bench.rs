@@ -3,17 +3,20 @@
 //! `scripts/bench.sh`).
 
 use std::ops::ControlFlow;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use smolbot::inference::generate::{
-    generate, GenerationRequest, GenerationStats, Sampled, TokenAction, TokenSink,
+    generate, generate_observed, GenerationRequest, GenerationStats, Sampled, TokenAction,
+    TokenSink,
 };
 use smolbot::inference::prefix_cache::{PrefixCache, DEFAULT_BUDGET_BYTES};
 use smolbot::inference::sampling::SamplingParams;
 use smolbot::inference::sequence::{run_all, Sequence};
 use smolbot::inference::SequenceCache;
+use smolbot::smollm3::grammar::{Grammar, GrammarCompiler, GrammarSpec, GrammarState};
 use smolbot::smollm3::LoadedModel;
 
 use super::EngineArgs;
@@ -36,6 +39,11 @@ pub struct BenchArgs {
     /// (batched), against one sequence alone in the same run (0 skips it).
     #[arg(long, default_value_t = 0)]
     parallel: usize,
+    /// Also measure generation under this JSON schema (a file), against the unconstrained
+    /// run: tok/s with the grammar's token mask applied every step, and the mask's time per
+    /// token. Documents are generated back to back until `--gen-tokens`.
+    #[arg(long, value_name = "FILE")]
+    json_schema: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -150,6 +158,89 @@ impl TokenSink for Discard {
     }
 }
 
+/// Mean time of one mask, in microseconds.
+fn mask_us(sink: &Constrained) -> f64 {
+    sink.mask_time.as_secs_f64() * 1e6 / sink.masks.max(1) as f64
+}
+
+/// A sink that masks every step with a grammar and starts it again after each document.
+struct Constrained {
+    grammar: Grammar,
+    state: GrammarState,
+    end_tokens: Vec<u32>,
+    documents: usize,
+    masks: usize,
+    mask_time: Duration,
+    failure: Option<String>,
+}
+
+impl Constrained {
+    fn restart(&mut self) {
+        let (n, t) = self.state.mask_stats();
+        self.masks += n;
+        self.mask_time += t;
+        self.state = self.grammar.start();
+    }
+}
+
+impl TokenSink for Constrained {
+    fn constrain(&mut self, logits: &mut [f32]) -> ControlFlow<()> {
+        match self.state.mask(logits) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(err) => {
+                self.failure = Some(err.to_string());
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    fn token(&mut self, token: Sampled) -> TokenAction {
+        if self.end_tokens.contains(&token.id) {
+            self.documents += 1;
+            self.restart();
+            return TokenAction::Continue;
+        }
+        match self.state.advance(token.id) {
+            Ok(()) => TokenAction::Continue,
+            Err(err) => {
+                self.failure = Some(err.to_string());
+                TokenAction::Stop
+            }
+        }
+    }
+}
+
+/// Generation under a JSON schema: the compiler's build time (s), the run's stats, and the
+/// sink with the documents written and the masks' count and time.
+fn constrained(
+    model: &LoadedModel,
+    prompt: &[u32],
+    request: &GenerationRequest,
+    schema_path: &std::path::Path,
+) -> anyhow::Result<(f64, GenerationStats, Constrained)> {
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(schema_path)?)?;
+    let started = Instant::now();
+    let compiler = GrammarCompiler::new(&model.tokenizer)?;
+    let build_s = started.elapsed().as_secs_f64();
+    let grammar = compiler.compile(&GrammarSpec::JsonSchema(schema))?;
+    let mut sink = Constrained {
+        state: grammar.start(),
+        grammar,
+        end_tokens: model.tokenizer.end_of_generation().to_vec(),
+        documents: 0,
+        masks: 0,
+        mask_time: Duration::ZERO,
+        failure: None,
+    };
+    let mut cache = model.transformer.new_cache();
+    let stats = generate_observed(&model.transformer, &mut cache, prompt, request, &mut sink)?;
+    if let Some(failure) = sink.failure.take() {
+        anyhow::bail!("the constrained run left its grammar: {failure}");
+    }
+    sink.restart();
+    Ok((build_s, stats, sink))
+}
+
 /// Bytes streamed in the read-bandwidth probe: well past any cache.
 const BANDWIDTH_PROBE_BYTES: usize = 1 << 30;
 
@@ -201,6 +292,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let stats = generate(&model.transformer, &mut cache, &prompt, &request, |_| {
         ControlFlow::Continue(())
     })?;
+    let schema_run = args
+        .json_schema
+        .as_deref()
+        .map(|path| constrained(&model, &prompt, &request, path))
+        .transpose()?;
     let turns = (args.history > 0)
         .then(|| turn_times(&model, &prompt, args.history))
         .transpose()?;
@@ -254,6 +350,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     "ttft_reused_s": t.reused,
                     "ttft_from_scratch_s": t.from_scratch,
                 })),
+                "json_schema": schema_run.as_ref().map(|(build_s, s, sink)| serde_json::json!({
+                    "trie_build_s": build_s,
+                    "gen_tokens": s.generated_tokens,
+                    "gen_tok_s": s.generation_tok_per_s(),
+                    "ratio": s.generation_tok_per_s() / stats.generation_tok_per_s(),
+                    "documents": sink.documents,
+                    "mask_us_per_token": mask_us(sink),
+                })),
                 "parallel": parallel.map(|(one, many)| serde_json::json!({
                     "sequences": args.parallel,
                     "prompt_tokens_each": PARALLEL_PROMPT_TOKENS,
@@ -298,6 +402,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 t.cached_tokens,
                 t.reused / t.fresh_short,
                 t.from_scratch
+            );
+        }
+        if let Some((build_s, s, sink)) = &schema_run {
+            println!(
+                "json schema: {} tokens, {:.2} tok/s ({:.3}× unconstrained), {} documents; \
+                 mask {:.0} µs per token; token trie built in {build_s:.2} s",
+                s.generated_tokens,
+                s.generation_tok_per_s(),
+                s.generation_tok_per_s() / stats.generation_tok_per_s(),
+                sink.documents,
+                mask_us(sink)
             );
         }
         if let Some((one, many)) = parallel {

@@ -116,6 +116,14 @@ pub trait TokenSink {
         ControlFlow::Continue(())
     }
 
+    /// Narrows the choice of the next token before sampling: sets the logits of tokens that
+    /// may not come next to −∞ (a grammar's mask), so penalties, top-k/p and temperature
+    /// only see what is allowed. `Break` ends the generation (the sink keeps why).
+    fn constrain(&mut self, logits: &mut [f32]) -> ControlFlow<()> {
+        let _ = logits;
+        ControlFlow::Continue(())
+    }
+
     fn token(&mut self, token: Sampled) -> TokenAction;
 }
 

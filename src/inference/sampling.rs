@@ -105,6 +105,9 @@ impl Sampler {
             return argmax(&logits);
         }
         let candidates = self.candidates(&logits);
+        if candidates.is_empty() {
+            return argmax(&logits);
+        }
         let weights: Vec<f64> = {
             let t = self.params.temperature as f64;
             let max = candidates[0].1 as f64;
@@ -151,12 +154,13 @@ impl Sampler {
         }
     }
 
-    /// Tokens that survive top-k, top-p and min-p, sorted by logit, highest first.
+    /// Tokens that survive top-k, top-p and min-p, sorted by logit, highest first; tokens a
+    /// constraint masked out (−∞) never do.
     fn candidates(&self, logits: &[f32]) -> Vec<(u32, f32)> {
         let mut c: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
-            .filter(|(_, l)| !l.is_nan())
+            .filter(|(_, l)| **l > f32::NEG_INFINITY)
             .map(|(i, &l)| (i as u32, l))
             .collect();
         c.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -316,6 +320,17 @@ mod tests {
         let c = draws(params(|p| p.seed = 8), &logits, 64);
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn masked_tokens_are_never_drawn_even_with_every_filter_off() {
+        let mut logits = vec![f32::NEG_INFINITY; 64];
+        logits[5] = -30.0;
+        logits[9] = -31.0;
+        let got = draws(params(|_| {}), &logits, 300);
+        assert!(got.iter().all(|&t| t == 5 || t == 9), "{got:?}");
+        let penalised = draws(params(|p| p.presence_penalty = 2.0), &logits, 50);
+        assert!(penalised.iter().all(|&t| t == 5 || t == 9));
     }
 
     #[test]

@@ -197,13 +197,21 @@ impl Sequence {
         if self.stats.generated_tokens >= request.max_tokens {
             return self.end(StopReason::MaxTokens);
         }
+        // The scores a client asked for are the model's own, before any constraint.
+        let unconstrained = request.logprobs.map(|_| row.clone());
+        let mut row = row;
+        if sink.constrain(&mut row).is_break() {
+            return self.end(StopReason::Cancelled);
+        }
         let next = self.sampler.sample(&row, &self.history);
         if request.stop_tokens.contains(&next) {
             return self.end(StopReason::EndToken);
         }
         self.stats.generated_tokens += 1;
         self.history.push(next);
-        let logprobs = request.logprobs.map(|n| row_logprobs(&row, next, n));
+        let logprobs = request
+            .logprobs
+            .map(|n| row_logprobs(unconstrained.as_deref().unwrap_or(&row), next, n));
         let mut feed = vec![next];
         match sink.token(Sampled { id: next, logprobs }) {
             TokenAction::Continue => {}

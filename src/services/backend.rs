@@ -142,7 +142,8 @@ impl BackendSpec {
                     ChatTemplate::builtin().map_err(ServiceError::Load)?,
                     Map::new(),
                     config.context_length,
-                );
+                )
+                .without_grammars();
                 Ok(LoadedBackend {
                     info: ModelInfo {
                         id: super::stub::STUB_MODEL_ID.into(),

@@ -6,16 +6,20 @@
 //! that every limit is checked before a request takes a place in the queue. It knows nothing
 //! of HTTP: the web layer turns its wire format into a [`ChatRequest`] first.
 
+use std::sync::{Arc, OnceLock};
+
 use serde_json::{json, Map, Value as Json};
 
 use super::error::ServiceError;
 use super::events::ReplyOptions;
+use super::structured::{OutputConstraint, ResponseFormat};
 use crate::inference::generate::GenerationRequest;
 use crate::inference::sampling::SamplingParams;
 use crate::smollm3::chat_template::{ChatTemplate, RenderContext};
+use crate::smollm3::grammar::{GrammarCompiler, GrammarSpec, ToolCallOpening};
 use crate::smollm3::prompt::render_prompt;
 use crate::smollm3::pyformat::{python_json, JsonOptions};
-use crate::smollm3::thinking_budget::ThinkingBudget;
+use crate::smollm3::thinking_budget::{prompt_opens_reasoning, think_tag_ids, ThinkingBudget};
 use crate::smollm3::tool_calls::ToolCall;
 use crate::smollm3::{GgufTokenizer, Smollm3Error};
 
@@ -196,6 +200,8 @@ pub struct ChatRequest {
     /// the model goes on to the answer (the same [`ThinkingBudget`] as
     /// `smolbot generate --thinking-budget`). Ignored with thinking off.
     pub thinking_budget: Option<usize>,
+    /// What the answer (after any reasoning) must match.
+    pub response_format: Option<ResponseFormat>,
 }
 
 /// The prompt of a text completion, as a client gives it.
@@ -230,6 +236,8 @@ pub struct CompletionRequest {
     /// At most this many reasoning tokens after a prompt that opened `<think>` (see
     /// [`ChatRequest::thinking_budget`]).
     pub thinking_budget: Option<usize>,
+    /// What the completion must match, from its first token.
+    pub response_format: Option<ResponseFormat>,
 }
 
 /// Alternatives a request may ask for per token; as OpenAI's legacy completions allow.
@@ -243,6 +251,8 @@ pub struct PreparedChat {
     pub reply: ReplyOptions,
     /// Counts the reasoning as it is generated and says when to close it.
     pub thinking_budget: Option<ThinkingBudget>,
+    /// The grammars the output must follow, when the request asked for any.
+    pub constraint: Option<OutputConstraint>,
 }
 
 /// Most bytes of text a request may bring for each token of context. Real text averages 3–5
@@ -259,6 +269,10 @@ pub struct ChatCodec {
     /// passes them).
     template_defaults: Map<String, Json>,
     context_length: usize,
+    /// The grammar compiler over this tokenizer, built at the first request that needs it
+    /// (its token trie takes a moment for a large vocabulary); `None` inside when this
+    /// backend does not constrain its output (the stub, which writes a script).
+    grammars: OnceLock<Option<Result<Arc<GrammarCompiler>, String>>>,
 }
 
 impl ChatCodec {
@@ -273,7 +287,105 @@ impl ChatCodec {
             template,
             template_defaults,
             context_length,
+            grammars: OnceLock::new(),
         }
+    }
+
+    /// A codec whose requests are never constrained: for a backend that does not sample
+    /// from logits (the stub), where `response_format` and tool schemas have no effect.
+    pub fn without_grammars(self) -> Self {
+        let grammars = OnceLock::new();
+        let _ = grammars.set(None);
+        Self { grammars, ..self }
+    }
+
+    /// Compiles `spec`, reporting what llguidance cannot use under `field`; `None` when this
+    /// backend does not constrain output.
+    fn compile(
+        &self,
+        spec: &GrammarSpec,
+        field: &'static str,
+    ) -> Result<Option<crate::smollm3::grammar::Grammar>, ServiceError> {
+        let compiler = self.grammars.get_or_init(|| {
+            Some(
+                GrammarCompiler::new(&self.tokenizer)
+                    .map(Arc::new)
+                    .map_err(|err| err.to_string()),
+            )
+        });
+        let compiler = match compiler {
+            None => return Ok(None),
+            Some(Ok(compiler)) => compiler,
+            Some(Err(err)) => {
+                return Err(ServiceError::InvalidParameter {
+                    field,
+                    problem: format!("cannot be honoured with this model's tokenizer: {err}"),
+                })
+            }
+        };
+        compiler
+            .compile(spec)
+            .map(Some)
+            .map_err(|err| ServiceError::InvalidParameter {
+                field,
+                problem: format!("cannot be used: {err}"),
+            })
+    }
+
+    /// The constraints of a chat request over its final `prompt`: the answer's format or a
+    /// forced call's schema, else a lazy grammar for the calls the model may open itself.
+    fn chat_constraint(
+        &self,
+        request: &ChatRequest,
+        prompt: &[u32],
+        forced: bool,
+    ) -> Result<Option<OutputConstraint>, ServiceError> {
+        let offers = request.tool_choice.offers_tools() && !request.tools.is_empty();
+        let answer = match &request.tool_choice {
+            ToolChoice::Required if offers => Some(GrammarSpec::ToolCall {
+                tools: request.tools.clone(),
+                written: ToolCallOpening::TagAndNewline,
+            }),
+            ToolChoice::Named(name) if offers => Some(GrammarSpec::ToolCall {
+                tools: request.tools.clone(),
+                written: ToolCallOpening::Arguments(name.clone()),
+            }),
+            // A format under `"auto"` still lets the model call a tool instead.
+            ToolChoice::Auto if offers => {
+                request.response_format.as_ref().map(|f| match f.spec() {
+                    GrammarSpec::JsonSchema(schema) => GrammarSpec::JsonOrToolCall {
+                        schema,
+                        tools: request.tools.clone(),
+                    },
+                    other => other,
+                })
+            }
+            _ => request.response_format.as_ref().map(ResponseFormat::spec),
+        };
+        let field = if forced { "tools" } else { "response_format" };
+        let mut constraint = OutputConstraint::default();
+        if let Some(spec) = answer {
+            constraint.answer = self.compile(&spec, field)?;
+        } else if offers && request.tool_choice == ToolChoice::Auto {
+            // Only where `<tool_call>` is one token can its appearance switch a grammar on.
+            if let Ok([trigger]) = self.tokenizer.encode("<tool_call>", true).as_deref() {
+                let spec = GrammarSpec::ToolCall {
+                    tools: request.tools.clone(),
+                    written: ToolCallOpening::Tag,
+                };
+                constraint.tool_call = self.compile(&spec, "tools")?.map(|g| (*trigger, g));
+            }
+        }
+        if constraint.is_empty() {
+            return Ok(None);
+        }
+        if !forced && request.enable_thinking != Some(false) {
+            if let Ok((open, close)) = think_tag_ids(&self.tokenizer) {
+                constraint.think = Some((open, close));
+                constraint.starts_reasoning = prompt_opens_reasoning(prompt, open, close);
+            }
+        }
+        Ok(Some(constraint))
     }
 
     pub fn tokenizer(&self) -> &GgufTokenizer {
@@ -382,6 +494,7 @@ impl ChatCodec {
         let sampling = request.sampling.resolve()?;
         let stop = checked_stop(&request.stop)?;
         let forced = self.forced_opening(request)?;
+        let forced_call = !forced.is_empty();
         let ctx = self.render_context(request)?;
         let mut prompt = render_prompt(&self.template, &ctx, &self.tokenizer)
             .map_err(|err| match err {
@@ -398,9 +511,11 @@ impl ChatCodec {
         prompt.extend(&suffix);
         prefix.extend(suffix);
         let max_tokens = self.checked_limits(prompt.len(), request.max_tokens, 1)?;
+        let constraint = self.chat_constraint(request, &prompt, forced_call)?;
         Ok(PreparedChat {
             prompt,
             thinking_budget,
+            constraint,
             generation: GenerationRequest {
                 max_tokens,
                 sampling,
@@ -492,7 +607,17 @@ impl ChatCodec {
         // the prompt is not echoed either.
         prompt.extend(Self::budget_suffix(&thinking_budget));
         let max_tokens = self.checked_limits(prompt.len(), request.max_tokens, 0)?;
+        let constraint = match &request.response_format {
+            Some(format) => self
+                .compile(&format.spec(), "response_format")?
+                .map(|answer| OutputConstraint {
+                    answer: Some(answer),
+                    ..OutputConstraint::default()
+                }),
+            None => None,
+        };
         Ok(PreparedChat {
+            constraint,
             prompt,
             generation: GenerationRequest {
                 max_tokens,
@@ -715,6 +840,7 @@ mod tests {
             stop: vec![],
             logprobs: None,
             thinking_budget: None,
+            response_format: None,
         };
         assert_eq!(
             codec.render(&request).expect("render"),

@@ -25,6 +25,7 @@ use super::events::{
     Completion, FinishReason, GenerationEvent, Logprobs, Progress, ReplyParser, Timings, Usage,
 };
 use super::metrics::{GenerationRecord, Metrics};
+use super::structured::ConstraintGate;
 use super::token_model::TokenModel;
 use crate::inference::generate::{
     GenerationStats, PrefillProgress, Sampled, StopReason, TokenAction, TokenSink,
@@ -396,6 +397,7 @@ fn admit<'t, M: TokenModel>(
         events,
         parser: ReplyParser::new(shared.tokenizer, &chat.reply),
         budget: chat.thinking_budget.clone(),
+        constraint: chat.constraint.as_ref().map(|c| c.gate()),
         failure: None,
         logprobs: Vec::new(),
         started: Instant::now(),
@@ -458,6 +460,8 @@ struct JobSink<'t> {
     parser: ReplyParser<'t>,
     /// The request's thinking budget: closes the reasoning once it is spent.
     budget: Option<ThinkingBudget>,
+    /// The request's grammars: mask each step, follow each token.
+    constraint: Option<ConstraintGate>,
     failure: Option<Smollm3Error>,
     logprobs: Vec<TokenLogprobs>,
     started: Instant,
@@ -485,6 +489,22 @@ impl JobSink<'_> {
     }
 }
 
+impl JobSink<'_> {
+    /// Moves the request's grammars past `id`; a token they cannot take ends the run.
+    fn follow(&mut self, id: u32) -> ControlFlow<()> {
+        let Some(gate) = self.constraint.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        match gate.observe(id) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(err) => {
+                self.failure = Some(err);
+                ControlFlow::Break(())
+            }
+        }
+    }
+}
+
 impl TokenSink for JobSink<'_> {
     fn prefilled(&mut self, p: PrefillProgress) -> ControlFlow<()> {
         let progress = Progress::Prefill {
@@ -498,8 +518,24 @@ impl TokenSink for JobSink<'_> {
         }
     }
 
+    fn constrain(&mut self, logits: &mut [f32]) -> ControlFlow<()> {
+        let Some(gate) = self.constraint.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        match gate.mask(logits) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(err) => {
+                self.failure = Some(err);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
     fn token(&mut self, token: Sampled) -> TokenAction {
         if self.events.is_closed() {
+            return TokenAction::Stop;
+        }
+        if self.follow(token.id).is_break() {
             return TokenAction::Stop;
         }
         self.first_token
@@ -512,9 +548,9 @@ impl TokenSink for JobSink<'_> {
             return TokenAction::Continue;
         };
         // The written `</think>` is read like the model's own, so the reply parser closes
-        // the reasoning there.
+        // the reasoning there (and the answer's grammar starts after it).
         for &id in &inject {
-            if self.read(id).is_break() {
+            if self.follow(id).is_break() || self.read(id).is_break() {
                 return TokenAction::Stop;
             }
         }

@@ -16,6 +16,7 @@ pub mod kv_budget;
 pub mod metrics;
 pub mod runs;
 pub mod sessions;
+pub mod structured;
 pub mod stub;
 pub mod token_model;
 pub mod tools;

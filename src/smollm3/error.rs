@@ -18,6 +18,10 @@ pub enum Smollm3Error {
     TemplateInput(String),
     #[error("malformed tool call ({problem}): {text}")]
     ToolCall { problem: String, text: String },
+    /// A schema or grammar llguidance cannot compile (the message names the keyword or
+    /// the line), or a constrained generation that left its grammar.
+    #[error("{0}")]
+    Grammar(String),
     #[error("thinking budget: {0}")]
     ThinkingBudget(String),
     #[error("rope scaling: {0}")]

@@ -4,6 +4,7 @@
 pub mod chat_template;
 pub mod config;
 pub mod error;
+pub mod grammar;
 pub mod loader;
 pub mod prompt;
 pub mod pyformat;

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::json::ApiJson;
-use super::openai::{body_with_sampling, random_id, stop_strings, WireUsage};
+use super::openai::{body_with_sampling, random_id, response_format, stop_strings, WireUsage};
 use super::state::{check_model, AppState};
 use crate::services::chat::{
     ChatCodec, CompletionPrompt, CompletionRequest, PreparedChat, TokenLimit,
@@ -47,6 +47,12 @@ body_with_sampling! {
         pub n: Option<u32>,
         pub best_of: Option<u32>,
         pub suffix: Option<String>,
+        /// What the completion must match, as on `/v1/chat/completions`.
+        pub response_format: Option<Value>,
+        /// llama-server extension: a JSON schema the completion must match.
+        pub json_schema: Option<Value>,
+        /// llama-server extension: a grammar (llguidance's Lark dialect).
+        pub grammar: Option<String>,
     }
 }
 
@@ -138,6 +144,11 @@ impl CompletionBody {
             logprobs: self.logprobs,
             score_prompt: self.echo == Some(true) && self.logprobs.is_some(),
             thinking_budget: None,
+            response_format: response_format(
+                self.response_format.as_ref(),
+                self.json_schema.as_ref(),
+                self.grammar.as_deref(),
+            )?,
         })
     }
 }

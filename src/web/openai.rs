@@ -15,6 +15,7 @@ use super::error::ApiError;
 use crate::services::chat::{json_kind, ChatMessage, ChatRequest, Role, TokenLimit, ToolChoice};
 use crate::services::events::{Completion, Timings, TokenLogprobs, Usage};
 use crate::services::sessions::{arguments_from_wire, StoredToolCall};
+use crate::services::structured::ResponseFormat;
 use crate::services::Reply;
 use crate::smollm3::tool_calls::ToolCall;
 
@@ -80,7 +81,12 @@ body_with_sampling! {
         /// At most this many reasoning tokens (also accepted in `chat_template_kwargs`).
         pub thinking_budget: Option<usize>,
         pub n: Option<u32>,
+        /// `{"type": "text" | "json_object" | "json_schema", …}`.
         pub response_format: Option<Json>,
+        /// llama-server extension: a JSON schema the answer must match.
+        pub json_schema: Option<Json>,
+        /// llama-server extension: a grammar (llguidance's Lark dialect) the answer must match.
+        pub grammar: Option<String>,
         pub logprobs: Option<bool>,
         pub top_logprobs: Option<usize>,
     }
@@ -209,6 +215,11 @@ impl ChatCompletionRequest {
             stop: stop_strings(self.stop.as_ref())?,
             logprobs: self.logprobs().then_some(self.top_logprobs.unwrap_or(0)),
             thinking_budget: self.thinking_budget.or(kwarg_budget),
+            response_format: response_format(
+                self.response_format.as_ref(),
+                self.json_schema.as_ref(),
+                self.grammar.as_deref(),
+            )?,
         })
     }
 
@@ -227,15 +238,97 @@ impl ChatCompletionRequest {
                 "`logprobs` is supported without streaming only; set `stream` to false",
             ));
         }
-        match &self.response_format {
-            None | Some(Json::Null) => Ok(()),
-            Some(format) if format.get("type") == Some(&json!("text")) => Ok(()),
-            Some(_) => Err(ApiError::invalid(
-                "response_format",
-                "only `response_format` {\"type\": \"text\"} is supported",
-            )),
-        }
+        Ok(())
     }
+}
+
+/// The output format a request asks for: OpenAI's `response_format` (`text`, `json_object`,
+/// or `json_schema` with `{name, schema, strict}`; llama-server's `schema` beside the type is
+/// read too), or llama-server's `json_schema` or `grammar` — at most one of the three.
+/// Whether the schema or grammar compiles is the services' check.
+pub fn response_format(
+    response_format: Option<&Json>,
+    json_schema: Option<&Json>,
+    grammar: Option<&str>,
+) -> Result<Option<ResponseFormat>, ApiError> {
+    let from_format = match response_format {
+        None | Some(Json::Null) => None,
+        Some(Json::Object(format)) => {
+            let schema = |path: &str, value: Option<&Json>| match value {
+                Some(schema @ (Json::Object(_) | Json::Bool(_))) => {
+                    Ok(ResponseFormat::JsonSchema(schema.clone()))
+                }
+                Some(other) => Err(ApiError::invalid(
+                    path.to_owned(),
+                    format!(
+                        "`{path}` must be a JSON schema object, got {}",
+                        json_kind(other)
+                    ),
+                )),
+                None => Err(ApiError::invalid(
+                    path.to_owned(),
+                    format!("`{path}` is required with type `json_schema`"),
+                )),
+            };
+            match format.get("type").and_then(Json::as_str) {
+                Some("text") => None,
+                Some("json_object") => Some(match format.get("schema") {
+                    None | Some(Json::Null) => ResponseFormat::JsonObject,
+                    value => schema("response_format.schema", value)?,
+                }),
+                Some("json_schema") => Some(match format.get("json_schema") {
+                    Some(Json::Object(inner)) => {
+                        schema("response_format.json_schema.schema", inner.get("schema"))?
+                    }
+                    _ => schema("response_format.schema", format.get("schema"))?,
+                }),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "response_format.type",
+                        "`response_format.type` must be `text`, `json_object` or `json_schema`",
+                    ))
+                }
+            }
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "response_format",
+                format!(
+                    "`response_format` must be an object, got {}",
+                    json_kind(other)
+                ),
+            ))
+        }
+    };
+    let from_schema = match json_schema {
+        None | Some(Json::Null) => None,
+        Some(schema @ (Json::Object(_) | Json::Bool(_))) => {
+            Some(ResponseFormat::JsonSchema(schema.clone()))
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "json_schema",
+                format!(
+                    "`json_schema` must be a JSON schema object, got {}",
+                    json_kind(other)
+                ),
+            ))
+        }
+    };
+    let from_grammar = grammar
+        .filter(|g| !g.trim().is_empty())
+        .map(|g| ResponseFormat::Grammar(g.to_owned()));
+    let mut given = [from_format, from_schema, from_grammar]
+        .into_iter()
+        .flatten();
+    let first = given.next();
+    if given.next().is_some() {
+        return Err(ApiError::invalid(
+            "response_format",
+            "give at most one of `response_format`, `json_schema` and `grammar`",
+        ));
+    }
+    Ok(first)
 }
 
 fn message(i: usize, m: &WireMessage) -> Result<ChatMessage, ApiError> {
