@@ -152,23 +152,22 @@ def main():
     write("tiny_smollm3_tokenizer.json", {**meta, "model_sha256": sha256(args.tiny),
                                           "cases": tokenizer_cases(tiny, TOKENIZER_TEXTS)})
     del tiny
-    # YaRN as SmolLM3's card prescribes for 128k (`--rope-scaling yarn --rope-scale 2
-    # --yarn-orig-ctx N`), here over the tiny model's own 4,096 positions.
-    tiny = Llama(model_path=args.tiny, logits_all=True, n_ctx=window, n_batch=window, n_threads=2, verbose=False,
-                 rope_scaling_type=llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN, rope_freq_scale=0.5, yarn_orig_ctx=4096,
-                 **EXACT)
-    nll = token_nll(tiny, tokens, window)
-    write("tiny_smollm3_yarn_nll.json", {**meta, "model_sha256": sha256(args.tiny), "window": window,
-                                         "rope_scaling": "yarn", "rope_scale": 2, "yarn_orig_ctx": 4096,
-                                         "tokens": tokens, "nll": nll, "ppl": float(np.exp(np.mean(nll)))})
-    del tiny
-    # llama.cpp's q8_0 KV cache, which smolbot's `--cache-type q8_0` is compared with.
-    tiny = Llama(model_path=args.tiny, logits_all=True, n_ctx=window, n_batch=window, n_threads=2, verbose=False, **Q8)
-    nll = token_nll(tiny, tokens, window)
-    write("tiny_smollm3_q8kv_nll.json", {**meta, "model_sha256": sha256(args.tiny), "window": window,
-                                         "kv_cache": "q8_0", "tokens": tokens, "nll": nll,
-                                         "ppl": float(np.exp(np.mean(nll)))})
-    del tiny
+    # The tiny model's NLL under llama.cpp settings smolbot has flags for: YaRN as SmolLM3's
+    # card prescribes for 128k (`--rope-scaling yarn --rope-scale 2 --yarn-orig-ctx N`, here
+    # over the tiny model's own 4,096 positions), and a q8_0 KV cache (`--cache-type q8_0`).
+    yarn = {"rope_scaling_type": llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN, "rope_freq_scale": 0.5,
+            "yarn_orig_ctx": 4096, **EXACT}
+    variants = [
+        ("tiny_smollm3_yarn_nll.json", yarn, {"rope_scaling": "yarn", "rope_scale": 2, "yarn_orig_ctx": 4096}),
+        ("tiny_smollm3_q8kv_nll.json", Q8, {"kv_cache": "q8_0"}),
+    ]
+    for name, settings, described in variants:
+        tiny = Llama(model_path=args.tiny, logits_all=True, n_ctx=window, n_batch=window, n_threads=2,
+                     verbose=False, **settings)
+        nll = token_nll(tiny, tokens, window)
+        write(name, {**meta, "model_sha256": sha256(args.tiny), "window": window, **described,
+                     "tokens": tokens, "nll": nll, "ppl": float(np.exp(np.mean(nll)))})
+        del tiny
     if not args.smollm2:
         return
 
