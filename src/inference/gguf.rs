@@ -136,6 +136,26 @@ impl GgufFile {
 
     /// The raw bytes of one tensor, read straight into their final buffer (no second copy);
     /// bounds were checked at open.
+    /// Tensor `name`'s bytes as a reader of byte ranges, so a loader can read them in
+    /// pieces, on several threads, straight into their final place (no whole-tensor copy).
+    pub fn tensor_reader(&self, name: &str) -> Result<TensorReader> {
+        let info = self
+            .tensor_info(name)
+            .ok_or_else(|| self.bad_tensor(name, "is missing".into()))?;
+        let len = tensor_bytes(info)
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or_else(|| self.bad_tensor(name, "has an impossible size".into()))?;
+        let file = File::open(&self.path).map_err(|source| InferenceError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(TensorReader {
+            file,
+            start: self.content.tensor_data_offset + info.offset,
+            len,
+        })
+    }
+
     pub fn tensor_data(&self, name: &str) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
         let info = self
@@ -346,5 +366,35 @@ pub fn dtype_name(dtype: GgmlDType) -> &'static str {
         GgmlDType::Q5K => "Q5_K",
         GgmlDType::Q6K => "Q6_K",
         GgmlDType::Q8K => "Q8_K",
+    }
+}
+
+/// One tensor's bytes in the file, read by range (`pread`, so threads share it).
+pub struct TensorReader {
+    file: File,
+    start: u64,
+    len: usize,
+}
+
+impl TensorReader {
+    /// Bytes in the tensor.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Fills `buf` with the tensor's bytes from `at`.
+    pub fn read_at(&self, at: usize, buf: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if at + buf.len() > self.len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "read past the tensor's end",
+            ));
+        }
+        self.file.read_exact_at(buf, self.start + at as u64)
     }
 }

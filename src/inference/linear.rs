@@ -171,13 +171,16 @@ fn packed(
     if cols % super::kernels::blocks::QK_K != 0 {
         return Ok(None);
     }
-    let data = file.tensor_data(name)?;
-    let bytes = data.len();
-    let m = PackedMatrix::new(quant, rows, cols, data, tier).ok_or_else(|| {
-        file.bad_tensor(
+    let reader = file.tensor_reader(name)?;
+    let bytes = reader.len();
+    let expected = rows.checked_mul(cols / super::kernels::blocks::QK_K * quant.block_bytes());
+    if expected != Some(bytes) {
+        return Err(file.bad_tensor(
             name,
             format!("{rows}×{cols} does not match its {bytes} bytes"),
-        )
-    })?;
-    Ok(Some(m))
+        ));
+    }
+    let m = PackedMatrix::load(quant, rows, cols, tier, |at, buf| reader.read_at(at, buf))
+        .map_err(|e| file.bad_tensor(name, format!("cannot be read: {e}")))?;
+    Ok(m)
 }

@@ -2,10 +2,8 @@
 //! GGUF file stores them, Q8_K, the form activations are quantized to before a matmul, and
 //! Q8_0, the form a `--cache-type q8_0` KV cache keeps keys and values in.
 //!
-//! Weights are never repacked into wider blocks: a row is the file's blocks back to back, so
-//! memory and the bytes decode reads per token equal the file's (4.5 bits per weight for
-//! Q4_K, 6.56 for Q6_K), where candle's repack keeps ~6.0 bits per weight for Q4_K beside the
-//! original.
+//! The kernels read weights interleaved (`groups`), packed from these blocks once at load
+//! with their integer parts unchanged; the scalar yardstick reads these blocks directly.
 
 use half::f16;
 
@@ -148,30 +146,6 @@ pub fn q4k_scales_mins(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
         }
     }
     (sc, mn)
-}
-
-/// The same eight scales and eight mins, unpacked with word operations (what the SIMD
-/// tiers use; the plain loop above is the reference it is tested against): bytes 0..8 of
-/// the result are the scales, 8..16 the mins.
-#[inline(always)]
-pub fn q4k_scale_words(packed: &[u8]) -> [u8; 16] {
-    const LOW6: u32 = 0x3f3f_3f3f;
-    const LOW4: u32 = 0x0f0f_0f0f;
-    const LOW2: u32 = 0x0303_0303;
-    let word =
-        |i: usize| u32::from_le_bytes([packed[i], packed[i + 1], packed[i + 2], packed[i + 3]]);
-    let (a, b, c) = (word(0), word(4), word(8));
-    let words = [
-        a & LOW6,
-        (c & LOW4) | (((a >> 6) & LOW2) << 4),
-        b & LOW6,
-        ((c >> 4) & LOW4) | (((b >> 6) & LOW2) << 4),
-    ];
-    let mut out = [0u8; 16];
-    for (o, w) in out.chunks_exact_mut(4).zip(words) {
-        o.copy_from_slice(&w.to_le_bytes());
-    }
-    out
 }
 
 /// The 256 unsigned 4-bit values of a Q4_K block in order (0..=15).

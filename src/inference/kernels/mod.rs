@@ -7,9 +7,11 @@
 //! 9.41 and 23.9, with 4.56 GB peak RSS against 3.40. Its Q4_K path repacks every weight into
 //! tiles with f32 scales (~6.0 bits per weight, kept beside the original blocks), sends Q6_K
 //! through a generic dot product, quantizes the same input once per projection, and runs on
-//! two thread pools. Here weights stay the file's blocks (one copy, read once at load), the
-//! input is quantized to Q8_K once per matmul group (Q, K and V together; gate and up
-//! together with SiLU·mul fused), and one spinning pool splits each matmul's rows statically.
+//! two thread pools. Here weights are the file's integer blocks interleaved 16 rows at a time
+//! (`groups`: one copy, 4.63 bits per weight for Q4_K, packed at load in parallel without a
+//! copy of the tensor), the input is quantized to Q8_K once per matmul group (Q, K and V
+//! together; gate and up together with SiLU·mul fused), and one spinning pool splits each
+//! matmul's row groups statically.
 //!
 //! candle's `QMatMul` stays as the reference path (`SMOLBOT_KERNELS=candle`), and is the
 //! path on CUDA, on CPUs without AVX2 and for every other quantization type.
@@ -17,11 +19,11 @@
 //! Tiers are chosen at run time (`is_x86_feature_detected!`), never by `target-cpu`: the
 //! same binary runs on every host. `SMOLBOT_KERNELS=candle|scalar|avx2|avx512|avx512vnni|auto` forces one.
 
-/// Calls `$kernel::<R>` (a const-generic kernel over R activation rows) for `$acts`, writing
-/// `$out`: in groups of up to 8 rows (`rows8`, for the 32-register AVX-512 tiers) or 4 (`rows4`,
-/// AVX2's 16 registers hold no more accumulators): the one dispatch every SIMD tier shares.
-macro_rules! by_rows {
-    (rows4, $kernel:ident, $w:expr, $acts:expr, $out:expr) => {{
+/// Calls `$kernel::<R>` (a const-generic kernel over one weight group and R activation rows)
+/// for `$acts`, writing `$out`, in calls of up to 4 activation rows: the one dispatch every
+/// SIMD tier shares. Four keeps each tier's accumulators (3 per row) in registers.
+macro_rules! by_acts {
+    ($kernel:ident, $w:expr, $acts:expr, $out:expr) => {{
         let w = $w;
         for (a, out) in $acts.chunks(4).zip($out.chunks_mut(4)) {
             match a.len() {
@@ -32,25 +34,11 @@ macro_rules! by_rows {
             }
         }
     }};
-    (rows8, $kernel:ident, $w:expr, $acts:expr, $out:expr) => {{
-        let w = $w;
-        for (a, out) in $acts.chunks(8).zip($out.chunks_mut(8)) {
-            match a.len() {
-                1 => out.copy_from_slice(&$kernel::<1>(w, [a[0]])),
-                2 => out.copy_from_slice(&$kernel::<2>(w, [a[0], a[1]])),
-                3 => out.copy_from_slice(&$kernel::<3>(w, [a[0], a[1], a[2]])),
-                4 => out.copy_from_slice(&$kernel::<4>(w, [a[0], a[1], a[2], a[3]])),
-                5 => out.copy_from_slice(&$kernel::<5>(w, std::array::from_fn(|i| a[i]))),
-                6 => out.copy_from_slice(&$kernel::<6>(w, std::array::from_fn(|i| a[i]))),
-                7 => out.copy_from_slice(&$kernel::<7>(w, std::array::from_fn(|i| a[i]))),
-                _ => out.copy_from_slice(&$kernel::<8>(w, std::array::from_fn(|i| a[i]))),
-            }
-        }
-    }};
 }
 
 pub mod attention;
 pub mod blocks;
+pub mod groups;
 pub mod op;
 pub mod pool;
 pub mod scalar;
@@ -67,6 +55,7 @@ use std::sync::Arc;
 use candle_core::quantized::GgmlDType;
 
 use blocks::{quantize_q8k, BlockQ8K, Q4K_BYTES, Q6K_BYTES, QK_K};
+use groups::LANES;
 
 /// An instruction-set level our kernels are written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,7 +182,8 @@ impl Quant {
         }
     }
 
-    fn block_bytes(self) -> usize {
+    /// Bytes of one of the file's blocks (256 values) of this type.
+    pub fn block_bytes(self) -> usize {
         match self {
             Quant::Q4K => Q4K_BYTES,
             Quant::Q6K => Q6K_BYTES,
@@ -201,40 +191,103 @@ impl Quant {
     }
 }
 
-/// `out[r] = row · acts[r]` for one weight row and 1–8 activation rows.
-type RowKernel = fn(&[u8], &[&[BlockQ8K]], &mut [f32]);
+/// `out[r][lane] = row lane · acts[r]` for one group of 16 interleaved weight rows.
+type GroupKernel = fn(&[u8], &[&[BlockQ8K]], &mut [[f32; LANES]]);
 
-/// A weight matrix `(rows, cols)` in the file's own blocks, one row after another.
+/// 64 bytes on a 64-byte boundary: group blocks (whole lines) never straddle cache lines.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A weight matrix `(rows, cols)` in groups of 16 interleaved rows (see `groups`), built
+/// once from the file's blocks.
 pub struct PackedMatrix {
     quant: Quant,
     rows: usize,
     cols: usize,
-    row_bytes: usize,
-    data: Vec<u8>,
-    kernel: RowKernel,
+    /// Bytes of one group: its `cols / 256` group blocks back to back.
+    group_bytes: usize,
+    lines: Vec<Line>,
+    kernel: GroupKernel,
     tier: Tier,
 }
 
 impl PackedMatrix {
-    /// Takes `data` as read from the file. `None` when the shape does not fit the type
-    /// (columns not a whole number of superblocks, or the wrong byte count).
+    /// Packs `data`, the file's blocks of `rows` rows. `None` when the shape does not fit
+    /// the type (columns not a whole number of superblocks, or the wrong byte count).
     pub fn new(quant: Quant, rows: usize, cols: usize, data: Vec<u8>, tier: Tier) -> Option<Self> {
-        if cols == 0 || !cols.is_multiple_of(QK_K) {
-            return None;
-        }
-        let row_bytes = cols / QK_K * quant.block_bytes();
+        let row_bytes = cols.checked_div(QK_K)? * quant.block_bytes();
         if data.len() != rows.checked_mul(row_bytes)? {
             return None;
         }
-        Some(Self {
+        let read = |at: usize, buf: &mut [u8]| {
+            buf.copy_from_slice(&data[at..at + buf.len()]);
+            Ok::<(), ()>(())
+        };
+        Self::load(quant, rows, cols, tier, read).ok().flatten()
+    }
+
+    /// Packs the matrix whose file blocks (row after row) `read(at, buf)` fills, 16 rows
+    /// at a time on every pool thread, straight into the packed buffer: the load keeps no
+    /// copy of the tensor and reads in parallel. `Ok(None)` when the columns are not a
+    /// whole number of superblocks.
+    pub fn load<E: Send>(
+        quant: Quant,
+        rows: usize,
+        cols: usize,
+        tier: Tier,
+        read: impl Fn(usize, &mut [u8]) -> Result<(), E> + Sync,
+    ) -> Result<Option<Self>, E> {
+        if cols == 0 || !cols.is_multiple_of(QK_K) {
+            return Ok(None);
+        }
+        let nb = cols / QK_K;
+        let row_bytes = nb * quant.block_bytes();
+        let group_bytes = nb * quant.group_bytes();
+        let groups = rows.div_ceil(LANES);
+        let mut lines = zeroed_lines(groups * group_bytes / 64);
+        let dst = Out(lines.as_mut_ptr() as *mut f32);
+        let failure = std::sync::Mutex::new(None);
+        let pool = pool::global();
+        let threads = pool.threads();
+        pool.run(|t| {
+            let mut raw = vec![0u8; LANES * row_bytes];
+            for gi in share(groups, t, threads) {
+                let first = gi * LANES;
+                let members = rows.min(first + LANES) - first;
+                let raw = &mut raw[..members * row_bytes];
+                if let Err(e) = read(first * row_bytes, raw) {
+                    failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
+                    return;
+                }
+                let members: Vec<&[u8]> = raw.chunks_exact(row_bytes).collect();
+                // SAFETY: group gi's bytes, written by this worker alone, inside `lines`.
+                let group = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        (dst.at(0) as *mut u8).add(gi * group_bytes),
+                        group_bytes,
+                    )
+                };
+                for (b, block) in group.chunks_exact_mut(quant.group_bytes()).enumerate() {
+                    groups::pack(quant, &members, b, block);
+                }
+            }
+        });
+        if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
+        }
+        Ok(Some(Self {
             quant,
             rows,
             cols,
-            row_bytes,
-            data,
-            kernel: row_kernel(quant, tier),
+            group_bytes,
+            lines,
+            kernel: group_kernel(quant, tier),
             tier,
-        })
+        }))
     }
 
     pub fn rows(&self) -> usize {
@@ -255,39 +308,62 @@ impl PackedMatrix {
 
     /// Bytes of weights held (and read per decoded token).
     pub fn bytes(&self) -> usize {
-        self.data.len()
+        self.lines.len() * 64
     }
 
-    fn row(&self, i: usize) -> &[u8] {
-        &self.data[i * self.row_bytes..(i + 1) * self.row_bytes]
+    fn groups(&self) -> usize {
+        self.rows.div_ceil(LANES)
+    }
+
+    fn group(&self, g: usize) -> &[u8] {
+        // SAFETY: `Line` is 64 plain bytes, so the lines are `bytes()` initialized bytes.
+        let all =
+            unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.bytes()) };
+        &all[g * self.group_bytes..(g + 1) * self.group_bytes]
     }
 
     /// Row `i` as f32 (an embedding lookup).
     pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
-        match self.quant {
-            Quant::Q4K => blocks::dequantize_q4k(self.row(i), out),
-            Quant::Q6K => blocks::dequantize_q6k(self.row(i), out),
-        }
+        groups::dequantize(self.quant, self.group(i / LANES), i % LANES, out);
     }
 }
 
-fn row_kernel(quant: Quant, tier: Tier) -> RowKernel {
+/// `n` zeroed lines from the allocator's zeroed pages: no pass writing zeros over memory
+/// that packing writes again (the pages fault in where each pool thread packs).
+fn zeroed_lines(n: usize) -> Vec<Line> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let layout =
+        std::alloc::Layout::array::<Line>(n).expect("a packed matrix fits the address space");
+    // SAFETY: a non-zero layout; all-zero bytes are a valid `Line`, and the pointer, length
+    // and capacity describe exactly the allocation made with `Line`'s layout.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout) as *mut Line;
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Vec::from_raw_parts(ptr, n, n)
+    }
+}
+
+fn group_kernel(quant: Quant, tier: Tier) -> GroupKernel {
     match (tier, quant) {
-        (Tier::Scalar, Quant::Q4K) => scalar::q4k_rows,
-        (Tier::Scalar, Quant::Q6K) => scalar::q6k_rows,
+        (Tier::Scalar, Quant::Q4K) => scalar::q4k_group,
+        (Tier::Scalar, Quant::Q6K) => scalar::q6k_group,
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a matrix gets this tier only after `Tier::supported` said yes.
-        (Tier::Avx2, Quant::Q4K) => |w, a, o| unsafe { avx2::q4k_rows(w, a, o) },
+        (Tier::Avx2, Quant::Q4K) => |w, a, o| unsafe { avx2::q4k_group(w, a, o) },
         #[cfg(target_arch = "x86_64")]
-        (Tier::Avx2, Quant::Q6K) => |w, a, o| unsafe { avx2::q6k_rows(w, a, o) },
+        (Tier::Avx2, Quant::Q6K) => |w, a, o| unsafe { avx2::q6k_group(w, a, o) },
         #[cfg(target_arch = "x86_64")]
-        (Tier::Avx512, Quant::Q4K) => |w, a, o| unsafe { avx512::bw::q4k_rows(w, a, o) },
+        (Tier::Avx512, Quant::Q4K) => |w, a, o| unsafe { avx512::bw::q4k_group(w, a, o) },
         #[cfg(target_arch = "x86_64")]
-        (Tier::Avx512, Quant::Q6K) => |w, a, o| unsafe { avx512::bw::q6k_rows(w, a, o) },
+        (Tier::Avx512, Quant::Q6K) => |w, a, o| unsafe { avx512::bw::q6k_group(w, a, o) },
         #[cfg(target_arch = "x86_64")]
-        (Tier::Avx512Vnni, Quant::Q4K) => |w, a, o| unsafe { avx512::vnni::q4k_rows(w, a, o) },
+        (Tier::Avx512Vnni, Quant::Q4K) => |w, a, o| unsafe { avx512::vnni::q4k_group(w, a, o) },
         #[cfg(target_arch = "x86_64")]
-        (Tier::Avx512Vnni, Quant::Q6K) => |w, a, o| unsafe { avx512::vnni::q6k_rows(w, a, o) },
+        (Tier::Avx512Vnni, Quant::Q6K) => |w, a, o| unsafe { avx512::vnni::q6k_group(w, a, o) },
         #[cfg(not(target_arch = "x86_64"))]
         (Tier::Avx2 | Tier::Avx512 | Tier::Avx512Vnni, _) => {
             unreachable!("SIMD tiers are never supported off x86_64")
@@ -327,9 +403,9 @@ impl Activations {
 /// How far ahead of the block being read the SIMD kernels prefetch weights, in bytes.
 const PREFETCH: usize = 4096;
 
-/// Weight rows handled together while a group of activation rows stays in L1.
-const ROW_TILE: usize = 8;
-/// Activation rows per kernel call (each weight block is unpacked once for all of them).
+/// Weight groups handled together while a set of activation rows stays in L1.
+const GROUP_TILE: usize = 4;
+/// Activation rows per pass over a tile (each group block is unpacked once per kernel call).
 const ACT_GROUP: usize = 8;
 
 /// A raw output pointer shared by the pool's workers, each writing its own indices.
@@ -347,9 +423,9 @@ impl Out {
     }
 }
 
-/// Calls `emit(act_row, weight_row, value)` for every product of `m`'s rows `range` with
-/// every activation row, tiled so a group of activation rows is reused across `ROW_TILE`
-/// weight rows.
+/// Calls `emit(act_row, weight_row, value)` for every product of the rows of `m`'s groups
+/// `range` with every activation row, tiled so a set of activation rows is reused across
+/// `GROUP_TILE` groups.
 fn products(
     m: &PackedMatrix,
     acts: &Activations,
@@ -358,17 +434,20 @@ fn products(
 ) {
     let mut tile = range.start;
     while tile < range.end {
-        let tile_end = (tile + ROW_TILE).min(range.end);
+        let tile_end = (tile + GROUP_TILE).min(range.end);
         let mut r0 = 0;
         while r0 < acts.rows {
             let n = ACT_GROUP.min(acts.rows - r0);
-            let group: [&[BlockQ8K]; ACT_GROUP] =
+            let set: [&[BlockQ8K]; ACT_GROUP] =
                 std::array::from_fn(|k| acts.row(r0 + k.min(n - 1)));
-            let mut out = [0f32; ACT_GROUP];
-            for i in tile..tile_end {
-                (m.kernel)(m.row(i), &group[..n], &mut out[..n]);
-                for (k, &v) in out[..n].iter().enumerate() {
-                    emit(r0 + k, i, v);
+            let mut out = [[0f32; LANES]; ACT_GROUP];
+            for g in tile..tile_end {
+                (m.kernel)(m.group(g), &set[..n], &mut out[..n]);
+                let rows = (m.rows - g * LANES).min(LANES);
+                for (k, lanes) in out[..n].iter().enumerate() {
+                    for (lane, &v) in lanes[..rows].iter().enumerate() {
+                        emit(r0 + k, g * LANES + lane, v);
+                    }
                 }
             }
             r0 += n;
@@ -393,7 +472,7 @@ pub fn matmul(mats: &[&PackedMatrix], acts: &Activations) -> Vec<f32> {
     pool.run(|t| {
         let mut offset = 0;
         for m in mats {
-            let range = share(m.rows, t, threads);
+            let range = share(m.groups(), t, threads);
             products(m, acts, range, |r, i, v| {
                 // SAFETY: `r * width + offset + i` is inside `out`, and row `i` of this
                 // matrix belongs to this worker alone.
@@ -414,7 +493,8 @@ pub fn swiglu(gate: &PackedMatrix, up: &PackedMatrix, acts: &Activations) -> Vec
     let pool = pool::global();
     let threads = pool.threads();
     pool.run(|t| {
-        let range = share(width, t, threads);
+        let range = share(gate.groups(), t, threads);
+        let columns = (range.start * LANES).min(width)..(range.end * LANES).min(width);
         products(gate, acts, range.clone(), |r, i, v| {
             // SAFETY: as in `matmul`; the gate value is parked in the output first.
             unsafe { *dst.at(r * width + i) = v };
@@ -422,7 +502,7 @@ pub fn swiglu(gate: &PackedMatrix, up: &PackedMatrix, acts: &Activations) -> Vec
         for r in 0..acts.rows {
             // SAFETY: this worker's columns of row r, written above and by no one else.
             let gates = unsafe {
-                std::slice::from_raw_parts_mut(dst.at(r * width + range.start), range.len())
+                std::slice::from_raw_parts_mut(dst.at(r * width + columns.start), columns.len())
             };
             attention::silu(gate.tier, gates);
         }
