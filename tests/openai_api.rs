@@ -117,6 +117,43 @@ async fn chat_splits_reasoning_from_content_and_counts_usage() {
     assert_eq!(body["timings"]["predicted_n"].as_u64(), Some(completion));
 }
 
+/// Issue 14 (memory budget): a generation that runs past the server's time limit ends there
+/// as at `max_tokens`, and frees its place.
+#[tokio::test]
+async fn a_generation_past_its_time_limit_ends_as_length() {
+    let engine = Engine::start_with(
+        BackendSpec::Stub(StubConfig {
+            tokens_per_second: 20.0,
+            context_length: STUB_CONTEXT_LENGTH,
+        }),
+        smolbot::services::EngineLimits {
+            queue_capacity: 4,
+            parallel: 1,
+            generation_time: Some(std::time::Duration::from_millis(300)),
+        },
+    )
+    .await
+    .expect("stub engine starts");
+    let app = app(AppState::new(
+        engine,
+        smolbot::services::SessionStore::in_memory().expect("in-memory store"),
+        None,
+    ));
+    let chat = json!({"messages": user("Show me Markdown"), "max_tokens": 10_000});
+    let cut = post_json(&app, "/v1/chat/completions", chat.clone()).await;
+    assert_eq!(cut.status, StatusCode::OK, "{}", cut.text);
+    let cut = cut.json();
+    assert_eq!(cut["choices"][0]["finish_reason"], "length", "{cut}");
+    let written = cut["usage"]["completion_tokens"].as_u64().unwrap();
+
+    let whole = post_json(&stub_app().await, "/v1/chat/completions", chat)
+        .await
+        .json();
+    assert_eq!(whole["choices"][0]["finish_reason"], "stop");
+    let all = whole["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(written < all, "{written} of {all} tokens");
+}
+
 /// Issue 14, finding 7: turn markup in an earlier assistant turn (an imported conversation
 /// planting a system turn) reaches the model as text: the prompt's token count is that of the
 /// template's markup as control tokens and the planted text as characters.
