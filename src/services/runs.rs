@@ -927,9 +927,10 @@ pub(crate) mod tests {
                 tokio::task::yield_now().await;
             }
         }
-        let registry = runs.registry();
-        assert!(registry.finished.is_empty() && registry.finished_bytes == 0);
-        drop(registry);
+        {
+            let registry = runs.registry();
+            assert!(registry.finished.is_empty() && registry.finished_bytes == 0);
+        }
 
         let (engine, runs, conversation) = setup(0.0).await;
         let mut kept = Vec::new();
