@@ -1,11 +1,14 @@
 //! `--api-key` guards everything but `/health` (issue 14, finding 3): over a real socket, every
 //! API and page route refuses a request without the key, the APIs take
 //! `Authorization: Bearer KEY`, and the page logs in once and then rides an `HttpOnly`,
-//! `SameSite=Strict` session cookie (`Secure` behind a TLS proxy).
+//! `SameSite=Strict` session cookie (`Secure` behind a TLS proxy). Wrong keys are limited per
+//! client address (429 with `Retry-After`), and the page logs out.
 
 mod common;
 
-use common::wire::{request, serve, Raw, Served};
+use std::net::{IpAddr, Ipv4Addr};
+
+use common::wire::{request, request_from, serve, Raw, Served};
 use smolbot::web::{app, AppState};
 
 const KEY: &str = "sesame-123";
@@ -105,6 +108,8 @@ async fn every_route_but_health_needs_the_key() {
         ("GET", "/tokenizer_info".into(), json, String::new()),
         ("POST", "/apply-template".into(), json, chat.into()),
     ];
+    // Each wrong key from an address of its own, so none reaches the limit on wrong keys.
+    let mut clients = (1..=u8::MAX).map(|n| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 1, n))));
     for (method, path, content_type, body) in &api {
         for auth in [
             "",
@@ -115,7 +120,8 @@ async fn every_route_but_health_needs_the_key() {
                 .into_iter()
                 .filter(|h| !h.is_empty())
                 .collect();
-            let reply = request(served.addr, method, path, &headers, body).await;
+            let from = clients.next().expect("an address");
+            let reply = request_from(from, served.addr, method, path, &headers, body).await;
             assert_eq!(
                 reply.status, 401,
                 "{method} {path} with {auth:?}: {reply:?}"
@@ -291,4 +297,102 @@ async fn without_a_key_nothing_asks_for_one() {
     assert_eq!(page.status, 200);
     let login = request(served.addr, "GET", "/login", &[], "").await;
     assert_eq!((login.status, login.header("location")), (303, Some("/")));
+}
+
+#[tokio::test]
+async fn wrong_keys_are_limited_per_client_address() {
+    let (served, _dir) = server(Some(KEY)).await;
+    let addr = served.addr;
+    let guesser = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    let other = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
+    let form = "Content-Type: application/x-www-form-urlencoded";
+    let body = format!("key={KEY}&next=%2F");
+    // A session from before the guessing keeps working.
+    let login = request_from(guesser, addr, "POST", "/login", &[form], &body).await;
+    assert_eq!(login.status, 303, "{login:?}");
+    let cookie = format!("Cookie: {}", cookie_of(&login));
+
+    for i in 0..smolbot::web::auth::MAX_FAILED_KEYS {
+        let wrong = if i % 2 == 0 {
+            request_from(
+                guesser,
+                addr,
+                "GET",
+                "/v1/models",
+                &["Authorization: Bearer nope"],
+                "",
+            )
+            .await
+        } else {
+            request_from(
+                guesser,
+                addr,
+                "POST",
+                "/login",
+                &[form],
+                "key=nope&next=%2F",
+            )
+            .await
+        };
+        assert_eq!(wrong.status, 401, "wrong key {i}: {wrong:?}");
+    }
+    let right = format!("Authorization: Bearer {KEY}");
+    let limited = request_from(guesser, addr, "GET", "/v1/models", &[&right], "").await;
+    assert_eq!(limited.status, 429, "{limited:?}");
+    let wait: u64 = limited
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(
+        limited.body.contains("too_many_key_attempts"),
+        "{}",
+        limited.body
+    );
+    let form_limited = request_from(guesser, addr, "POST", "/login", &[form], &body).await;
+    assert_eq!(form_limited.status, 429, "{form_limited:?}");
+    assert!(form_limited.header("retry-after").is_some());
+    assert!(form_limited.header("set-cookie").is_none());
+
+    let with_session = request_from(guesser, addr, "GET", "/", &[&cookie], "").await;
+    assert_eq!(with_session.status, 200, "{with_session:?}");
+    let elsewhere = request_from(other, addr, "GET", "/v1/models", &[&right], "").await;
+    assert_eq!(elsewhere.status, 200, "another address is not held back");
+}
+
+#[tokio::test]
+async fn logging_out_ends_the_session_and_clears_the_cookie() {
+    let (served, _dir) = server(Some(KEY)).await;
+    let form = "Content-Type: application/x-www-form-urlencoded";
+    let login = request(
+        served.addr,
+        "POST",
+        "/login",
+        &[form],
+        &format!("key={KEY}&next=%2F"),
+    )
+    .await;
+    let cookie = format!("Cookie: {}", cookie_of(&login));
+    let page = request(served.addr, "GET", "/", &[&cookie], "").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("action=\"/logout\""), "a logout button");
+
+    let out = request(served.addr, "POST", "/logout", &[&cookie], "").await;
+    assert_eq!(out.status, 303, "{out:?}");
+    assert_eq!(out.header("location"), Some("/login"));
+    let cleared = out.header("set-cookie").expect("the cookie is cleared");
+    assert!(
+        cleared.starts_with("smolbot_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    let after = request(served.addr, "GET", "/", &[&cookie], "").await;
+    assert_eq!(after.status, 303, "the old cookie is no session any more");
+
+    let (open, _dir) = server(None).await;
+    let page = request(open.addr, "GET", "/", &[], "").await;
+    assert!(
+        !page.body.contains("/logout"),
+        "no key, nothing to log out of"
+    );
 }

@@ -235,6 +235,7 @@ async fn four_chats_sent_at_once_run_together_and_answer_as_each_alone_on_smollm
     let limits = |parallel| EngineLimits {
         queue_capacity: 8,
         parallel,
+        ..EngineLimits::default()
     };
     let together = Engine::start_with(spec.clone(), limits(4)).await.unwrap();
     let mut streams: Vec<_> = questions.iter().map(|q| ask(&together, q)).collect();

@@ -2,7 +2,9 @@
 //! needs a nightly toolchain): random byte edits, overwrites with extreme integers and
 //! truncations of the tiny synthetic model, each opened, configured, validated and tokenized.
 //! Every outcome must be a value or an error, never a panic. A short run is part of the suite;
-//! a long one is `SMOLBOT_FUZZ_ITERATIONS=20000 cargo test --release --test gguf_fuzz`.
+//! a long one is `SMOLBOT_FUZZ_ITERATIONS=20000 cargo test --release --test gguf_fuzz`; the
+//! libFuzzer target of the same path is `fuzz/` (`cargo +nightly fuzz run gguf_open`, see
+//! fuzz/README.md).
 //! A failing case prints its seed; keep the file it names under `tests/fixtures/gguf_crashers/`
 //! (every file there is replayed below).
 

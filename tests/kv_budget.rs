@@ -32,6 +32,7 @@ async fn engine(context: ContextRequest, parallel: usize) -> Result<Engine, Serv
     let limits = EngineLimits {
         queue_capacity: 4,
         parallel,
+        ..EngineLimits::default()
     };
     Engine::start_with(spec, limits).await
 }

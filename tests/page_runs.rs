@@ -188,7 +188,7 @@ fn last_answer(events: &[SseEvent]) -> Option<&str> {
 fn without_answer_renders(events: &[SseEvent]) -> Vec<SseEvent> {
     events
         .iter()
-        .filter(|e| e.event != "answer")
+        .filter(|e| !e.event.starts_with("answer"))
         .cloned()
         .collect()
 }
@@ -317,6 +317,113 @@ async fn a_reconnect_with_last_event_id_gets_exactly_the_rest() {
         Reader::open(&h.app, &url, Some(end)).await.rest().await,
         vec![]
     );
+}
+
+/// The page's answer as a browser builds it from the updates before the whole answer comes:
+/// settled blocks appended, the block being written replaced.
+fn pieced_answer(events: &[SseEvent]) -> String {
+    let (mut settled, mut tail) = (String::new(), String::new());
+    for event in events.iter().take_while(|e| e.event != "answer") {
+        match event.event.as_str() {
+            "answer-settled" => settled.push_str(&event.data),
+            "answer-tail" => tail = event.data.clone(),
+            _ => {}
+        }
+    }
+    settled + &tail
+}
+
+/// The text of `html`, without tags or whitespace, to compare renders made in pieces with
+/// one made whole.
+fn visible_text(html: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag && !c.is_whitespace() => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Issue 14, finding 10: the answer streams as what changed (settled blocks once, the block
+/// being written again), not whole on every update; a reconnect mid-answer gets the rest of
+/// the pieces with nothing repeated, and the end sends the answer whole.
+#[tokio::test]
+async fn the_answer_streams_as_changes_and_resumes_without_repeats() {
+    let h = harness().await;
+    let (_, url) = start_chat(&h.app, "").await;
+    let whole = tokio::spawn({
+        let (app, url) = (h.app.clone(), url.clone());
+        async move { Reader::open(&app, &url, None).await.rest().await }
+    });
+    let mut reader = Reader::open(&h.app, &url, None).await;
+    let mut before = Vec::new();
+    while before
+        .iter()
+        .filter(|e: &&SseEvent| e.event == "answer-tail")
+        .count()
+        < 3
+        || !before
+            .iter()
+            .any(|e: &SseEvent| e.event == "answer-settled")
+    {
+        before.push(
+            reader
+                .next()
+                .await
+                .expect("more of the answer before its end"),
+        );
+    }
+    drop(reader);
+    let last = before
+        .iter()
+        .rev()
+        .find_map(|e| e.id)
+        .expect("an update has an id");
+    let after = Reader::open(&h.app, &url, Some(last)).await.rest().await;
+    let whole = whole.await.expect("reader task");
+    assert_ids_increase(&after, last);
+
+    let full = last_answer(&whole).expect("the whole answer at the end");
+    let mut joined = before.clone();
+    joined.extend(after.iter().cloned());
+    assert_eq!(last_answer(&joined), Some(full));
+    assert_eq!(visible_text(&pieced_answer(&whole)), visible_text(full));
+    assert_eq!(
+        visible_text(&pieced_answer(&joined)),
+        visible_text(full),
+        "resumed pieces: nothing repeated, nothing lost"
+    );
+
+    // What was sent: each settled block once, and the block being written, never the whole
+    // answer again and again.
+    let bytes = |name: &str| -> Vec<usize> {
+        whole
+            .iter()
+            .filter(|e| e.event == name)
+            .map(|e| e.data.len())
+            .collect()
+    };
+    let (settled, tails) = (bytes("answer-settled"), bytes("answer-tail"));
+    assert!(
+        settled.len() > 1 && tails.len() > 3,
+        "{settled:?} {tails:?}"
+    );
+    assert!(
+        settled.iter().sum::<usize>() <= full.len() + 256,
+        "{settled:?} of {}",
+        full.len()
+    );
+    assert!(
+        tails.iter().sum::<usize>() < tails.len() * full.len() / 2,
+        "{tails:?} of {}",
+        full.len()
+    );
+    assert_eq!(whole.iter().filter(|e| e.event == "answer").count(), 1);
 }
 
 #[tokio::test]

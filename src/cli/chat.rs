@@ -74,6 +74,7 @@ pub fn run(mut args: ChatArgs) -> anyhow::Result<ExitCode> {
     let limits = EngineLimits {
         queue_capacity: 1,
         parallel: 1,
+        ..EngineLimits::default()
     };
     let engine = runtime.block_on(load_engine(spec, limits))?;
     let data_dir = args

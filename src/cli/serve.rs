@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use smolbot::services::engine::{DEFAULT_PARALLEL, DEFAULT_QUEUE_CAPACITY};
+use smolbot::services::engine::{
+    DEFAULT_GENERATION_TIME, DEFAULT_PARALLEL, DEFAULT_QUEUE_CAPACITY,
+};
 use smolbot::services::kv_budget::ContextRequest;
 use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
 use smolbot::services::{BackendSpec, Engine, EngineLimits};
@@ -174,6 +176,10 @@ pub struct ServeArgs {
     /// speed grows with each one up to what the machine's cores give (1: one at a time).
     #[arg(long, env = "SMOLBOT_PARALLEL", default_value_t = DEFAULT_PARALLEL)]
     pub(super) parallel: usize,
+    /// Longest one answer may be generated for, in seconds, prompt included; then it ends as
+    /// at max_tokens (finish_reason "length"). 0: no limit.
+    #[arg(long, env = "SMOLBOT_MAX_GENERATION_TIME", default_value_t = DEFAULT_GENERATION_TIME.as_secs())]
+    pub(super) max_generation_time: u64,
     /// Folder of the conversation database (default: $XDG_DATA_HOME/smolbot or
     /// ~/.local/share/smolbot).
     #[arg(long, env = "SMOLBOT_DATA_DIR")]
@@ -274,6 +280,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         engine = load_engine(spec, EngineLimits {
             queue_capacity: args.queue_size,
             parallel: args.parallel,
+            generation_time: (args.max_generation_time > 0)
+                .then(|| Duration::from_secs(args.max_generation_time)),
         }) => engine?,
         stopped = &mut server => {
             stopped.context("the server failed")?;

@@ -43,6 +43,11 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 16;
 /// `smolbot bench --parallel 4` measures what it buys on this machine.
 pub const DEFAULT_PARALLEL: usize = 4;
 
+/// How long one generation may run by default: far beyond a long answer on a slow CPU (a
+/// 16k-token answer at 10 tokens/s), short enough that a runaway one (a loop the model never
+/// leaves, a huge `max_tokens`) frees its place in the same half hour.
+pub const DEFAULT_GENERATION_TIME: Duration = Duration::from_secs(30 * 60);
+
 /// How much work the engine takes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineLimits {
@@ -50,6 +55,9 @@ pub struct EngineLimits {
     pub queue_capacity: usize,
     /// Generations run together.
     pub parallel: usize,
+    /// Longest one generation may run, prompt included, from when it gets its place; then it
+    /// ends with `finish_reason: "length"`, as at `max_tokens`. `None`: no limit.
+    pub generation_time: Option<Duration>,
 }
 
 impl Default for EngineLimits {
@@ -57,6 +65,7 @@ impl Default for EngineLimits {
         Self {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             parallel: DEFAULT_PARALLEL,
+            generation_time: Some(DEFAULT_GENERATION_TIME),
         }
     }
 }
@@ -155,6 +164,7 @@ impl Engine {
         let limits = EngineLimits {
             queue_capacity,
             parallel: 1,
+            ..EngineLimits::default()
         };
         Self::start_with(spec, limits).await
     }
@@ -164,6 +174,7 @@ impl Engine {
         let limits = EngineLimits {
             queue_capacity: limits.queue_capacity.max(1),
             parallel: limits.parallel.max(1),
+            generation_time: limits.generation_time,
         };
         let (jobs, queue) = sync_channel::<Job>(limits.queue_capacity);
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -185,6 +196,7 @@ impl Engine {
                                 metrics: &engine_metrics,
                                 tokenizer: codec.tokenizer(),
                                 parallel: limits.parallel,
+                                generation_time: limits.generation_time,
                             };
                             match backend.model {
                                 TokenSource::Gguf(model) => run(*model, queue, shared),
@@ -303,6 +315,7 @@ struct Shared<'a> {
     metrics: &'a Metrics,
     tokenizer: &'a GgufTokenizer,
     parallel: usize,
+    generation_time: Option<Duration>,
 }
 
 /// A generation the engine is running.
@@ -402,6 +415,8 @@ fn admit<'t, M: TokenModel>(
         logprobs: Vec::new(),
         started: Instant::now(),
         first_token: None,
+        deadline: shared.generation_time.map(|limit| Instant::now() + limit),
+        timed_out: false,
     };
     for &id in &chat.reply.prefix {
         if sink.read(id).is_break() {
@@ -466,6 +481,10 @@ struct JobSink<'t> {
     logprobs: Vec<TokenLogprobs>,
     started: Instant,
     first_token: Option<Duration>,
+    /// When the generation must end ([`EngineLimits::generation_time`]).
+    deadline: Option<Instant>,
+    /// It ended there.
+    timed_out: bool,
 }
 
 impl JobSink<'_> {
@@ -490,6 +509,12 @@ impl JobSink<'_> {
 }
 
 impl JobSink<'_> {
+    /// Whether the generation's time is up; it is stopped then, and ends as at `max_tokens`.
+    fn out_of_time(&mut self) -> bool {
+        self.timed_out |= self.deadline.is_some_and(|at| Instant::now() >= at);
+        self.timed_out
+    }
+
     /// Moves the request's grammars past `id`; a token they cannot take ends the run.
     fn follow(&mut self, id: u32) -> ControlFlow<()> {
         let Some(gate) = self.constraint.as_mut() else {
@@ -507,6 +532,9 @@ impl JobSink<'_> {
 
 impl TokenSink for JobSink<'_> {
     fn prefilled(&mut self, p: PrefillProgress) -> ControlFlow<()> {
+        if self.out_of_time() {
+            return ControlFlow::Break(());
+        }
         let progress = Progress::Prefill {
             done: p.done,
             total: p.total,
@@ -532,7 +560,7 @@ impl TokenSink for JobSink<'_> {
     }
 
     fn token(&mut self, token: Sampled) -> TokenAction {
-        if self.events.is_closed() {
+        if self.events.is_closed() || self.out_of_time() {
             return TokenAction::Stop;
         }
         if self.follow(token.id).is_break() {
@@ -577,7 +605,7 @@ fn complete(
     if let Some(err) = sink.failure {
         return Err(ServiceError::Output(err));
     }
-    if stats.stop == StopReason::Cancelled && !sink.parser.stopped() {
+    if stats.stop == StopReason::Cancelled && !sink.parser.stopped() && !sink.timed_out {
         return Ok(None);
     }
     let mut tool_calls = sink.parser.tool_calls();
@@ -586,6 +614,7 @@ fn complete(
         let _ = sink.events.send(event);
     }
     let finish_reason = match stats.stop {
+        StopReason::Cancelled if sink.timed_out => FinishReason::Length,
         StopReason::MaxTokens | StopReason::ContextFull => FinishReason::Length,
         StopReason::EndToken | StopReason::Cancelled if tool_calls > 0 => FinishReason::ToolCalls,
         StopReason::EndToken | StopReason::Cancelled => FinishReason::Stop,

@@ -9,7 +9,8 @@
 //!
 //! [`Runs`] is the registry: at most one live run per conversation (a second send is refused
 //! with [`RunError::Busy`]), and a finished run's log is kept for [`FINISHED_RUN_KEPT`] so a
-//! client that reconnects just after the end still gets it.
+//! client that reconnects just after the end still gets it; the kept logs together hold at
+//! most [`FINISHED_RUNS_MAX_BYTES`], the oldest forgotten early beyond that.
 //!
 //! A run writes its answer into a draft row that the caller stored (`generating`): saved
 //! as it grows, at least every [`DRAFT_SAVE_INTERVAL`] or [`DRAFT_SAVE_TOKENS`], and once
@@ -40,6 +41,12 @@ use super::sessions::{
 /// How long a finished run's log stays readable: a reconnecting browser retries within a
 /// few seconds, and a minute of a finished answer's events costs little memory.
 pub const FINISHED_RUN_KEPT: Duration = Duration::from_secs(60);
+
+/// Most bytes the logs of finished runs hold together while they are kept: fast answers
+/// ending many at a time (a stub, a small model, a script) would otherwise keep a minute of
+/// every answer's events, unbounded. Past it the oldest finished logs are forgotten early;
+/// their answers are stored, so a late reader loads them from the conversation instead.
+pub const FINISHED_RUNS_MAX_BYTES: usize = 64 << 20;
 
 /// How often a run saves its growing draft: a crash loses at most about a second of text.
 pub const DRAFT_SAVE_INTERVAL: Duration = Duration::from_secs(1);
@@ -187,6 +194,16 @@ impl Run {
         self.changed.send_replace(count);
     }
 
+    /// About how much memory the log holds: its entries and the text they carry.
+    fn log_bytes(&self) -> usize {
+        let per_entry = std::mem::size_of::<Entry>() + 2 * std::mem::size_of::<usize>();
+        let log = self.log();
+        let text: usize = log.entries.iter().map(|e| event_bytes(&e.event)).sum();
+        log.entries.capacity() * std::mem::size_of::<Arc<Entry>>()
+            + log.entries.len() * per_entry
+            + text
+    }
+
     fn close(&self) {
         let count = {
             let mut log = self.log();
@@ -195,6 +212,27 @@ impl Run {
         };
         // A distinct value, so subscribers waiting on `changed` wake even with no new entry.
         self.changed.send_replace(count + 1);
+    }
+}
+
+/// The heap bytes an event carries beyond its own size.
+fn event_bytes(event: &RunEvent) -> usize {
+    match event {
+        RunEvent::Generation(GenerationEvent::Reasoning(text))
+        | RunEvent::Generation(GenerationEvent::Content(text))
+        | RunEvent::Generation(GenerationEvent::Failed(text)) => text.capacity(),
+        RunEvent::Generation(GenerationEvent::ToolCall(call)) => {
+            call.name.len() + call.arguments.to_string().len()
+        }
+        RunEvent::Generation(GenerationEvent::Progress(_) | GenerationEvent::Done(_))
+        | RunEvent::Stopped => 0,
+        RunEvent::ToolResult(result) => {
+            result.call_id.len() + result.name.len() + result.content.len()
+        }
+        RunEvent::Saved(Ok(message)) => {
+            message.content.len() + message.reasoning.as_ref().map_or(0, String::len)
+        }
+        RunEvent::Saved(Err(message)) => message.len(),
     }
 }
 
@@ -235,6 +273,10 @@ struct Registry {
     runs: HashMap<String, Arc<Run>>,
     /// The run id holding each busy conversation (reserved or running).
     busy: HashMap<String, String>,
+    /// The finished runs still kept, oldest first, with their logs' bytes.
+    finished: std::collections::VecDeque<(String, usize)>,
+    /// The sum of `finished`'s bytes.
+    finished_bytes: usize,
 }
 
 /// The runs of one conversation store. Cheap to clone; clones share the registry.
@@ -243,6 +285,8 @@ pub struct Runs {
     store: SessionStore,
     registry: Arc<Mutex<Registry>>,
     keep: Duration,
+    /// Most bytes the kept finished logs hold together ([`FINISHED_RUNS_MAX_BYTES`]).
+    kept_bytes: usize,
 }
 
 impl Runs {
@@ -257,7 +301,14 @@ impl Runs {
             store,
             registry: Arc::default(),
             keep,
+            kept_bytes: FINISHED_RUNS_MAX_BYTES,
         }
+    }
+
+    /// The same runs keeping at most `bytes` of finished logs together (small in tests).
+    pub fn with_kept_bytes(mut self, bytes: usize) -> Self {
+        self.kept_bytes = bytes;
+        self
     }
 
     pub fn store(&self) -> &SessionStore {
@@ -351,8 +402,30 @@ impl Runs {
         }
     }
 
+    /// Keeps the finished `run` readable, forgetting the oldest finished runs while the
+    /// kept logs hold more than [`Self::with_kept_bytes`] (the newest too, if it alone does).
+    fn keep_finished(&self, run: &Run) {
+        let bytes = run.log_bytes();
+        let mut registry = self.registry();
+        registry.finished.push_back((run.id.clone(), bytes));
+        registry.finished_bytes += bytes;
+        while registry.finished_bytes > self.kept_bytes {
+            let Some((id, bytes)) = registry.finished.pop_front() else {
+                break;
+            };
+            registry.finished_bytes -= bytes;
+            registry.runs.remove(&id);
+        }
+    }
+
     fn forget(&self, id: &str) {
-        self.registry().runs.remove(id);
+        let mut registry = self.registry();
+        registry.runs.remove(id);
+        if let Some(at) = registry.finished.iter().position(|(kept, _)| kept == id) {
+            if let Some((_, bytes)) = registry.finished.remove(at) {
+                registry.finished_bytes -= bytes;
+            }
+        }
     }
 }
 
@@ -535,6 +608,7 @@ async fn drive(
     });
     run.publish(RunEvent::Saved(saved));
     run.close();
+    runs.keep_finished(&run);
     tokio::time::sleep(runs.keep).await;
     runs.forget(&run.id);
 }
@@ -829,5 +903,75 @@ pub(crate) mod tests {
         assert!(runs.is_busy(&conversation));
         drop(reservation);
         assert!(!runs.is_busy(&conversation));
+    }
+
+    #[tokio::test]
+    async fn kept_finished_logs_are_bounded_in_bytes() {
+        let (engine, runs, conversation) = setup(0.0).await;
+        let runs = runs.with_kept_bytes(1);
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let run = runs.reserve(&conversation).expect("free").start(
+                generation(&engine),
+                draft(&runs, &conversation).await,
+                true,
+            );
+            let bytes = {
+                run.finished().await;
+                run.log_bytes()
+            };
+            assert!(bytes > 1000, "a whole answer's log: {bytes} bytes");
+            ids.push(run.id().to_owned());
+            // Kept for 5 s by time, but each log alone is over the byte cap.
+            while runs.get(run.id()).is_ok() {
+                tokio::task::yield_now().await;
+            }
+        }
+        {
+            let registry = runs.registry();
+            assert!(registry.finished.is_empty() && registry.finished_bytes == 0);
+        }
+
+        let (engine, runs, conversation) = setup(0.0).await;
+        let mut kept = Vec::new();
+        for _ in 0..3 {
+            let run = runs.reserve(&conversation).expect("free").start(
+                generation(&engine),
+                draft(&runs, &conversation).await,
+                true,
+            );
+            run.finished().await;
+            while runs
+                .registry()
+                .finished
+                .iter()
+                .all(|(id, _)| id != run.id())
+            {
+                tokio::task::yield_now().await;
+            }
+            kept.push(run);
+        }
+        let total: usize = kept.iter().map(|run| run.log_bytes()).sum();
+        assert_eq!(runs.registry().finished_bytes, total);
+        // Room for the two newest only: the oldest goes.
+        let two = kept[1].log_bytes() + kept[2].log_bytes();
+        let runs = runs.with_kept_bytes(two);
+        let run = runs.reserve(&conversation).expect("free").start(
+            generation(&engine),
+            draft(&runs, &conversation).await,
+            true,
+        );
+        run.finished().await;
+        while runs
+            .registry()
+            .finished
+            .iter()
+            .all(|(id, _)| id != run.id())
+        {
+            tokio::task::yield_now().await;
+        }
+        assert!(runs.registry().finished_bytes <= two);
+        assert!(runs.get(kept[0].id()).is_err(), "the oldest is forgotten");
+        assert!(runs.get(run.id()).is_ok(), "the newest is kept");
     }
 }

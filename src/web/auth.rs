@@ -4,14 +4,18 @@
 //! key, nothing here applies.
 //!
 //! Keys and session tokens are compared as SHA-256 digests in constant time, so neither the
-//! time an answer takes nor the key's length tells a guesser anything. Sessions live in
-//! memory: a restart asks the page for the key again.
+//! time an answer takes nor the key's length tells a guesser anything. A client that gives a
+//! wrong key [`MAX_FAILED_KEYS`] times within [`FAILED_KEY_WINDOW`] (a `Bearer` key or the
+//! login form) gets 429 with `Retry-After` for any key it gives until the window has moved
+//! on, so guessing costs a minute per few tries. Sessions live in memory: a restart asks the
+//! page for the key again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -31,6 +35,16 @@ pub const SESSION_LIFETIME: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// Most logins kept at once; beyond it the one closest to expiry goes. Only someone who has
 /// the key can log in, so this bounds memory against a runaway script, not an attacker.
 const MAX_SESSIONS: usize = 1024;
+
+/// Wrong keys one client may give within [`FAILED_KEY_WINDOW`] before it has to wait.
+pub const MAX_FAILED_KEYS: usize = 5;
+
+/// The window wrong keys are counted over.
+pub const FAILED_KEY_WINDOW: Duration = Duration::from_secs(60);
+
+/// Most clients whose wrong keys are remembered at once; beyond it the one that failed
+/// longest ago is forgotten, so a flood of addresses cannot grow the map without bound.
+const MAX_TRACKED_CLIENTS: usize = 4096;
 
 /// A SHA-256 digest: what keys and tokens are kept and compared as.
 type Digest32 = [u8; 32];
@@ -79,6 +93,11 @@ impl LoginSessions {
         token
     }
 
+    /// Ends the session of `token`, if it is one.
+    pub fn end(&self, token: &str) {
+        self.lock().remove(&digest(token));
+    }
+
     /// Whether `token` is a live session. The map is looked up by digest, so the lookup's
     /// timing depends on the digest, which a guesser cannot steer towards a real token.
     pub fn is_valid(&self, token: &str) -> bool {
@@ -95,10 +114,96 @@ impl LoginSessions {
     }
 }
 
-/// Routes anyone may reach: the health check, the login page, and the page's static files
-/// (the vendored scripts and stylesheet the login page itself needs; they hold no data).
+/// The wrong keys each client gave lately, by its address (`None`: a request that came
+/// without one, as in tests that call the router directly).
+#[derive(Clone, Default)]
+pub struct KeyAttempts(Arc<Mutex<HashMap<Option<IpAddr>, VecDeque<Instant>>>>);
+
+impl KeyAttempts {
+    /// How long `client` must wait before a key it gives is looked at; `None` when it may
+    /// try now.
+    pub fn wait(&self, client: Option<IpAddr>) -> Option<Duration> {
+        let now = Instant::now();
+        let mut clients = self.lock();
+        let failures = clients.get_mut(&client)?;
+        while failures
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= FAILED_KEY_WINDOW)
+        {
+            failures.pop_front();
+        }
+        if failures.len() < MAX_FAILED_KEYS {
+            if failures.is_empty() {
+                clients.remove(&client);
+            }
+            return None;
+        }
+        let oldest = *failures.front()?;
+        Some(FAILED_KEY_WINDOW.saturating_sub(now.duration_since(oldest)))
+    }
+
+    /// Counts a wrong key from `client`.
+    pub fn failed(&self, client: Option<IpAddr>) {
+        let now = Instant::now();
+        let mut clients = self.lock();
+        if !clients.contains_key(&client) && clients.len() >= MAX_TRACKED_CLIENTS {
+            let stalest = clients
+                .iter()
+                .min_by_key(|(_, failures)| failures.back().copied())
+                .map(|(client, _)| *client);
+            if let Some(stalest) = stalest {
+                clients.remove(&stalest);
+            }
+        }
+        let failures = clients.entry(client).or_default();
+        failures.push_back(now);
+        // Only the newest few decide the wait.
+        while failures.len() > MAX_FAILED_KEYS {
+            failures.pop_front();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Option<IpAddr>, VecDeque<Instant>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The address of the client that sent `request`, where the server recorded it.
+pub fn client_ip(request: &Request) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+}
+
+/// The refusal of a client that gave too many wrong keys, with `Retry-After` in whole
+/// seconds (at least 1).
+pub fn too_many_attempts(headers: &HeaderMap, path: &str, wait: Duration) -> Response {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let seconds = seconds.max(1);
+    let mut response = refuse(
+        headers,
+        path,
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!("too many wrong API keys from this address; try again in {seconds} s"),
+            code: Some("too_many_key_attempts"),
+            ..ApiError::unauthorized()
+        },
+    );
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// Routes anyone may reach: the health check, the login page, logging out, and the page's
+/// static files (the vendored scripts and stylesheet the login page itself needs; they hold
+/// no data).
 fn is_public(path: &str) -> bool {
-    path == "/health" || path == "/login" || path.starts_with("/static/")
+    path == "/health" || path == "/login" || path == "/logout" || path.starts_with("/static/")
 }
 
 /// The token of the request's session cookie, if it has one.
@@ -121,23 +226,30 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Whether the request proves it may use a server whose key is `key`.
-fn authorised(state: &AppState, key: &ApiKey, headers: &HeaderMap) -> bool {
-    bearer(headers).is_some_and(|given| key.matches(given))
-        || session_token(headers).is_some_and(|token| state.logins().is_valid(token))
-}
-
 /// Lets a request through when no key is set, when its route is public, or when it carries
 /// the key or a live session. Otherwise an API client gets 401 in the API's error shape, a
 /// browser opening a page is sent to the login page, and the page's own requests get 401 with
-/// `HX-Redirect` there (a session that ended while the page was open).
+/// `HX-Redirect` there (a session that ended while the page was open). A client that gave
+/// too many wrong keys lately gets 429 for any key it gives (see [`KeyAttempts`]).
 pub async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(key) = state.api_key() else {
         return next.run(request).await;
     };
     let path = request.uri().path();
-    if is_public(path) || authorised(&state, key, request.headers()) {
+    let headers = request.headers();
+    if is_public(path) || session_token(headers).is_some_and(|token| state.logins().is_valid(token))
+    {
         return next.run(request).await;
+    }
+    if let Some(given) = bearer(headers) {
+        let client = client_ip(&request);
+        if let Some(wait) = state.key_attempts().wait(client) {
+            return too_many_attempts(headers, path, wait);
+        }
+        if key.matches(given) {
+            return next.run(request).await;
+        }
+        state.key_attempts().failed(client);
     }
     if !is_page_path(path) {
         return ApiError::unauthorized().into_response();

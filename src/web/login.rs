@@ -1,6 +1,7 @@
 //! The page's login, for a server started with `--api-key`: `GET /login` asks for the key
 //! once, `POST /login` checks it and answers with the session cookie and a redirect back to
-//! the page the browser first asked for.
+//! the page the browser first asked for; `POST /logout` ends the session and clears the
+//! cookie. Wrong keys count towards the client's limit (see [`super::auth::KeyAttempts`]).
 //!
 //! The cookie is `HttpOnly` (no script reads it) and `SameSite=Strict` (no other site's page
 //! sends it), and `Secure` when the request came over HTTPS, which a TLS proxy in front says
@@ -8,17 +9,19 @@
 //! would refuse to store a `Secure` cookie from anywhere but `localhost`, and the login would
 //! never hold.
 
+use std::net::SocketAddr;
+
 use axum::extract::rejection::{FormRejection, QueryRejection};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::{middleware, Form, Router};
+use axum::routing::{get, post};
+use axum::{middleware, Extension, Form, Router};
 use minijinja::context;
 use serde::Deserialize;
 
 use super::assets;
-use super::auth::{see_other, SESSION_COOKIE, SESSION_LIFETIME};
+use super::auth::{see_other, session_token, too_many_attempts, SESSION_COOKIE, SESSION_LIFETIME};
 use super::error::ApiError;
 use super::page::render_template;
 use super::refusal::refuse;
@@ -28,6 +31,7 @@ use super::state::AppState;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
         .layer(middleware::from_fn(assets::security_headers))
 }
 
@@ -68,12 +72,17 @@ async fn login_form(
 
 async fn login(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
     let Some(key) = state.api_key() else {
         return see_other("/");
     };
+    let client = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    if let Some(wait) = state.key_attempts().wait(client) {
+        return too_many_attempts(&headers, "/login", wait);
+    }
     let form = match form {
         Ok(Form(form)) => form,
         Err(err) => {
@@ -84,11 +93,33 @@ async fn login(
     };
     let next = local_path(&form.next);
     if !key.matches(&form.key) {
+        state.key_attempts().failed(client);
         return form_page(StatusCode::UNAUTHORIZED, next, true);
     }
     let token = state.logins().start();
     let mut response = see_other(next);
     let cookie = session_cookie(&token, over_https(&headers));
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// `POST /logout`: ends the request's session, if it has one, clears the cookie and sends
+/// the browser to the login page (or to the page, on a server without a key).
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(token) = session_token(&headers) {
+        state.logins().end(token);
+    }
+    let mut response = see_other(if state.api_key().is_some() {
+        "/login"
+    } else {
+        "/"
+    });
+    let cookie = format!(
+        "{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{}",
+        if over_https(&headers) { "; Secure" } else { "" }
+    );
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }

@@ -14,6 +14,7 @@ use super::error::ApiError;
 pub fn is_page_path(path: &str) -> bool {
     path == "/"
         || path == "/login"
+        || path == "/logout"
         || path.starts_with("/c/")
         || path.starts_with("/chat/")
         || path.starts_with("/static/")

@@ -17,16 +17,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
+use tower::ServiceExt;
 
 use super::app::MAX_BODY_BYTES;
 use super::error::{ApiError, ErrorKind};
@@ -101,10 +103,10 @@ pub async fn serve(
     let (open, mut all_closed) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors, most likely: wait for some to be freed.
                     tracing::warn!("cannot accept a connection: {err}");
@@ -117,7 +119,13 @@ pub async fn serve(
             tokio::spawn(refuse(stream, limits.max_connections));
             continue;
         };
-        let app = app.clone();
+        // The client's address, for limits kept per client (wrong API keys).
+        let app = app
+            .clone()
+            .map_request(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            });
         let mut stopping = stopping.clone();
         let open = open.clone();
         tokio::spawn(async move {

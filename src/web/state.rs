@@ -4,7 +4,7 @@
 
 use axum::extract::FromRef;
 
-use super::auth::{ApiKey, LoginSessions};
+use super::auth::{ApiKey, KeyAttempts, LoginSessions};
 use super::error::ApiError;
 use super::hosts::AllowedHosts;
 use super::page::PageState;
@@ -18,6 +18,8 @@ pub struct AppState {
     api_key: Option<ApiKey>,
     /// The page's logins, when there is a key.
     logins: LoginSessions,
+    /// Wrong keys lately, by client, to slow down guessing.
+    key_attempts: KeyAttempts,
     /// The `Host` headers answered: loopback names only unless told otherwise.
     allowed_hosts: AllowedHosts,
     /// Shared by the page, the conversations API and the OpenAI API, so a conversation has
@@ -33,6 +35,7 @@ impl AppState {
         Self {
             api_key: api_key.filter(|k| !k.is_empty()).map(|k| ApiKey::new(&k)),
             logins: LoginSessions::default(),
+            key_attempts: KeyAttempts::default(),
             allowed_hosts: AllowedHosts::default(),
             conversations: Conversations::new(engine, Runs::new(store)),
         }
@@ -48,6 +51,10 @@ impl AppState {
 
     pub fn logins(&self) -> &LoginSessions {
         &self.logins
+    }
+
+    pub fn key_attempts(&self) -> &KeyAttempts {
+        &self.key_attempts
     }
 
     /// Answers the hosts `allowed` names rather than loopback names only (see
@@ -78,7 +85,7 @@ impl AppState {
 /// The page's handlers see the same conversation service, as their own substate.
 impl FromRef<AppState> for PageState {
     fn from_ref(state: &AppState) -> Self {
-        PageState::new(state.conversations.clone())
+        PageState::new(state.conversations.clone()).with_login(state.api_key.is_some())
     }
 }
 

@@ -36,12 +36,12 @@ function newDataDir() {
 }
 
 /**
- * Starts `smolbot serve --stub --port 0` keeping conversations in `dataDir` and resolves
- * with its URL once it listens.
+ * Starts `smolbot serve --stub --port 0` (with `args` after) keeping conversations in
+ * `dataDir` and resolves with its URL once it listens.
  */
-function startServer(tokensPerSecond, dataDir = newDataDir()) {
+function startServer(tokensPerSecond, dataDir = newDataDir(), args = []) {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(BINARY, ["serve", "--stub", "--port", "0", "--host", "127.0.0.1"], {
+    const child = spawn(BINARY, ["serve", "--stub", "--port", "0", "--host", "127.0.0.1", ...args], {
       env: {
         ...process.env,
         SMOLBOT_STUB_TOKENS_PER_SECOND: String(tokensPerSecond),
@@ -311,7 +311,7 @@ test("a dropped stream reconnects by itself: the answer ends whole, nothing repe
   // htmx logs each SSE error to the console, so only script errors count here.
   const problems = [];
   page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
-  // The first stream is cut after an `answer` event halfway through the answer's text (the
+  // The first stream is cut after an answer update halfway through the answer's text (the
   // browser sees its body end); the browser's reconnect goes to the server untouched.
   let requests = 0;
   let cutAt = 0;
@@ -321,7 +321,8 @@ test("a dropped stream reconnects by itself: the answer ends whole, nothing repe
     // `fetch` reads the whole body: the stub writes the answer to its end first.
     const response = await route.fetch();
     const blocks = (await response.text()).split("\n\n");
-    const answers = blocks.flatMap((block, i) => (/^event: answer$/m.test(block) ? [i] : []));
+    const update = (block) => /^event: answer-(tail|settled)$/m.test(block) && /^id: ?\d+$/m.test(block);
+    const answers = blocks.flatMap((block, i) => (update(block) ? [i] : []));
     const cut = answers[Math.floor(answers.length / 2)];
     cutAt = Number(/^id: ?(\d+)$/m.exec(blocks[cut])[1]);
     const body = blocks.slice(0, cut + 1).join("\n\n") + "\n\n";
@@ -557,4 +558,34 @@ test("light and dark themes, switched and remembered", async () => {
   assert.equal(await theme(), "system");
   assert.deepEqual(problems, []);
   await page.close();
+});
+
+test("with --api-key the page logs in with the key, works, and logs out", async () => {
+  const keyed = await startServer(0, newDataDir(), ["--api-key", "open-sesame"]);
+  const page = await context.newPage();
+  const problems = [];
+  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  try {
+    await page.goto(keyed.url + "/");
+    await page.waitForURL(/\/login/);
+    await page.fill("#key", "not the key");
+    await page.click("form.login button[type=submit]");
+    await page.locator("#login-error").waitFor();
+    await page.fill("#key", "open-sesame");
+    await page.click("form.login button[type=submit]");
+    await page.waitForFunction(() => window.htmx && document.querySelector("#composer"));
+    await send(page, "Hello there");
+    await page.locator(".meta .stats").waitFor({ timeout: ANSWER_MS });
+    assert.equal(await page.locator(".msg.assistant .answer table").count(), 1);
+    await page.click("#logout");
+    await page.waitForURL(/\/login$/);
+    // The session is over: the page asks for the key again.
+    await page.goto(keyed.url + "/");
+    await page.waitForURL(/\/login/);
+    assert.equal(await page.locator("#key").count(), 1);
+    assert.deepEqual(problems, []);
+  } finally {
+    await page.close();
+    keyed.child.kill();
+  }
 });

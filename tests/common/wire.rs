@@ -19,13 +19,17 @@ impl Drop for Served {
     }
 }
 
-/// Serves `app` on 127.0.0.1 with a free port, as `smolbot serve` does.
+/// Serves `app` on 127.0.0.1 with a free port on the server's own accept loop, as `smolbot
+/// serve` does (which records each client's address, for the limits kept per client).
 pub async fn serve(app: axum::Router) -> Served {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let task = tokio::spawn(smolbot::web::server::serve(
+        listener,
+        app,
+        smolbot::web::server::ServerLimits::default(),
+        std::future::pending(),
+    ));
     Served { addr, task }
 }
 
@@ -58,6 +62,19 @@ pub async fn request(
     headers: &[&str],
     body: &str,
 ) -> Raw {
+    request_from(None, addr, method, path, headers, body).await
+}
+
+/// [`request`] from the local address `from` (any of 127.0.0.0/8 reaches a loopback server),
+/// so a test can be several clients.
+pub async fn request_from(
+    from: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> Raw {
     let mut text = format!("{method} {path} HTTP/1.1\r\n");
     if !headers
         .iter()
@@ -73,7 +90,16 @@ pub async fn request(
         "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     ));
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut stream = match from {
+        None => TcpStream::connect(addr).await.expect("connect"),
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .expect("bind the client");
+            socket.connect(addr).await.expect("connect")
+        }
+    };
     stream.write_all(text.as_bytes()).await.expect("write");
     let mut bytes = Vec::new();
     stream.read_to_end(&mut bytes).await.expect("read");

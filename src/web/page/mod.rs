@@ -64,6 +64,8 @@ pub const MAX_TITLE_BYTES: usize = crate::services::sessions::MAX_TITLE_BYTES;
 #[derive(Clone)]
 pub struct PageState {
     conversations: Conversations,
+    /// A key guards the server, so the page offers to log out.
+    login: bool,
 }
 
 impl PageState {
@@ -80,7 +82,16 @@ impl PageState {
 
     /// A page asking through `conversations`.
     pub fn new(conversations: Conversations) -> Self {
-        Self { conversations }
+        Self {
+            conversations,
+            login: false,
+        }
+    }
+
+    /// The page of a server guarded by a key (`login`), which offers to log out.
+    pub fn with_login(mut self, login: bool) -> Self {
+        self.login = login;
+        self
     }
 
     fn engine(&self) -> &Engine {

@@ -80,6 +80,7 @@ async fn render_page(
             conversation => id.as_str(),
             title => title,
             persistent => state.persistent(),
+            login => state.login,
             conversations => Serde(&conversations),
             current => id.as_str(),
             query => Option::<String>::None,

@@ -100,9 +100,19 @@ pub(super) async fn stream(
 /// into a fresh writer, so an answer joined midway renders whole; entries up to the
 /// browser's `Last-Event-ID` update the writer but are not sent again.
 ///
-/// Each entry's last event carries the entry's id; the answer's Markdown, rendered once per
-/// batch of text, carries the id of the newest text it holds. Events without an id (the
-/// Thinking block closing, a progress line cleared) are safe to repeat after a reconnect.
+/// The answer's Markdown is sent as it changes, not whole each time (a 650-character answer
+/// cost 145 KB of updates that way): blocks that can no longer change (before the last
+/// blank line outside a code fence, see [`settle_point`]) are rendered once and appended
+/// (`answer-settled`), and only the block still being written is rendered again and
+/// replaced (`answer-tail`). Pieces rendered apart can differ from the whole in small ways
+/// (a list interrupted by a blank line), so the answer's end sends it whole (`answer`).
+///
+/// Each entry's last event carries the entry's id; the answer's updates, made once per batch
+/// of text, carry the id of the newest text they hold. Which blocks are settled follows from
+/// the text alone, so a writer replaying up to the browser's `Last-Event-ID` knows what the
+/// browser has. Events without an id (the Thinking block closing, a progress line cleared,
+/// a tail after settled blocks, the whole answer at its end) are safe to repeat after a
+/// reconnect.
 struct AnswerWriter {
     state: PageState,
     started_at: Instant,
@@ -115,7 +125,9 @@ struct AnswerWriter {
     /// The Thinking block is open and still takes reasoning.
     reasoning_open: bool,
     content: String,
-    /// The newest text entry not yet rendered into an `answer` event.
+    /// Bytes of `content` the browser has as settled blocks.
+    settled: usize,
+    /// The newest text entry not yet rendered into an answer update.
     unrendered: Option<u64>,
     /// The run executes built-in tool calls, so their cards say nothing of "not run".
     runs_tools: bool,
@@ -132,6 +144,7 @@ impl AnswerWriter {
             reasoning: String::new(),
             reasoning_open: run.thinking(),
             content: String::new(),
+            settled: 0,
             unrendered: None,
             runs_tools: run.runs_tools(),
         }
@@ -146,8 +159,15 @@ impl AnswerWriter {
                 entry.event,
                 RunEvent::Generation(GenerationEvent::Content(_))
             );
+            if entry.id > self.after && self.unrendered.is_some_and(|id| id <= self.after) {
+                // The browser's state at its `Last-Event-ID`, taken in without sending.
+                self.render_answer(&mut out);
+            }
             if !text {
                 self.render_answer(&mut out);
+                if ends_answer(&entry.event) && entry.id > self.after {
+                    self.render_whole(&mut out);
+                }
             }
             let mut group = Vec::new();
             over |= self.entry(&entry, &mut group);
@@ -165,12 +185,33 @@ impl AnswerWriter {
         (out, over)
     }
 
-    /// The answer's Markdown, when text came since it was last rendered.
+    /// The answer's update, when text came since the last one: the blocks settled since,
+    /// then the block being written. Up to the browser's `Last-Event-ID` only the writer's
+    /// state moves.
     fn render_answer(&mut self, out: &mut Vec<Event>) {
-        if let Some(id) = self.unrendered.take() {
-            if id > self.after {
-                out.push(sse("answer", render_markdown(&self.content)).id(id.to_string()));
+        let Some(id) = self.unrendered.take() else {
+            return;
+        };
+        let cut = settle_point(&self.content).max(self.settled);
+        if id > self.after {
+            let tail = sse("answer-tail", render_markdown(&self.content[cut..]));
+            if cut > self.settled {
+                // The id goes on the append, the one event not safe to repeat; a tail
+                // replaces what was there, so a reconnect may send it again.
+                let settled = render_markdown(&self.content[self.settled..cut]);
+                out.push(sse("answer-settled", settled).id(id.to_string()));
+                out.push(tail);
+            } else {
+                out.push(tail.id(id.to_string()));
             }
+        }
+        self.settled = cut;
+    }
+
+    /// The whole answer, rendered at once, replacing its pieces.
+    fn render_whole(&mut self, out: &mut Vec<Event>) {
+        if !self.content.is_empty() {
+            out.push(sse("answer", render_markdown(&self.content)));
         }
     }
 
@@ -329,6 +370,50 @@ impl AnswerWriter {
     }
 }
 
+/// Whether `event` ends the answer (it is over, stopped or failed), so it is sent whole.
+fn ends_answer(event: &RunEvent) -> bool {
+    matches!(
+        event,
+        RunEvent::Stopped
+            | RunEvent::Generation(GenerationEvent::Done(_) | GenerationEvent::Failed(_))
+    )
+}
+
+/// Where Markdown `text` may be cut so that what comes before renders alike whatever is
+/// written after it: just after its last blank line outside a fenced code block (0 if none).
+/// A block ends at a blank line; a fence does not, so one left open keeps the rest in play.
+fn settle_point(text: &str) -> usize {
+    let mut fence: Option<(u8, usize)> = None;
+    let mut cut = 0;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if !line.ends_with('\n') {
+            break;
+        }
+        at += line.len();
+        let trimmed = line.trim_start_matches(' ');
+        if line.len() - trimmed.len() < 4 {
+            let marker = trimmed.bytes().next().filter(|b| *b == b'`' || *b == b'~');
+            if let Some(marker) = marker {
+                let run = trimmed.bytes().take_while(|b| *b == marker).count();
+                match fence {
+                    None if run >= 3 => fence = Some((marker, run)),
+                    Some((open, len))
+                        if open == marker && run >= len && trimmed[run..].trim().is_empty() =>
+                    {
+                        fence = None;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if fence.is_none() && line.trim().is_empty() {
+            cut = at;
+        }
+    }
+    cut
+}
+
 /// Where a waiting answer stands, for its status line.
 fn progress_html(progress: Progress) -> String {
     let n = |v: usize| crate::services::error::thousands(v);
@@ -378,7 +463,23 @@ fn escape_span(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::escape_span;
+    use super::{escape_span, settle_point};
+
+    #[test]
+    fn settled_blocks_end_at_a_blank_line_outside_fences() {
+        assert_eq!(settle_point("one line"), 0);
+        assert_eq!(settle_point("para\n\nnext"), "para\n\n".len());
+        let fenced = "intro\n\n```rust\nlet a = 1;\n\nlet b = 2;\n";
+        assert_eq!(settle_point(fenced), "intro\n\n".len(), "open fence");
+        let closed = "```\nx\n\n```\n\nafter";
+        assert_eq!(settle_point(closed), closed.len() - "after".len());
+        assert_eq!(
+            settle_point("~~~~\n```\n\n"),
+            0,
+            "a shorter other fence closes nothing"
+        );
+        assert_eq!(settle_point("a\n\n    ```\n\nb"), "a\n\n    ```\n\n".len());
+    }
 
     #[test]
     fn reasoning_pieces_are_escaped() {
