@@ -134,8 +134,6 @@ impl GgufFile {
             .map_err(|e| self.bad_tensor(name, e.to_string()))
     }
 
-    /// The raw bytes of one tensor, read straight into their final buffer (no second copy);
-    /// bounds were checked at open.
     /// Tensor `name`'s bytes as a reader of byte ranges, so a loader can read them in
     /// pieces, on several threads, straight into their final place (no whole-tensor copy).
     pub fn tensor_reader(&self, name: &str) -> Result<TensorReader> {
@@ -154,24 +152,6 @@ impl GgufFile {
             start: self.content.tensor_data_offset + info.offset,
             len,
         })
-    }
-
-    pub fn tensor_data(&self, name: &str) -> Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
-        let info = self
-            .tensor_info(name)
-            .ok_or_else(|| self.bad_tensor(name, "is missing".into()))?;
-        let len = tensor_bytes(info)
-            .and_then(|b| usize::try_from(b).ok())
-            .ok_or_else(|| self.bad_tensor(name, "has an impossible size".into()))?;
-        let file = File::open(&self.path).map_err(|source| InferenceError::Open {
-            path: self.path.clone(),
-            source,
-        })?;
-        let mut data = vec![0u8; len];
-        file.read_exact_at(&mut data, self.content.tensor_data_offset + info.offset)
-            .map_err(|e| self.bad_tensor(name, format!("cannot be read: {e}")))?;
-        Ok(data)
     }
 
     fn value(&self, key: &str) -> Result<&Value> {
