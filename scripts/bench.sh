@@ -4,7 +4,7 @@
 # run, alternating engines: a warm-up, then medians of ROUNDS runs, printed as ratios.
 #   scripts/bench.sh [MODEL.gguf]   (default: the full-size synthetic SmolLM3-3B, made on demand)
 # Env: THREADS (2), ROUNDS (3), PROMPT (512), GEN (128), PYTHON (python3),
-#      LLAMA_PRELOAD (e.g. the no-AMX shim).
+#      LLAMA_PRELOAD (e.g. the no-AMX shim), CANDLE (1; 0 skips candle's path, slow on long prompts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-2}
@@ -12,6 +12,7 @@ rounds=${ROUNDS:-3}
 prompt=${PROMPT:-512}
 gen=${GEN:-128}
 py=${PYTHON:-python3}
+candle=${CANDLE:-1}
 cargo build --release --quiet
 model=${1:-models/smollm3-synthetic-3b.gguf}
 if [ ! -s "$model" ]; then
@@ -32,7 +33,7 @@ trap 'rm -f "$out"' EXIT
 ours auto >/dev/null # warm-up: the file into the page cache
 for _ in $(seq "$rounds"); do
   ours auto >>"$out"
-  ours candle >>"$out"
+  if [ "$candle" = 1 ]; then ours candle >>"$out"; fi
   if [ "$llama" = 1 ]; then theirs >>"$out"; fi
 done
 python3 - "$out" <<'PY'

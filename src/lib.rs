@@ -6,7 +6,11 @@
 //! `services` and `web` sit on top.
 
 pub mod hub;
-pub mod inference;
 pub mod services;
-pub mod smollm3;
 pub mod web;
+
+/// The bottom layers are crates of their own (`crates/inference`, `crates/smollm3`), so the
+/// direction is a compile-time fact; re-exported here so the app and its tests keep naming
+/// them `smolbot::inference` and `smolbot::smollm3`.
+pub use smolbot_inference as inference;
+pub use smolbot_smollm3 as smollm3;

@@ -23,7 +23,7 @@ use smolbot::services::engine::{
 use smolbot::services::kv_budget::ContextRequest;
 use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
 use smolbot::services::{BackendSpec, Engine, EngineLimits};
-use smolbot::web::app::loading_gate;
+use smolbot::web::app::{loading_gate, LoadingShell};
 use smolbot::web::hosts::AllowedHosts;
 use smolbot::web::server::ServerLimits;
 use smolbot::web::{app, AppState};
@@ -270,7 +270,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let mut server = tokio::spawn(smolbot::web::server::serve(
         listener,
-        loading_gate(Arc::clone(&ready)),
+        loading_gate(
+            Arc::clone(&ready),
+            LoadingShell {
+                // Behind a key the list waits for the login, which waits for the model.
+                store: api_key.is_none().then(|| sessions.clone()),
+                hosts: AllowedHosts::for_bind(address.ip(), &allowed_hosts),
+            },
+        ),
         limits,
         stopped(stop.clone()),
     ));

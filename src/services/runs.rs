@@ -815,6 +815,25 @@ pub(crate) mod tests {
     }
 
     /// An empty `generating` answer in `conversation`, for a run to write into.
+    /// A whole answer run to its end and filed among the finished runs.
+    async fn finished_and_filed(engine: &Engine, runs: &Runs, conversation: &str) -> Arc<Run> {
+        let run = runs.reserve(conversation).expect("free").start(
+            generation(engine),
+            draft(runs, conversation).await,
+            true,
+        );
+        run.finished().await;
+        while runs
+            .registry()
+            .finished
+            .iter()
+            .all(|(id, _)| id != run.id())
+        {
+            tokio::task::yield_now().await;
+        }
+        run
+    }
+
     pub(crate) async fn draft(runs: &Runs, conversation: &str) -> i64 {
         let draft = NewMessage {
             status: MessageStatus::Generating,
@@ -935,41 +954,14 @@ pub(crate) mod tests {
         let (engine, runs, conversation) = setup(0.0).await;
         let mut kept = Vec::new();
         for _ in 0..3 {
-            let run = runs.reserve(&conversation).expect("free").start(
-                generation(&engine),
-                draft(&runs, &conversation).await,
-                true,
-            );
-            run.finished().await;
-            while runs
-                .registry()
-                .finished
-                .iter()
-                .all(|(id, _)| id != run.id())
-            {
-                tokio::task::yield_now().await;
-            }
-            kept.push(run);
+            kept.push(finished_and_filed(&engine, &runs, &conversation).await);
         }
         let total: usize = kept.iter().map(|run| run.log_bytes()).sum();
         assert_eq!(runs.registry().finished_bytes, total);
         // Room for the two newest only: the oldest goes.
         let two = kept[1].log_bytes() + kept[2].log_bytes();
         let runs = runs.with_kept_bytes(two);
-        let run = runs.reserve(&conversation).expect("free").start(
-            generation(&engine),
-            draft(&runs, &conversation).await,
-            true,
-        );
-        run.finished().await;
-        while runs
-            .registry()
-            .finished
-            .iter()
-            .all(|(id, _)| id != run.id())
-        {
-            tokio::task::yield_now().await;
-        }
+        let run = finished_and_filed(&engine, &runs, &conversation).await;
         assert!(runs.registry().finished_bytes <= two);
         assert!(runs.get(kept[0].id()).is_err(), "the oldest is forgotten");
         assert!(runs.get(run.id()).is_ok(), "the newest is kept");

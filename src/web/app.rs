@@ -15,11 +15,13 @@ use super::assets;
 use super::auth;
 use super::conversations;
 use super::error::{ApiError, ErrorKind};
-use super::hosts;
+use super::hosts::{self, AllowedHosts};
 use super::login;
 use super::origin;
 use super::page;
 use super::state::AppState;
+use super::transcripts::ConversationId;
+use crate::services::SessionStore;
 
 /// Largest request body accepted. A full 65,536-token conversation is about 300 kB of text;
 /// 8 MiB leaves room for JSON escaping and tool schemas while refusing abuse early.
@@ -50,37 +52,76 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What the page shows while the model loads besides its shell: the conversation list,
+/// from the store, when the server is open to whoever reaches it. Behind an API key the
+/// list waits for the login, which waits for the model.
+#[derive(Clone, Default)]
+pub struct LoadingShell {
+    /// The store to list, `None` behind a key.
+    pub store: Option<SessionStore>,
+    /// The hosts the full app answers; the list is shown only to them (DNS rebinding).
+    pub hosts: AllowedHosts,
+}
+
 /// The application while the model loads, so a large file does not leave clients facing a
-/// closed port: `/health` answers llama.cpp server's 503 "Loading model", the page shows a
-/// "loading" badge and reloads itself, and every other route answers 503 with `Retry-After`.
-/// Once `ready` holds the full [`app`], every request goes there.
-pub fn loading_gate(ready: Arc<OnceLock<Router>>) -> Router {
+/// closed port: `/health` answers llama.cpp server's 503 "Loading model", the page (`/` and
+/// `/c/{id}`) shows its usual shell with the conversation list, a "loading" badge and a
+/// disabled composer and reloads itself, and every other route answers 503 with
+/// `Retry-After`. Once `ready` holds the full [`app`], every request goes there.
+pub fn loading_gate(ready: Arc<OnceLock<Router>>, shell: LoadingShell) -> Router {
     Router::new().fallback(move |request: Request| {
         let ready = Arc::clone(&ready);
+        let shell = shell.clone();
         async move {
             match ready.get() {
                 Some(app) => match app.clone().oneshot(request).await {
                     Ok(response) => response,
                     Err(never) => match never {},
                 },
-                None => while_loading(request).await,
+                None => while_loading(&shell, request).await,
             }
         }
     })
 }
 
+/// The loading page for a request to `host` (at `/` or `/c/{current}`).
+async fn loading_page(shell: &LoadingShell, host: Option<&str>, current: &str) -> String {
+    // No `Host` is a test calling the router, as `hosts::check_host` lets through.
+    let host_allowed = host.is_none_or(|host| shell.hosts.allows(host));
+    let store = shell.store.as_ref().filter(|_| host_allowed);
+    let conversations = match store {
+        Some(store) => store.list(None).await.unwrap_or_else(|err| {
+            tracing::warn!("the loading page could not list the conversations: {err}");
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
+    let html = page::render_template(
+        "loading.html",
+        minijinja::context! {
+            conversations => minijinja::value::Serde(&conversations),
+            listed => store.is_some(),
+            current => current,
+        },
+    );
+    html.unwrap_or_else(|err| {
+        tracing::error!("the loading page does not render: {err:#}");
+        FALLBACK_LOADING_PAGE.to_owned()
+    })
+}
+
 /// What a request gets before the model is ready.
-async fn while_loading(request: Request) -> Response {
-    match request.uri().path() {
-        "/health" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            axum::Json(serde_json::json!({
-                "error": { "code": 503, "message": "Loading model", "type": "unavailable_error" }
-            })),
-        )
-            .into_response(),
-        "/" => (
+async fn while_loading(shell: &LoadingShell, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let current = path.strip_prefix("/c/").and_then(ConversationId::parse);
+    if path == "/" || current.is_some() {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .map(|value| value.to_str().unwrap_or("(not text)").to_owned());
+        let current = current.as_ref().map_or("", ConversationId::as_str);
+        let html = loading_page(shell, host.as_deref(), current).await;
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             [
                 (header::RETRY_AFTER, "1"),
@@ -90,7 +131,17 @@ async fn while_loading(request: Request) -> Response {
                     assets::CONTENT_SECURITY_POLICY,
                 ),
             ],
-            Html(LOADING_PAGE),
+            Html(html),
+        )
+            .into_response();
+    }
+    match path.as_str() {
+        "/health" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            axum::Json(serde_json::json!({
+                "error": { "code": 503, "message": "Loading model", "type": "unavailable_error" }
+            })),
         )
             .into_response(),
         path if path.starts_with("/static/") => {
@@ -110,23 +161,18 @@ async fn while_loading(request: Request) -> Response {
     }
 }
 
-/// The page while the model loads: the same stylesheet and badge as the chat page; the
-/// `Refresh` header brings the chat page once the model is ready (no script needed).
-const LOADING_PAGE: &str = r#"<!doctype html>
+/// The page while the model loads should its template fail (it is compiled in and tested,
+/// so this is a last resort); the `Refresh` header still brings the chat page once the
+/// model is ready.
+const FALLBACK_LOADING_PAGE: &str = r#"<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="color-scheme" content="light dark">
 <title>smolbot · loading</title>
 <link rel="stylesheet" href="/static/chat.css">
 </head>
-<body>
-<header class="top">
-  <h1>smolbot</h1>
-  <span id="status" class="badge loading" role="status" aria-label="Model loading">model · loading</span>
-</header>
-<main class="messages"><p class="empty">Loading the model; this page reloads when it is ready.</p></main>
+<body class="plain">
+<main class="lost"><p>Loading the model; this page reloads when it is ready.</p></main>
 </body>
 </html>
 "#;

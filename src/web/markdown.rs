@@ -3,8 +3,8 @@
 //!
 //! Model output is untrusted input. Raw HTML in the Markdown is turned into text before
 //! rendering, so `<script>` or `<img onerror=…>` written by the model shows as the characters
-//! it wrote; ammonia then cleans the result as a second line of defence (links get
-//! `rel="noopener noreferrer nofollow"`, only http, https and mailto URLs survive). Rendering
+//! it wrote; ammonia then cleans the result as a second line of defence (links open in a new
+//! tab with `rel="noopener noreferrer nofollow"`, only http, https and mailto URLs survive). Rendering
 //! here rather than in the browser keeps the page free of a JS Markdown library and lets
 //! HTMX swap finished HTML.
 
@@ -17,7 +17,9 @@ static CLEANER: LazyLock<ammonia::Builder<'static>> = LazyLock::new(|| {
     let mut builder = ammonia::Builder::default();
     builder
         .url_schemes(["http", "https", "mailto"].into_iter().collect())
-        .link_rel(Some("noopener noreferrer nofollow"));
+        .link_rel(Some("noopener noreferrer nofollow"))
+        // A link in an answer opens beside the chat, not in its place.
+        .set_tag_attribute_value("a", "target", "_blank");
     builder
 });
 
@@ -84,6 +86,18 @@ mod tests {
         assert!(!html.contains("javascript:"), "{html}");
         assert!(html.contains(r#"href="https://example.com""#), "{html}");
         assert!(html.contains("noopener"), "{html}");
+    }
+
+    #[test]
+    fn links_open_in_a_new_tab_without_opener_or_referrer() {
+        let html =
+            render_markdown("see [the docs](https://example.com/docs) and <https://a.example>");
+        for link in html.split("<a ").skip(1) {
+            let tag = &link[..link.find('>').expect("tag end")];
+            assert!(tag.contains(r#"target="_blank""#), "{html}");
+            assert!(tag.contains(r#"rel="noopener noreferrer"#), "{html}");
+        }
+        assert_eq!(html.matches("<a ").count(), 2, "{html}");
     }
 
     #[test]

@@ -59,8 +59,58 @@ pub struct MessageView {
     pub tools: Vec<ToolView>,
     /// The tool messages that answer `tools` (the server's built-in tools ran them).
     pub results: Vec<ToolResultView>,
-    pub note: Option<&'static str>,
+    pub note: Option<EndNote>,
     pub stats: Option<String>,
+}
+
+/// The label under an answer that did not end the usual way: cut off, stopped, interrupted,
+/// failed, or empty. `kind` is its CSS class, `text` what it says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndNote {
+    pub kind: &'static str,
+    pub text: String,
+}
+
+/// How an answer ended, as far as its label goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ending<'a> {
+    pub status: MessageStatus,
+    /// The generation's `finish_reason` (`stop`, `length`, `tool_calls`), when it finished.
+    pub finish_reason: Option<&'a str>,
+    /// Prompt and answer together filled the model's context.
+    pub context_full: bool,
+    /// The answer has no text and no tool calls.
+    pub empty: bool,
+    /// It has reasoning (so "empty" means it only thought).
+    pub reasoned: bool,
+}
+
+/// The label for an answer that ended as `ending`; `None` for one the model finished. The
+/// live page and a reload both word it here.
+pub fn end_note(ending: Ending<'_>) -> Option<EndNote> {
+    let only_thinking = ending.empty && ending.reasoned;
+    let (kind, text) = match ending.status {
+        MessageStatus::Stopped | MessageStatus::Generating => ("stopped", "Stopped."),
+        MessageStatus::Interrupted => (
+            "interrupted",
+            "Interrupted: the server stopped while writing it.",
+        ),
+        MessageStatus::Failed => ("failed", "Failed."),
+        MessageStatus::Complete => match (ending.finish_reason, ending.context_full) {
+            (Some("length"), true) => ("length", "Cut off: the context is full."),
+            (Some("length"), false) => ("length", "Cut off: the token limit was reached."),
+            _ if ending.empty && !ending.reasoned => ("empty", "The model gave an empty answer."),
+            _ if only_thinking => ("empty", "The model only thought; it gave no answer."),
+            _ => return None,
+        },
+    };
+    let mut text = text.to_owned();
+    // Cut off, stopped or interrupted before the answer began: the Thinking block is all
+    // there is, which says nothing of where the answer went.
+    if only_thinking && kind != "empty" && kind != "failed" {
+        text.push_str(" It was still thinking: there is no answer.");
+    }
+    Some(EndNote { kind, text })
 }
 
 /// The line under an answer: time to first token is not stored, so only rate and count.
@@ -75,6 +125,13 @@ fn stats_line(message: &StoredMessage) -> Option<String> {
         Some(rate) => format!("{rate:.1} tokens/s · {tokens} tokens"),
         None => format!("{tokens} tokens"),
     })
+}
+
+/// The tokens of context an answer's request used: its prompt and the answer.
+fn used_tokens(message: &StoredMessage) -> Option<usize> {
+    let prompt = usize::try_from(message.stats.prompt_tokens?).ok()?;
+    let answer = usize::try_from(message.stats.completion_tokens?).ok()?;
+    Some(prompt + answer)
 }
 
 /// The tool messages right after `messages[index]` (an assistant's call), each with the
@@ -103,7 +160,7 @@ fn results_after(messages: &[StoredMessage], index: usize) -> Vec<ToolResultView
 /// The messages the page shows: user and assistant turns, tool messages as results under
 /// the call they answer (system messages, which only an API client can add, are left out).
 /// An answer still `generating` is left out too: its run streams it, from its start.
-pub fn views(messages: &[StoredMessage]) -> Vec<MessageView> {
+pub fn views(messages: &[StoredMessage], context_length: usize) -> Vec<MessageView> {
     messages
         .iter()
         .enumerate()
@@ -139,12 +196,16 @@ pub fn views(messages: &[StoredMessage]) -> Vec<MessageView> {
                     })
                     .collect(),
                 results: results_after(messages, index),
-                note: match message.status {
-                    MessageStatus::Complete => None,
-                    MessageStatus::Stopped | MessageStatus::Generating => Some("Stopped."),
-                    MessageStatus::Interrupted => Some("Interrupted."),
-                    MessageStatus::Failed => Some("Failed."),
-                },
+                note: end_note(Ending {
+                    status: message.status,
+                    finish_reason: message.finish_reason.as_deref(),
+                    context_full: used_tokens(message).is_some_and(|used| used >= context_length),
+                    empty: message.content.trim().is_empty() && message.tool_calls.is_empty(),
+                    reasoned: message
+                        .reasoning
+                        .as_deref()
+                        .is_some_and(|r| !r.trim().is_empty()),
+                }),
                 stats: stats_line(message),
             }),
             Role::System | Role::Tool => None,
@@ -156,6 +217,8 @@ pub fn views(messages: &[StoredMessage]) -> Vec<MessageView> {
 mod tests {
     use super::*;
     use crate::services::sessions::StoredToolCall;
+
+    const CONTEXT: usize = 4096;
 
     fn stored(role: Role, content: &str, status: MessageStatus) -> StoredMessage {
         StoredMessage::for_test(role, content, status)
@@ -187,12 +250,15 @@ mod tests {
         call.tool_calls = calls;
         let mut result = stored(Role::Tool, "<119>", MessageStatus::Complete);
         result.tool_call_id = Some("call_calc".into());
-        let views = views(&[
-            stored(Role::User, "What is 17 * (3+4)?", MessageStatus::Complete),
-            call,
-            result,
-            stored(Role::Assistant, "It is 119.", MessageStatus::Complete),
-        ]);
+        let views = views(
+            &[
+                stored(Role::User, "What is 17 * (3+4)?", MessageStatus::Complete),
+                call,
+                result,
+                stored(Role::Assistant, "It is 119.", MessageStatus::Complete),
+            ],
+            CONTEXT,
+        );
         assert_eq!(views.len(), 3, "the tool message joins its call");
         assert_eq!(views[1].tools[1].name, "calculator");
         assert_eq!(views[1].results.len(), 1);
@@ -206,14 +272,63 @@ mod tests {
 
     #[test]
     fn views_render_answers_and_mark_unfinished_ones() {
-        let views = views(&[
-            stored(Role::System, "hidden", MessageStatus::Complete),
-            stored(Role::User, "<b>hi</b>", MessageStatus::Complete),
-            stored(Role::Assistant, "**bold**", MessageStatus::Stopped),
-        ]);
+        let views = views(
+            &[
+                stored(Role::System, "hidden", MessageStatus::Complete),
+                stored(Role::User, "<b>hi</b>", MessageStatus::Complete),
+                stored(Role::Assistant, "**bold**", MessageStatus::Stopped),
+            ],
+            CONTEXT,
+        );
         assert_eq!(views.len(), 2);
         assert_eq!(views[0].text, "<b>hi</b>");
         assert!(views[1].html.contains("<strong>bold</strong>"));
-        assert_eq!(views[1].note, Some("Stopped."));
+        assert_eq!(
+            views[1].note.as_ref().map(|n| n.text.as_str()),
+            Some("Stopped.")
+        );
+    }
+
+    fn answer(content: &str, reasoning: &str, finish: &str, used: (i64, i64)) -> StoredMessage {
+        let mut message = stored(Role::Assistant, content, MessageStatus::Complete);
+        message.reasoning = Some(reasoning.to_owned()).filter(|r| !r.is_empty());
+        message.finish_reason = Some(finish.to_owned());
+        message.stats.prompt_tokens = Some(used.0);
+        message.stats.completion_tokens = Some(used.1);
+        message
+    }
+
+    #[test]
+    fn answers_that_did_not_end_the_usual_way_say_why() {
+        let note = |message: StoredMessage| {
+            views(&[message], CONTEXT)
+                .pop()
+                .and_then(|view| view.note)
+                .map(|note| (note.kind, note.text))
+        };
+        assert_eq!(note(answer("Done.", "hmm", "stop", (10, 5))), None);
+        assert_eq!(
+            note(answer("Half an ans", "", "length", (10, 30))),
+            Some(("length", "Cut off: the token limit was reached.".into()))
+        );
+        assert_eq!(
+            note(answer("Half an ans", "", "length", (4000, 96))),
+            Some(("length", "Cut off: the context is full.".into()))
+        );
+        assert_eq!(
+            note(answer("", "Let me think", "length", (10, 30))),
+            Some((
+                "length",
+                "Cut off: the token limit was reached. It was still thinking: there is no answer."
+                    .into()
+            ))
+        );
+        assert_eq!(
+            note(answer("", "Let me think", "stop", (10, 30))).map(|n| n.0),
+            Some("empty")
+        );
+        let mut interrupted = stored(Role::Assistant, "Par", MessageStatus::Interrupted);
+        interrupted.reasoning = Some("x".into());
+        assert_eq!(note(interrupted).map(|n| n.0), Some("interrupted"));
     }
 }

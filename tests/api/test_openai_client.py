@@ -211,12 +211,11 @@ def test_tiny_model_through_the_real_engine(tiny_server):
     kwargs = dict(model=model, messages=ask("Hello"), max_tokens=5, temperature=0,
                   extra_body={"enable_thinking": False})
     whole = api.chat.completions.create(**kwargs)
-    # Either the limit cut it at exactly 5 tokens, or an end token came before the limit.
-    if whole.choices[0].finish_reason == "length":
-        assert whole.usage.completion_tokens == 5
-    else:
-        assert whole.choices[0].finish_reason == "stop"
-        assert whole.usage.completion_tokens < 5
+    # The tiny model's random weights spread its probability almost evenly over the vocabulary
+    # (about -5.3 nats for the best token, no end token among the best three at any step), so
+    # greedy decoding cannot end on its own within five tokens: the limit cuts it at exactly 5.
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.usage.completion_tokens == 5
     _, rendered = post(tiny_server, "/apply-template", {"messages": ask("Hello"),
                                                         "enable_thinking": False})
     _, prompt = post(tiny_server, "/tokenize", {"content": rendered["prompt"],
@@ -272,5 +271,6 @@ def test_text_completion_scores_the_prompt_like_lm_eval_asks(tiny_server):
     assert lp.token_logprobs[-1] == max(lp.top_logprobs[-1].values())
     text = api.completions.create(model=model, prompt="Once upon a", max_tokens=4,
                                   temperature=0)
-    assert text.usage.completion_tokens <= 4
-    assert text.choices[0].finish_reason in ("length", "stop")
+    # As in the chat test above: no end token comes first, the limit ends it.
+    assert text.usage.completion_tokens == 4
+    assert text.choices[0].finish_reason == "length"

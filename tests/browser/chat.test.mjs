@@ -36,12 +36,13 @@ function newDataDir() {
 }
 
 /**
- * Starts `smolbot serve --stub --port 0` (with `args` after) keeping conversations in
- * `dataDir` and resolves with its URL once it listens.
+ * Starts `smolbot serve --stub --port PORT` (a free one by default; with `args` after) keeping
+ * conversations in `dataDir` and resolves with its URL once it listens.
  */
-function startServer(tokensPerSecond, dataDir = newDataDir(), args = []) {
+function startServer(tokensPerSecond, dataDir = newDataDir(), args = [], port = 0) {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(BINARY, ["serve", "--stub", "--port", "0", "--host", "127.0.0.1", ...args], {
+    const command = ["serve", "--stub", "--port", String(port), "--host", "127.0.0.1", ...args];
+    const child = spawn(BINARY, command, {
       env: {
         ...process.env,
         SMOLBOT_STUB_TOKENS_PER_SECOND: String(tokensPerSecond),
@@ -255,12 +256,14 @@ test("built-in tools: the calculator runs and its result shows, live and after a
   await page.goto(server.url + path);
   await page.waitForFunction(() => window.htmx);
   assert.match(await page.locator(".tool-output").last().textContent(), /calculator\s*→\s*119/);
+  // Stored, the tool turn is two answers after its question; the question can still be edited.
+  assert.ok(await page.locator(".msg.user").last().locator(".edit").isVisible(), "Edit after a tool turn");
   assert.deepEqual(problems, []);
   await page.close();
 });
 
 test("a failed send shows the error and keeps the typed text", async () => {
-  const { page } = await openPage();
+  const { page, problems } = await openPage();
   await page.route("**/chat/send", (route) =>
     route.fulfill({ status: 503, contentType: "text/plain", body: "the server is busy" }),
   );
@@ -268,6 +271,7 @@ test("a failed send shows the error and keeps the typed text", async () => {
   await page.locator("#error:not([hidden])").waitFor();
   assert.match(await page.locator("#error").textContent(), /503.*the server is busy/);
   assert.equal(await page.inputValue("#message"), "Please keep me");
+  assert.deepEqual(problems, [], "a full queue is the page's own message, not an htmx error");
   await page.close();
 });
 
@@ -297,6 +301,10 @@ test("the server dying mid-stream is reported and what streamed stays", async ()
     // The browser first retries (5 tries, 1 s apart), then the page gives up.
     await page.locator(".progress .reconnecting").waitFor({ timeout: 5_000 });
     await page.locator("#error", { hasText: /connection to the server was lost/ }).waitFor({ timeout: 20_000 });
+    // The badge's poll finds the server gone too: the badge says so, and the message about
+    // the lost answer stays rather than giving way to a generic one.
+    await page.locator("#status.offline", { hasText: "offline" }).waitFor({ timeout: 20_000 });
+    assert.match(await page.locator("#error").textContent(), /connection to the server was lost/);
     assert.ok((await page.locator(".reasoning").textContent()).length > 0, "streamed text kept");
     assert.equal(await page.locator(".msg.assistant.streaming").count(), 0);
     await page.screenshot({ path: join(SHOTS, "6-server-gone.png") });
@@ -491,7 +499,11 @@ test("edit the last question and send it again; copy a message", async () => {
   assert.equal(await page.evaluate(() => navigator.clipboard.readText()), "What is NoPE?");
   await page.locator(".msg.assistant .copy-msg").click();
   await page.locator(".msg.assistant .copy-msg", { hasText: "Copied" }).waitFor();
-  assert.match(await page.evaluate(() => navigator.clipboard.readText()), /What is NoPE\?/);
+  const copiedAnswer = await page.evaluate(() => navigator.clipboard.readText());
+  assert.match(copiedAnswer, /What is NoPE\?/);
+  assert.match(copiedAnswer, /fn main\(\)/, "the code block is copied");
+  assert.doesNotMatch(copiedAnswer, /Copy/, "but not its Copy button's label");
+  assert.ok(await page.locator(".msg.assistant .code button.copy").isVisible(), "the button is back");
   await page.reload();
   await page.waitForFunction(() => window.htmx);
   assert.equal(await page.locator(".msg.user .bubble").textContent(), "What is NoPE?");
@@ -587,5 +599,136 @@ test("with --api-key the page logs in with the key, works, and logs out", async 
   } finally {
     await page.close();
     keyed.child.kill();
+  }
+});
+
+test("opening a conversation lands at its latest message", async () => {
+  // Answers at full speed: only the length of the conversation matters here.
+  const own = await startServer(0);
+  const { page, problems } = await openPage({ width: 1000, height: 600 }, { url: own.url });
+  const path = await chatWith(page, "The first of three questions");
+  for (const [i, text] of ["The second question", "The third question"].entries()) {
+    await send(page, text);
+    await page.locator(".meta .stats").nth(i + 1).waitFor({ timeout: ANSWER_MS });
+  }
+  await page.goto(own.url + path);
+  await page.waitForFunction(() => window.htmx && document.readyState === "complete");
+  const [top, height, client] = await page.evaluate(() => {
+    const messages = document.getElementById("messages");
+    return [messages.scrollTop, messages.scrollHeight, messages.clientHeight];
+  });
+  assert.ok(height > 2 * client, `a long conversation (${height} px in ${client} px)`);
+  assert.ok(height - top - client <= 2, `scrolled to the end: ${top} + ${client} of ${height} px`);
+  await page.screenshot({ path: join(SHOTS, "14-opened-at-the-end.png") });
+  assert.deepEqual(problems, []);
+  await page.close();
+  own.child.removeAllListeners("exit");
+  own.child.kill();
+});
+
+test("no Edit while an answer is written; a refused edit's message goes when it ends", async () => {
+  const { page, problems } = await openPage();
+  await chatWith(page, "The question to edit");
+  assert.ok(await page.locator(".msg.user .edit").isVisible(), "the last question can be edited");
+  // An edit form opened before the next question was sent...
+  await page.locator(".msg.user .edit").click();
+  await page.locator("form.editing textarea").fill("Edited too late");
+  await send(page, "The next question");
+  await page.locator(".msg.assistant.streaming").waitFor();
+  assert.equal(await page.locator(".msg.user .edit:visible").count(), 0, "no Edit while answering");
+  // ...is refused while the answer is written (409), and says so...
+  await page.locator("form.editing button[type=submit]").click();
+  await page.locator("#error:not([hidden])", { hasText: "(409)" }).waitFor();
+  assert.match(await page.locator("#error").textContent(), /still being written/);
+  // ...until the answer ends: then the message is out of date and goes.
+  await page.locator(".msg.assistant .meta .stats").last().waitFor({ timeout: ANSWER_MS });
+  await page.locator("#error").waitFor({ state: "hidden" });
+  assert.ok(await page.locator(".msg.user").last().locator(".edit").isVisible(), "Edit is back");
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("refused sends are the page's own messages, not console errors", async () => {
+  const { page, problems } = await openPage();
+  await page.fill("#message", "/nonsense");
+  await page.press("#message", "Enter");
+  await page.locator("#error:not([hidden])", { hasText: "unknown command `/nonsense`" }).waitFor();
+  assert.match(await page.locator("#error").textContent(), /^The message was not sent \(400\)/);
+  assert.equal(await page.inputValue("#message"), "/nonsense", "the typed text stays");
+  await page.fill("#message", "x".repeat(300 * 1024));
+  await page.press("#message", "Enter");
+  await page.locator("#error", { hasText: "the page accepts at most 262144" }).waitFor();
+  assert.equal((await page.inputValue("#message")).length, 300 * 1024);
+  // A good message afterwards clears the error and goes through.
+  await send(page, "Fine now");
+  await page.locator(".meta .stats").waitFor({ timeout: ANSWER_MS });
+  assert.ok(await page.locator("#error").isHidden());
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("an answer cut off by max tokens says so, live and after a reload", async () => {
+  const { page, problems } = await openPage();
+  await page.locator("details.settings-panel summary").click();
+  await page.fill("input[name=max_tokens]", "8");
+  await page.click("#settings button[type=submit]");
+  await page.locator("#settings .saved", { hasText: "Saved." }).waitFor();
+  await page.locator("details.settings-panel summary").click();
+  // Thinking on: the 8 tokens are all reasoning, and the page says there is no answer.
+  await send(page, "Tell me everything about otters");
+  const first = page.locator(".msg.assistant").first();
+  const onlyThinking = "Cut off: the token limit was reached. It was still thinking: there is no answer.";
+  await first.locator(".meta .note.length").waitFor({ timeout: ANSWER_MS });
+  assert.equal(await first.locator(".meta .note").textContent(), onlyThinking);
+  assert.equal((await first.locator(".answer").textContent()).trim(), "");
+  // Thinking off: a cut answer.
+  await page.uncheck("input[name=thinking]");
+  await send(page, "And about beavers");
+  const second = page.locator(".msg.assistant").nth(1);
+  await second.locator(".meta .note.length").waitFor({ timeout: ANSWER_MS });
+  assert.equal(await second.locator(".meta .note").textContent(), "Cut off: the token limit was reached.");
+  assert.ok((await second.locator(".answer").textContent()).trim().length > 0);
+  await page.screenshot({ path: join(SHOTS, "15-cut-off.png") });
+  await page.reload();
+  await page.waitForFunction(() => window.htmx);
+  const notes = await page.locator(".msg.assistant .meta .note.length").allTextContents();
+  assert.deepEqual(notes, [onlyThinking, "Cut off: the token limit was reached."], "the same after a reload");
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("a server that comes back: the badge said offline, and the message goes", async () => {
+  const dir = newDataDir();
+  const first = await startServer(200, dir);
+  const port = Number(new URL(first.url).port);
+  const page = await context.newPage();
+  // The browser logs the refused connections (and htmx its send errors): only script errors count.
+  const problems = [];
+  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  let second;
+  try {
+    await page.goto(first.url + "/");
+    await page.waitForFunction(() => window.htmx);
+    first.child.removeAllListeners("exit");
+    const gone = new Promise((resolvePromise) => first.child.once("exit", resolvePromise));
+    first.child.kill("SIGKILL");
+    await gone;
+    await page.locator("#status.offline", { hasText: "offline" }).waitFor({ timeout: 20_000 });
+    await page.locator("#error:not([hidden])", { hasText: "cannot be reached" }).waitFor();
+    await page.screenshot({ path: join(SHOTS, "16-offline.png") });
+    second = await startServer(200, dir, [], port);
+    // The next poll reaches it: the badge is the server's again and the message is gone.
+    await page.locator("#status.stub").waitFor({ timeout: 20_000 });
+    await page.locator("#error").waitFor({ state: "hidden" });
+    await send(page, "Back again");
+    await page.locator(".meta .stats").waitFor({ timeout: ANSWER_MS });
+    assert.deepEqual(problems, []);
+  } finally {
+    first.child.kill("SIGKILL");
+    if (second) {
+      second.child.removeAllListeners("exit");
+      second.child.kill();
+    }
+    await page.close();
   }
 });

@@ -84,7 +84,7 @@ async fn render_page(
             conversations => Serde(&conversations),
             current => id.as_str(),
             query => Option::<String>::None,
-            messages => Serde(transcripts::views(&history)),
+            messages => Serde(transcripts::views(&history, state.context_length())),
             live => live,
             thinking => crate::services::conversation::thinking(&settings),
             settings => Serde(SettingsView::new(&settings)),

@@ -151,16 +151,16 @@ pub(super) struct RegenerateForm {
 
 /// The page's messages for `history` followed by a new streaming answer.
 fn transcript_with_answer(
+    state: &PageState,
     history: &[StoredMessage],
-    model: &str,
     message: Option<&str>,
     answer: &str,
     thinking: bool,
 ) -> Result<String, minijinja::Error> {
-    let views: Vec<MessageView> = transcripts::views(history);
+    let views: Vec<MessageView> = transcripts::views(history, state.context_length());
     let mut html = render(
         "messages.html",
-        context! { messages => Serde(&views), model => model },
+        context! { messages => Serde(&views), model => state.engine().info().id.as_str() },
     )?;
     html.push_str(&render(
         "exchange.html",
@@ -182,8 +182,8 @@ pub(super) async fn regenerate(
         .regenerate(id.as_str(), tools(body.tools.is_some()))
         .await?;
     let html = transcript_with_answer(
+        &state,
         &started.history,
-        &state.engine().info().id,
         None,
         started.run.id(),
         thinking_of(&started.conversation.settings),
@@ -224,8 +224,8 @@ pub(super) async fn edit(
     };
     let started = state.conversations.edit(id.as_str(), ask).await?;
     let html = transcript_with_answer(
+        &state,
         &started.history,
-        &state.engine().info().id,
         Some(&text),
         started.run.id(),
         thinking_of(&started.conversation.settings),

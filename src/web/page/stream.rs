@@ -20,8 +20,10 @@ use super::templates::render;
 use super::{from_page, PageError, PageState};
 use crate::services::events::{Completion, GenerationEvent, Progress};
 use crate::services::runs::{Entry, Run, RunError, RunEvent};
+use crate::services::sessions::MessageStatus;
 use crate::services::tools::is_builtin;
 use crate::web::markdown::render_markdown;
+use crate::web::transcripts::{end_note, EndNote, Ending};
 
 /// How long Stop waits for the run to save its partial answer before it answers, so the
 /// page can send the next message at once; saving takes milliseconds.
@@ -131,6 +133,8 @@ struct AnswerWriter {
     unrendered: Option<u64>,
     /// The run executes built-in tool calls, so their cards say nothing of "not run".
     runs_tools: bool,
+    /// The answer called a tool.
+    called: bool,
 }
 
 impl AnswerWriter {
@@ -147,6 +151,7 @@ impl AnswerWriter {
             settled: 0,
             unrendered: None,
             runs_tools: run.runs_tools(),
+            called: false,
         }
     }
 
@@ -228,7 +233,8 @@ impl AnswerWriter {
             RunEvent::Stopped => {
                 self.clear_progress(out);
                 self.close_thinking(entry.at, out);
-                out.push(self.done(Some("Stopped."), None));
+                let note = self.note(MessageStatus::Stopped, None);
+                out.push(self.done(note, None));
                 return false;
             }
             RunEvent::ToolResult(result) => {
@@ -261,6 +267,7 @@ impl AnswerWriter {
             }
             GenerationEvent::ToolCall(call) => {
                 self.close_thinking(entry.at, out);
+                self.called = true;
                 let arguments = serde_json::to_string_pretty(&call.arguments)
                     .unwrap_or_else(|_| call.arguments.to_string());
                 out.push(self.fragment(
@@ -275,12 +282,14 @@ impl AnswerWriter {
             }
             GenerationEvent::Done(done) => {
                 self.close_thinking(entry.at, out);
-                out.push(self.done(None, Some(done)));
+                let note = self.note(MessageStatus::Complete, Some(done));
+                out.push(self.done(note, Some(done)));
             }
             GenerationEvent::Failed(message) => {
                 self.close_thinking(entry.at, out);
                 out.push(self.fragment("failed", "failed.html", context! { message => message }));
-                out.push(self.done(Some("Failed."), None));
+                let note = self.note(MessageStatus::Failed, None);
+                out.push(self.done(note, None));
             }
             GenerationEvent::Progress(_) => {}
         }
@@ -319,8 +328,23 @@ impl AnswerWriter {
         ));
     }
 
+    /// The label for an answer that ends as `status` (with `done`, when the model finished),
+    /// worded as a reload words it.
+    fn note(&self, status: MessageStatus, done: Option<&Completion>) -> Option<EndNote> {
+        end_note(Ending {
+            status,
+            finish_reason: done.map(|done| done.finish_reason.as_str()),
+            context_full: done.is_some_and(|done| {
+                done.usage.prompt_tokens + done.usage.completion_tokens
+                    >= self.state.context_length()
+            }),
+            empty: self.content.trim().is_empty() && !self.called,
+            reasoned: !self.reasoning.trim().is_empty(),
+        })
+    }
+
     /// The line that ends the answer, with the context meter as it now stands (out of band).
-    fn done(&self, note: Option<&str>, done: Option<&Completion>) -> Event {
+    fn done(&self, note: Option<EndNote>, done: Option<&Completion>) -> Event {
         let stats = done.map(|done| {
             let ttft = self
                 .first_token_at
@@ -343,16 +367,19 @@ impl AnswerWriter {
                 self.state.context_length(),
             )
         });
-        let html =
-            render("done.html", context! { note => note, stats => stats }).and_then(|mut html| {
-                if let Some(meter) = meter {
-                    html.push_str(&render(
-                        "meter.html",
-                        context! { meter => Serde(&meter), oob => true },
-                    )?);
-                }
-                Ok(html)
-            });
+        let html = render(
+            "done.html",
+            context! { note => Serde(note), stats => stats },
+        )
+        .and_then(|mut html| {
+            if let Some(meter) = meter {
+                html.push_str(&render(
+                    "meter.html",
+                    context! { meter => Serde(&meter), oob => true },
+                )?);
+            }
+            Ok(html)
+        });
         sse("done", self.html_or_note("done.html", html))
     }
 

@@ -34,6 +34,7 @@ const SOURCES: &[(&str, &str)] = &[
     template!("notice.html"),
     template!("login.html"),
     template!("refused.html"),
+    template!("loading.html"),
 ];
 
 /// The page's templates, parsed once.

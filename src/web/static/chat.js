@@ -22,14 +22,18 @@
     sendButton.disabled = !!streaming();
   }
 
-  function showError(text) {
+  // `status` says what the message is about, so it is cleared when that is over: an HTTP
+  // status (409: an answer was still being written) or "unreachable".
+  function showError(text, status) {
     errorBox.textContent = text;
+    errorBox.dataset.status = status || "";
     errorBox.hidden = false;
   }
 
   function clearError() {
     errorBox.hidden = true;
     errorBox.textContent = "";
+    delete errorBox.dataset.status;
   }
 
   function nearBottom() {
@@ -45,6 +49,8 @@
     answer.classList.remove("streaming");
     answer.setAttribute("aria-busy", "false");
     updateSend();
+    // "An answer is still being written" (409) is over once no answer is.
+    if (!streaming() && errorBox.dataset.status === "409") clearError();
   }
 
   // The slash-command menu: shown while the first word typed starts with "/".
@@ -139,8 +145,12 @@
     if (event.detail.elt === form) clearError();
   });
 
+  function refused(detail) {
+    return !!detail.xhr && detail.xhr.status >= 400;
+  }
+
   document.body.addEventListener("htmx:afterRequest", function (event) {
-    if (event.detail.elt === form && event.detail.successful) {
+    if (event.detail.elt === form && event.detail.successful && !refused(event.detail)) {
       input.value = "";
       hideMenu();
       updateSend();
@@ -156,17 +166,49 @@
     }
   });
 
-  document.body.addEventListener("htmx:responseError", function (event) {
+  // A refused request (an unknown command, a message too long, a full queue, a busy
+  // conversation) comes back as a 4xx or 5xx whose plain-text body says why, in words for
+  // people. That is the page's own message, shown as text, not an htmx error: htmx would
+  // log each one to the console.
+  document.body.addEventListener("htmx:beforeSwap", function (event) {
     var xhr = event.detail.xhr;
-    var what = event.detail.elt === form ? "The message was not sent" : "The request failed";
-    showError(what + " (" + xhr.status + "): " + (xhr.responseText || xhr.statusText));
+    if (!refused(event.detail)) return;
+    event.detail.shouldSwap = false;
+    event.detail.isError = false;
+    var elt = event.detail.requestConfig ? event.detail.requestConfig.elt : event.detail.elt;
+    var what = elt === form ? "The message was not sent" : "The request failed";
+    showError(what + " (" + xhr.status + "): " + (xhr.responseText || xhr.statusText), String(xhr.status));
   });
 
+  // While the server cannot be reached the badge says so; the first answer from it again
+  // clears the message that said so (a message about something else stays).
+  function badgeOffline() {
+    var badge = document.getElementById("status");
+    if (!badge || badge.classList.contains("offline")) return;
+    var model = (badge.textContent.split(" · ")[0] || "model").trim();
+    badge.className = "badge offline";
+    badge.textContent = model + " · offline";
+    badge.setAttribute("aria-label", "Model " + model + ", offline: the server cannot be reached");
+  }
+
   document.body.addEventListener("htmx:sendError", function (event) {
-    // The badge's poll fails too while the server is away; only a send left a message.
-    showError(event.detail.elt === form
-      ? "The server cannot be reached. Your message is still in the box; try again."
-      : "The server cannot be reached.");
+    var poll = event.detail.elt && event.detail.elt.id === "status";
+    if (poll) {
+      badgeOffline();
+      // A message about something else (a lost stream, a refused send) stays.
+      if (!errorBox.hidden && errorBox.dataset.status !== "unreachable") return;
+    }
+    showError(poll
+      ? "The server cannot be reached."
+      : event.detail.elt === form
+        ? "The server cannot be reached. Your message is still in the box; try again."
+        : "The server cannot be reached.", "unreachable");
+  });
+
+  document.body.addEventListener("htmx:afterRequest", function (event) {
+    if (event.detail.xhr && event.detail.xhr.status > 0 && errorBox.dataset.status === "unreachable") {
+      clearError();
+    }
   });
 
   // A dropped stream: the browser reconnects by itself (after the server's `retry`, 1 s)
@@ -247,7 +289,13 @@
     if (!button) return;
     var message = button.closest(".msg");
     var body = message && message.querySelector(".bubble, .answer");
-    if (body) copied(button, body.innerText);
+    if (!body) return;
+    // innerText is the text as shown: the code blocks' own "Copy" buttons are hidden
+    // (`.copying`) while it is read, so their labels stay out of the clipboard.
+    message.classList.add("copying");
+    var text = body.innerText;
+    message.classList.remove("copying");
+    copied(button, text);
   });
 
   // Theme: follows the system until the button stores light or dark; a third press goes back.
@@ -307,6 +355,11 @@
   document.addEventListener("keydown", function (event) {
     if (event.key === "Escape" && document.body.classList.contains("sidebar-open")) showSidebar(false);
   });
+
+  // A conversation opens at its latest message. Again once everything (fonts) is in, which
+  // can change the heights.
+  toBottom();
+  window.addEventListener("load", toBottom);
 
   document.addEventListener("click", function (event) {
     var button = event.target.closest ? event.target.closest("button.copy") : null;
