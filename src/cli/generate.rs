@@ -23,6 +23,7 @@ use smolbot::services::chat::{
     TokenLimit,
 };
 use smolbot::services::events::{Completion, FinishReason, GenerationEvent};
+use smolbot::services::kv_budget::ContextRequest;
 use smolbot::services::{BackendSpec, Engine, GenerationStream};
 use smolbot::smollm3::tool_calls::ToolCall;
 
@@ -33,8 +34,16 @@ pub struct GenerateArgs {
     #[command(flatten)]
     engine: EngineArgs,
     /// The prompt: a user message, or with `--raw` the exact text to continue.
-    #[arg(long, short)]
-    prompt: String,
+    #[arg(long, short, required_unless_present = "file", conflicts_with = "file")]
+    prompt: Option<String>,
+    /// Read the prompt from this file instead (like llama.cpp's `-f`): long prompts do not
+    /// fit in one command-line argument (Linux caps one at 128 KiB).
+    #[arg(long, short, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Positions the sequence may hold, prompt and answer (like llama.cpp's `-c`); 0 or unset:
+    /// the model's, as far as memory allows.
+    #[arg(long, value_name = "N")]
+    ctx_size: Option<usize>,
     /// Send the prompt as-is, with special tokens such as `<|im_start|>` recognised.
     #[arg(long)]
     raw: bool,
@@ -79,26 +88,35 @@ pub struct GenerateArgs {
 pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     args.engine.apply_env();
     let tools = args.tools.as_deref().map(read_tools).transpose()?;
+    let prompt = match (&args.prompt, &args.file) {
+        (Some(prompt), _) => prompt.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the prompt from {}", file.display()))?,
+        (None, None) => anyhow::bail!("give the prompt with --prompt or --file"),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(generate(&args, tools.unwrap_or_default()))
+    runtime.block_on(generate(&args, &prompt, tools.unwrap_or_default()))
 }
 
-async fn generate(args: &GenerateArgs, tools: Vec<Json>) -> anyhow::Result<ExitCode> {
+async fn generate(args: &GenerateArgs, prompt: &str, tools: Vec<Json>) -> anyhow::Result<ExitCode> {
     let spec = BackendSpec::Gguf {
         path: args.engine.model.clone(),
         force_cpu: args.engine.cpu,
         alias: None,
-        context: Default::default(),
+        context: ContextRequest {
+            ctx_size: args.ctx_size.filter(|&n| n > 0),
+            kv_budget: None,
+        },
     };
     // One request: a queue of one is enough.
     let engine = Engine::start(spec, 1).await?;
     let context_length = engine.info().context_length;
     // The flag's default may exceed a small model's context; the context then ends the output.
     let max_tokens = args.max_tokens.min(context_length);
-    let stream = start(args, &engine, tools, max_tokens).await?;
+    let stream = start(args, prompt, &engine, tools, max_tokens).await?;
     let stderr = std::io::stderr();
     let dim = stderr.is_terminal();
     let mut printer = Printer::new(std::io::stdout(), stderr, dim);
@@ -111,6 +129,9 @@ async fn generate(args: &GenerateArgs, tools: Vec<Json>) -> anyhow::Result<ExitC
         done.usage.completion_tokens,
         per_second(timings.predicted_tokens, timings.predicted_time),
     );
+    if let Some(bytes) = smolbot::services::metrics::peak_rss_bytes() {
+        eprintln!("peak memory: {} MB", bytes / 1_000_000);
+    }
     if let (Some(used), Some(max)) = (done.usage.reasoning_tokens, args.thinking_budget) {
         eprintln!("reasoning: {used} tokens (budget {max})");
     }
@@ -130,6 +151,7 @@ async fn generate(args: &GenerateArgs, tools: Vec<Json>) -> anyhow::Result<ExitC
 /// Queues the request the flags describe: a chat turn, or with `--raw` a text completion.
 async fn start(
     args: &GenerateArgs,
+    prompt: &str,
     engine: &Engine,
     tools: Vec<Json>,
     max_tokens: usize,
@@ -149,7 +171,7 @@ async fn start(
     };
     if args.raw {
         let request = CompletionRequest {
-            prompt: CompletionPrompt::Text(args.prompt.clone()),
+            prompt: CompletionPrompt::Text(prompt.to_string()),
             max_tokens,
             sampling,
             stop: args.stop.clone(),
@@ -163,7 +185,7 @@ async fn start(
     if let Some(system) = &args.system {
         messages.push(ChatMessage::new(Role::System, system.clone()));
     }
-    messages.push(ChatMessage::new(Role::User, args.prompt.clone()));
+    messages.push(ChatMessage::new(Role::User, prompt.to_string()));
     let request = ChatRequest {
         messages,
         tools,

@@ -312,6 +312,29 @@ fn same_seed_same_output_and_max_tokens_is_reported() {
 }
 
 #[test]
+fn a_prompt_file_reads_as_the_same_prompt_and_ctx_size_bounds_the_context() {
+    let model = tiny_model().to_str().unwrap();
+    let prompt = "a b c ".repeat(40);
+    let file = scratch("prompt.txt");
+    std::fs::write(&file, &prompt).unwrap();
+    let base = ["generate", "--model", model, "--raw", "--max-tokens", "6"];
+    let given = smolbot(&[&base[..], &["--temperature", "0", "--prompt", &prompt]].concat());
+    let read = smolbot(&[&base[..], &["--temperature", "0", "-f", file.to_str().unwrap()]].concat());
+    assert!(read.status.success(), "{}", text(&read.stderr));
+    assert_eq!(text(&given.stdout), text(&read.stdout));
+    assert!(text(&read.stderr).contains("peak memory: "), "{}", text(&read.stderr));
+    // 120 prompt tokens in a 64-position context: refused, naming both numbers.
+    let small = smolbot(&[&base[..], &["--ctx-size", "64", "-f", file.to_str().unwrap()]].concat());
+    let err = text(&small.stderr);
+    assert!(!small.status.success(), "{err}");
+    assert!(err.contains("64"), "{err}");
+    let missing = smolbot(&[&base[..], &["-f", "/nonexistent/prompt.txt"]].concat());
+    assert!(!missing.status.success());
+    assert!(text(&missing.stderr).contains("/nonexistent/prompt.txt"));
+    std::fs::remove_file(file).unwrap();
+}
+
+#[test]
 fn a_full_context_stops_generation_and_says_so() {
     // The tiny model's context is 4,096 tokens; a 4,090-token prompt leaves room for 6.
     let prompt = "a ".repeat(4090);
