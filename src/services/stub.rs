@@ -7,7 +7,8 @@
 //! decides by reading the prompt as SmolLM3 would: a `<think>` block when the prompt left
 //! thinking on; a `<tool_call>` when the system turn lists tools and the last user turn
 //! mentions the weather or holds an arithmetic expression; a report of the tool's result when
-//! the last turn answers its call; Markdown with a list, a table and a code block otherwise.
+//! the last turn answers its call; the rest of the turn, verbatim, when it starts with
+//! `Echo:`; Markdown with a list, a table and a code block otherwise.
 //!
 //! Its vocabulary is the synthetic tiny model's byte-level BPE (the same special tokens as
 //! SmolLM3's), built once per process from a throwaway synthetic file.
@@ -526,7 +527,15 @@ fn finish_forced_call(opening: &str, question: &str, tools: &[OfferedTool]) -> S
     call.strip_prefix(opening).unwrap_or(&call).to_owned()
 }
 
+/// A question that starts with this is answered with the rest of it, verbatim: tests make the
+/// stub say exactly the Markdown they need (math, a given code block).
+const ECHO: &str = "Echo:";
+
 fn reply_to_question(question: &str, tools: &[OfferedTool], thinking: bool) -> (String, String) {
+    if let Some(text) = question.strip_prefix(ECHO) {
+        let reasoning = "The user asks for their text back, so I will echo it.".to_owned();
+        return (reasoning, text.trim_start().to_owned());
+    }
     if let Some((call, why)) = tool_call_for(question, tools, false) {
         return (why, call);
     }
@@ -594,6 +603,19 @@ mod tests {
         assert!(answer.contains("- **Streaming**"));
         assert!(answer.contains("| Thinking | on |"));
         assert!(answer.contains("```rust\n"));
+    }
+
+    #[test]
+    fn echo_answers_with_the_text_verbatim() {
+        let text = "$$\\int_0^1 x\\,dx$$ costs $5 and $10\n\n```rust\nlet a = 1;\n```";
+        let prompt = render(
+            json!([{"role": "user", "content": format!("Echo: {text}")}]),
+            true,
+            Some(weather_tool()),
+        );
+        let (reasoning, answer) = split_thinking(&compose_reply(&prompt));
+        assert!(reasoning.is_some());
+        assert_eq!(answer.trim_start(), text);
     }
 
     #[test]

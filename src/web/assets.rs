@@ -4,12 +4,17 @@
 //! Vendored from the npm registry (`npm pack`), unmodified:
 //! - `static/htmx.min.js`: htmx.org 2.0.11 (`dist/htmx.min.js`)
 //! - `static/sse.min.js`: htmx-ext-sse 2.2.4 (`dist/sse.min.js`)
+//! - `static/katex/`: KaTeX 0.19.1 (MIT, `LICENSE` beside it): `dist/katex.min.js`, the
+//!   `dist/fonts/*.woff2` fonts, and `dist/katex.min.css` with one change: each font's
+//!   `.woff` and `.ttf` fallbacks are dropped from its `src`, as only the woff2 files are
+//!   served (every browser that runs the page reads woff2). `chat.js` loads KaTeX on the
+//!   first formula, so pages without math do not fetch it.
 //!
 //! `chat.js`, `theme.js` and `chat.css` are ours. `theme.js` is tiny and loaded without
 //! `defer`, so a theme chosen earlier applies before the first paint (no flash of the other).
 
-use axum::extract::Request;
-use axum::http::{header, HeaderValue};
+use axum::extract::{Path, Request};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -23,6 +28,42 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
+const WOFF2: &str = "font/woff2";
+
+/// KaTeX's fonts by file name, as `katex.min.css` asks for them (`fonts/NAME.woff2`).
+macro_rules! katex_fonts {
+    ($($name:literal),* $(,)?) => {
+        &[$(
+            (
+                concat!($name, ".woff2"),
+                include_bytes!(concat!("static/katex/fonts/", $name, ".woff2")),
+            ),
+        )*]
+    };
+}
+
+static KATEX_FONTS: &[(&str, &[u8])] = katex_fonts![
+    "KaTeX_AMS-Regular",
+    "KaTeX_Caligraphic-Bold",
+    "KaTeX_Caligraphic-Regular",
+    "KaTeX_Fraktur-Bold",
+    "KaTeX_Fraktur-Regular",
+    "KaTeX_Main-Bold",
+    "KaTeX_Main-BoldItalic",
+    "KaTeX_Main-Italic",
+    "KaTeX_Main-Regular",
+    "KaTeX_Math-BoldItalic",
+    "KaTeX_Math-Italic",
+    "KaTeX_SansSerif-Bold",
+    "KaTeX_SansSerif-Italic",
+    "KaTeX_SansSerif-Regular",
+    "KaTeX_Script-Regular",
+    "KaTeX_Size1-Regular",
+    "KaTeX_Size2-Regular",
+    "KaTeX_Size3-Regular",
+    "KaTeX_Size4-Regular",
+    "KaTeX_Typewriter-Regular",
+];
 
 /// The static routes under `/static/`.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
@@ -47,9 +88,25 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
             "/static/chat.css",
             get(|| asset(CSS, include_str!("static/chat.css"))),
         )
+        .route(
+            "/static/katex/katex.min.js",
+            get(|| asset(JAVASCRIPT, include_str!("static/katex/katex.min.js"))),
+        )
+        .route(
+            "/static/katex/katex.min.css",
+            get(|| asset(CSS, include_str!("static/katex/katex.min.css"))),
+        )
+        .route("/static/katex/fonts/{file}", get(katex_font))
 }
 
-async fn asset(content_type: &'static str, body: &'static str) -> Response {
+async fn katex_font(Path(file): Path<String>) -> Response {
+    match KATEX_FONTS.iter().find(|(name, _)| *name == file) {
+        Some((_, bytes)) => asset(WOFF2, *bytes).await,
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn asset(content_type: &'static str, body: impl IntoResponse) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),

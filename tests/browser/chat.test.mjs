@@ -5,7 +5,8 @@
 // keeping the typed text, a dropped stream resuming by itself, the server dying mid-stream, a
 // phone-sized screen, and the built-in calculator's result shown under its call; then the stored conversations: reload and server
 // restart find them, rename and delete in the sidebar, regenerate, slash commands and their
-// menu, and the light and dark themes.
+// menu, and the light and dark themes; code blocks (highlighted, labelled, copied alone),
+// math typeset by KaTeX under the CSP, and Copy as Markdown.
 //
 // Needs `target/debug/smolbot` (or SMOLBOT_BIN) and /usr/bin/chromium (or CHROMIUM);
 // screenshots go to target/screenshots/.
@@ -731,4 +732,105 @@ test("a server that comes back: the badge said offline, and the message goes", a
     }
     await page.close();
   }
+});
+
+/** Rejected responses (a missing font, a script) and CSP violations, from now on in `page`. */
+async function watchLoads(page) {
+  const failed = [];
+  page.on("response", (response) => {
+    if (response.status() >= 400) failed.push(`${response.status()} ${response.url()}`);
+  });
+  await page.addInitScript(() => {
+    window.cspViolations = [];
+    document.addEventListener("securitypolicyviolation", (e) => {
+      window.cspViolations.push(`${e.violatedDirective}: ${e.blockedURI || e.sample}`);
+    });
+  });
+  return failed;
+}
+
+test("code blocks: the language, highlighting in both themes, Copy copies the code alone", async () => {
+  const { page, problems } = await openPage();
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: server.url });
+  await chatWith(page, "Show me some code");
+  const code = 'fn main() {\n    println!("Hello from smolbot-stub!");\n}';
+  const check = async () => {
+    const block = page.locator(".msg.assistant .answer .code");
+    assert.equal(await block.count(), 1);
+    assert.equal(await block.locator(".code-head .code-lang").textContent(), "rust");
+    assert.ok((await block.locator("pre span.hl-rust").count()) > 0, "highlighted spans");
+    const coloured = await block.locator("pre").evaluate((pre) => {
+      const plain = getComputedStyle(pre).color;
+      return [...pre.querySelectorAll("span")].filter((s) => getComputedStyle(s).color !== plain).length;
+    });
+    assert.ok(coloured > 0, "some of the code has its own colour");
+    await block.locator("button.copy").click();
+    await block.locator("button.copy", { hasText: "Copied" }).waitFor();
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), code);
+  };
+  await check();
+  await page.reload();
+  await page.waitForFunction(() => window.htmx);
+  await check();
+  // The theme button goes system → light → dark → system; strings are coloured in each.
+  const stringColour = () => page.locator(".answer pre .hl-string").first().evaluate((s) => getComputedStyle(s).color);
+  await page.click("#theme-toggle");
+  const light = await stringColour();
+  await page.click("#theme-toggle");
+  const dark = await stringColour();
+  await page.screenshot({ path: join(SHOTS, "17-code-dark.png") });
+  await page.click("#theme-toggle");
+  assert.notEqual(light, dark, "the dark theme has its own colours");
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("math renders with KaTeX under the CSP; prices stay text", async () => {
+  const { page, problems } = await openPage();
+  const failed = await watchLoads(page);
+  await page.reload();
+  await page.waitForFunction(() => window.htmx);
+  await chatWith(page, String.raw`Echo: The area is $$\int_0^1 x\,dx$$ and it costs $5 and $10; also $a^2+b^2=c^2$.`);
+  const check = async () => {
+    const answer = page.locator(".msg.assistant .answer");
+    const display = answer.locator(".math-display .katex-display .katex-html");
+    await display.waitFor();
+    assert.ok((await display.boundingBox()).height > 20, "the display formula has height");
+    assert.ok((await answer.locator(".math-inline .katex-html").boundingBox()).height > 5);
+    assert.equal(await answer.locator(".math-display annotation").textContent(), String.raw`\int_0^1 x\,dx`);
+    assert.equal(await answer.locator(".math").count(), 2, "the prices are not math");
+    assert.match(await answer.textContent(), /costs \$5 and \$10;/);
+    await page.evaluate(() => document.fonts.ready);
+    const fonts = await page.evaluate(() =>
+      [...document.fonts].filter((f) => f.family === "KaTeX_Main" && f.status === "loaded").length);
+    assert.ok(fonts > 0, "KaTeX's font loaded");
+    assert.deepEqual(await page.evaluate(() => window.cspViolations), []);
+  };
+  await check();
+  await page.screenshot({ path: join(SHOTS, "18-math.png") });
+  await page.reload();
+  await page.waitForFunction(() => window.htmx);
+  await check();
+  assert.deepEqual(failed, []);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("Copy as Markdown puts the answer's source on the clipboard", async () => {
+  const { page, problems } = await openPage();
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: server.url });
+  const source = "**Bold**, `code` and $x\\,y$:\n\n- one\n- two\n\n```js\nlet a = 1;\n```";
+  await chatWith(page, "Echo: " + source);
+  const copy = async () => {
+    const button = page.locator(".msg.assistant .copy-md");
+    await button.click();
+    await page.locator(".msg.assistant .copy-md", { hasText: "Copied" }).waitFor();
+    return page.evaluate(() => navigator.clipboard.readText());
+  };
+  assert.equal(await copy(), source);
+  await page.reload();
+  await page.waitForFunction(() => window.htmx);
+  assert.equal(await copy(), source, "the same after a reload");
+  assert.deepEqual(problems, []);
+  await page.close();
 });

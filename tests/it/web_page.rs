@@ -156,6 +156,21 @@ async fn static_files_are_served_with_their_content_type() {
             r#":root[data-theme="dark"]"#,
         ),
         ("/static/theme.js", "text/javascript", "localStorage"),
+        (
+            "/static/katex/katex.min.js",
+            "text/javascript",
+            "renderToString",
+        ),
+        (
+            "/static/katex/katex.min.css",
+            "text/css",
+            "url(fonts/KaTeX_Main-Regular.woff2)",
+        ),
+        (
+            "/static/katex/fonts/KaTeX_Main-Regular.woff2",
+            "font/woff2",
+            "wOF2",
+        ),
     ] {
         let reply = get(&app, path).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}");
@@ -169,6 +184,16 @@ async fn static_files_are_served_with_their_content_type() {
         get(&app, "/static/nope.js").await.status,
         StatusCode::NOT_FOUND
     );
+    assert_eq!(
+        get(&app, "/static/katex/fonts/KaTeX_Nope.woff2")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    // Only the woff2 fonts are served, so the stylesheet names no other.
+    let css = get(&app, "/static/katex/katex.min.css").await.text;
+    assert_eq!(css.matches("url(").count(), 20, "{css}");
+    assert!(!css.contains(".woff)") && !css.contains(".ttf"), "{css}");
 }
 
 #[tokio::test]
@@ -227,6 +252,12 @@ async fn send_returns_the_exchange_and_the_stream_brings_the_answer() {
     // MiniJinja escapes `/` as `&#x2f;`.
     assert!(
         stats.contains("tokens&#x2f;s") && stats.contains("first token"),
+        "{stats}"
+    );
+    // "Copy as Markdown" carries the answer's source, escaped for its attribute.
+    assert!(
+        stats.contains(r#"class="copy-md" data-markdown="Here is a stub answer"#)
+            && stats.contains("```rust\nfn main()"),
         "{stats}"
     );
 

@@ -369,7 +369,7 @@ impl AnswerWriter {
         });
         let html = render(
             "done.html",
-            context! { note => Serde(note), stats => stats },
+            context! { note => Serde(note), stats => stats, markdown => self.content.trim() },
         )
         .and_then(|mut html| {
             if let Some(meter) = meter {

@@ -361,10 +361,69 @@
   toBottom();
   window.addEventListener("load", toBottom);
 
+  // Code and math in answers: each code block's Copy (its code, without the final newline
+  // and without the language label), "Copy as Markdown" (the answer's source, which the
+  // server puts on the button), and math typeset by KaTeX.
   document.addEventListener("click", function (event) {
     var button = event.target.closest ? event.target.closest("button.copy") : null;
-    if (!button) return;
-    var pre = button.parentElement.querySelector("pre");
-    if (pre) copied(button, pre.innerText);
+    var block = button && button.closest(".code");
+    var pre = block && block.querySelector("pre");
+    if (pre) copied(button, pre.textContent.replace(/\n$/, ""));
   });
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest ? event.target.closest("button.copy-md") : null;
+    if (button) copied(button, button.dataset.markdown || "");
+  });
+
+  // The server marks math as <span class="math math-inline|math-display"> holding the TeX
+  // source. KaTeX (vendored, about 270 KB) is loaded on the first one. `katex.render`
+  // builds DOM nodes and sets their styles through CSSOM, which the CSP allows (its HTML
+  // string output carries style attributes, which the CSP blocks). A rendered span gets
+  // `math-done` and is not rendered again; a streamed answer's pieces are new spans.
+  var katexState = "";
+
+  function loadKatex() {
+    if (katexState) return;
+    katexState = "loading";
+    var css = document.createElement("link");
+    css.rel = "stylesheet";
+    css.href = "/static/katex/katex.min.css";
+    document.head.appendChild(css);
+    var script = document.createElement("script");
+    script.src = "/static/katex/katex.min.js";
+    script.onload = function () {
+      katexState = "ready";
+      renderMath();
+    };
+    script.onerror = function () { katexState = "failed"; };
+    document.head.appendChild(script);
+  }
+
+  function renderMath() {
+    var pending = messages.querySelectorAll(".math:not(.math-done)");
+    if (pending.length === 0) return;
+    if (katexState !== "ready" || !window.katex) return loadKatex();
+    var stick = nearBottom();
+    Array.prototype.forEach.call(pending, function (span) {
+      var tex = span.textContent;
+      span.classList.add("math-done");
+      try {
+        window.katex.render(tex, span, {
+          displayMode: span.classList.contains("math-display"),
+          throwOnError: true
+        });
+      } catch (e) {
+        // KaTeX's own error rendering sets a style attribute; the source shows instead.
+        span.textContent = tex;
+        span.classList.add("math-error");
+        span.title = e && e.message ? e.message : "This formula could not be typeset.";
+      }
+    });
+    if (stick) toBottom();
+  }
+
+  document.body.addEventListener("htmx:afterSwap", renderMath);
+  document.body.addEventListener("htmx:sseMessage", renderMath);
+  renderMath();
 })();
