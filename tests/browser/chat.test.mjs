@@ -840,6 +840,7 @@ test("a reader who scrolled up is left there; jump to latest takes them back", a
   assert.equal(await page.evaluate(() => document.activeElement.id), "message");
   // Following again: the rest of the answer keeps the view at the bottom.
   await page.locator(".meta .stats").nth(1).waitFor({ timeout: ANSWER_MS });
+  await page.locator(".msg.assistant.streaming").waitFor({ state: "detached" });
   assert.ok((await gap()) <= 2, "followed to the end");
   assert.deepEqual(problems, []);
   await page.close();

@@ -79,6 +79,8 @@
     if (!answer) return;
     answer.classList.remove("streaming");
     answer.setAttribute("aria-busy", "false");
+    // Its buttons show now, below the last text: still in view for a page that follows.
+    if (follow) toBottom();
     updateSend();
     // "An answer is still being written" (409) is over once no answer is.
     if (!streaming() && errorBox.dataset.status === "409") clearError();
@@ -495,12 +497,10 @@
     }
   });
 
-  // A saved edit replaces the transcript: the composer has the focus again.
+  // A saved edit (or a regenerate) replaces the transcript, and the element that had the
+  // focus with it: the composer has the focus again.
   document.body.addEventListener("htmx:afterSwap", function (event) {
-    var elt = event.detail.elt;
-    if (event.detail.target === messages && elt && elt.matches && elt.matches("form.editing")) {
-      input.focus();
-    }
+    if (event.detail.target === messages) input.focus();
   });
 
   // ---- Settings: a drawer (a modal <dialog>) over the chat, opened from the header; Esc,
