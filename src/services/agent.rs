@@ -179,8 +179,8 @@ impl ToolLoop {
     }
 }
 
-/// `request` offering the built-in tools in place of any others (built-in wins over the
-/// page's demo tools: only calls the server can run keep the loop going).
+/// `request` offering the built-in tools in place of any others: only calls the server can
+/// run keep the loop going.
 pub fn with_builtin_tools(mut request: ChatRequest) -> ChatRequest {
     request.tools = builtin_specs();
     request

@@ -18,8 +18,6 @@
 
 use std::sync::Arc;
 
-use serde_json::Value as Json;
-
 use super::agent::{self, ToolLoop};
 use super::chat::{ChatMessage, ChatRequest, Role, TokenLimit};
 use super::engine::Engine;
@@ -38,26 +36,29 @@ pub enum ConversationError {
     /// Regenerate or edit in a conversation without a user message.
     #[error("this conversation has no {0} yet")]
     Nothing(&'static str),
+    /// An edit of a question that is no longer the last one: a newer question was asked
+    /// since the edit began (in another tab, say), and only the last question is edited.
+    #[error(
+        "this question is no longer the last one: a newer question was asked since the edit \
+         began; reload the chat to edit the last question"
+    )]
+    NotLastQuestion,
     /// The store, the request's checks or the engine refused.
     #[error(transparent)]
     Service(#[from] ServiceError),
 }
 
-/// What a front end asks: the user's text and the tools it offers besides the
-/// conversation's own (the page's demo tools; built-in tools replace them when on).
+/// What a front end asks: the user's text. The tools offered are the conversation's own
+/// (its built-in tools setting), whichever front end asks.
 #[derive(Debug, Clone, Default)]
 pub struct Ask {
     pub text: String,
-    pub tools: Vec<Json>,
 }
 
 impl Ask {
-    /// A plain message, offering no tools of the front end's own.
+    /// A message.
     pub fn text(text: impl Into<String>) -> Self {
-        Self {
-            text: text.into(),
-            tools: Vec::new(),
-        }
+        Self { text: text.into() }
     }
 }
 
@@ -119,7 +120,7 @@ impl Conversations {
         let reservation = self.runs.reserve(conversation)?;
         let stored = self.store().get(conversation.to_owned()).await?;
         let history = self.store().messages(conversation.to_owned()).await?;
-        let request = chat_request(&stored.settings, &history, Some(&ask.text), ask.tools);
+        let request = chat_request(&stored.settings, &history, Some(&ask.text));
         let commit = Commit {
             replace_from: None,
             question: Some(ask.text),
@@ -129,17 +130,13 @@ impl Conversations {
     }
 
     /// Answers the last user message again, replacing what followed it.
-    pub async fn regenerate(
-        &self,
-        conversation: &str,
-        tools: Vec<Json>,
-    ) -> Result<Started, ConversationError> {
+    pub async fn regenerate(&self, conversation: &str) -> Result<Started, ConversationError> {
         let reservation = self.runs.reserve(conversation)?;
         let stored = self.store().get(conversation.to_owned()).await?;
         let (mut history, last) = self.last_question(conversation).await?;
         let replace_from = history.get(last + 1).map(|m| m.id);
         history.truncate(last + 1);
-        let request = chat_request(&stored.settings, &history, None, tools);
+        let request = chat_request(&stored.settings, &history, None);
         let commit = Commit {
             replace_from,
             question: None,
@@ -149,13 +146,24 @@ impl Conversations {
     }
 
     /// Replaces the last user message (and what followed it) by `ask` and answers it.
-    pub async fn edit(&self, conversation: &str, ask: Ask) -> Result<Started, ConversationError> {
+    /// `question` is the stored id of the message the user set out to edit: when it is no
+    /// longer the last question, [`ConversationError::NotLastQuestion`] rather than an edit
+    /// of a message the user never saw in the box.
+    pub async fn edit(
+        &self,
+        conversation: &str,
+        question: i64,
+        ask: Ask,
+    ) -> Result<Started, ConversationError> {
         let reservation = self.runs.reserve(conversation)?;
         let stored = self.store().get(conversation.to_owned()).await?;
         let (mut history, last) = self.last_question(conversation).await?;
+        if history[last].id != question {
+            return Err(ConversationError::NotLastQuestion);
+        }
         let replace_from = Some(history[last].id);
         history.truncate(last);
-        let request = chat_request(&stored.settings, &history, Some(&ask.text), ask.tools);
+        let request = chat_request(&stored.settings, &history, Some(&ask.text));
         let commit = Commit {
             replace_from,
             question: Some(ask.text),
@@ -260,7 +268,6 @@ pub fn chat_request(
     settings: &ConversationSettings,
     history: &[StoredMessage],
     next: Option<&str>,
-    tools: Vec<Json>,
 ) -> ChatRequest {
     let mut messages = Vec::with_capacity(history.len() + 2);
     if let Some(system) = settings
@@ -282,7 +289,6 @@ pub fn chat_request(
     }
     ChatRequest {
         messages,
-        tools,
         enable_thinking: Some(thinking(settings)),
         max_tokens: settings.max_tokens.map(|value| TokenLimit {
             field: "settings.max_tokens",
@@ -325,7 +331,7 @@ mod tests {
             stored(Role::Assistant, "hello", MessageStatus::Interrupted),
             stored(Role::Assistant, "writing", MessageStatus::Generating),
         ];
-        let request = chat_request(&settings, &history, Some("again"), Vec::new());
+        let request = chat_request(&settings, &history, Some("again"));
         let texts: Vec<&str> = request
             .messages
             .iter()
@@ -390,7 +396,7 @@ mod tests {
             .expect("sent");
         first.run.finished().await;
         let again = service
-            .regenerate(&conversation, Vec::new())
+            .regenerate(&conversation)
             .await
             .expect("regenerated");
         assert!(again.question.is_none());
@@ -402,8 +408,17 @@ mod tests {
         assert_ne!(messages[1].id, first.draft.id, "the old answer is gone");
         assert_eq!(messages[1].status, MessageStatus::Complete);
 
+        let stale = service
+            .edit(&conversation, first.draft.id, Ask::text("Second"))
+            .await;
+        assert!(
+            matches!(stale, Err(ConversationError::NotLastQuestion)),
+            "an id that is not the last question's is refused"
+        );
+        assert!(!service.is_busy(&conversation), "the reservation is freed");
+        let question = messages[0].id;
         let edited = service
-            .edit(&conversation, Ask::text("Second"))
+            .edit(&conversation, question, Ask::text("Second"))
             .await
             .expect("edited");
         let mut log = edited.run.subscribe(0);
@@ -456,7 +471,7 @@ mod tests {
     async fn nothing_to_regenerate_in_an_empty_conversation() {
         let (service, conversation) = service(0.0).await;
         assert!(matches!(
-            service.regenerate(&conversation, Vec::new()).await,
+            service.regenerate(&conversation).await,
             Err(ConversationError::Nothing(_))
         ));
         assert!(!service.is_busy(&conversation), "the reservation is freed");

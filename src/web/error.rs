@@ -187,13 +187,15 @@ impl From<ConversationError> for ApiError {
         match err {
             ConversationError::Run(err) => err.into(),
             ConversationError::Service(err) => err.into(),
-            nothing @ ConversationError::Nothing(_) => Self {
-                status: StatusCode::CONFLICT,
-                kind: ErrorKind::InvalidRequest,
-                message: nothing.to_string(),
-                param: None,
-                code: None,
-            },
+            refused @ (ConversationError::Nothing(_) | ConversationError::NotLastQuestion) => {
+                Self {
+                    status: StatusCode::CONFLICT,
+                    kind: ErrorKind::InvalidRequest,
+                    message: refused.to_string(),
+                    param: None,
+                    code: None,
+                }
+            }
         }
     }
 }

@@ -6,7 +6,9 @@
 // phone-sized screen, and the built-in calculator's result shown under its call; then the stored conversations: reload and server
 // restart find them, rename and delete in the sidebar, regenerate, slash commands and their
 // menu, and the light and dark themes; code blocks (highlighted, labelled, copied alone),
-// math typeset by KaTeX under the CSP, and Copy as Markdown.
+// math typeset by KaTeX under the CSP, and Copy as Markdown; the composer (focus, a box that
+// grows, Send that is Stop, "jump to latest"), the edit form's keys, the settings drawer and
+// /clear's question.
 //
 // Needs `target/debug/smolbot` (or SMOLBOT_BIN) and /usr/bin/chromium (or CHROMIUM);
 // screenshots go to target/screenshots/.
@@ -101,17 +103,21 @@ after(async () => {
 
 /**
  * A fresh tab on the chat page that fails the test on any script error or unexpected dialog;
- * `confirm` lists the confirmation dialogs the test expects, which are accepted.
+ * `confirm` lists the confirmation dialogs the test expects, which are accepted, and
+ * `dismiss` those it expects and turns down (the lists are read at each dialog).
  */
-async function openPage(viewport, { confirm = [], url = server.url } = {}) {
+async function openPage(viewport, { confirm = [], dismiss = [], url = server.url } = {}) {
   const page = await context.newPage();
   if (viewport) await page.setViewportSize(viewport);
   const problems = [];
   page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
   page.on("dialog", (dialog) => {
     const expected = confirm.find((pattern) => pattern.test(dialog.message()));
+    const refused = dismiss.find((pattern) => pattern.test(dialog.message()));
     if (expected && dialog.type() === "confirm") {
       dialog.accept();
+    } else if (refused && dialog.type() === "confirm") {
+      dialog.dismiss();
     } else {
       problems.push(`dialog: ${dialog.message()}`);
       dialog.dismiss();
@@ -139,7 +145,7 @@ test("a message streams, thinking collapses when the answer starts", async () =>
   assert.equal(await page.inputValue("#message"), "", "the box clears once the server took it");
   await page.locator("details.thinking[open] .reasoning span").first().waitFor();
   assert.equal(await page.locator(".msg.assistant.streaming").count(), 1);
-  assert.ok(await page.locator("button.send").isDisabled(), "no second send while streaming");
+  assert.equal(await page.locator("button.send").textContent(), "Stop", "Send is Stop while streaming");
   await page.screenshot({ path: join(SHOTS, "1-thinking.png") });
 
   const answer = page.locator(".msg.assistant .answer");
@@ -157,6 +163,7 @@ test("a message streams, thinking collapses when the answer starts", async () =>
   assert.equal(await answer.locator(".code button.copy").count(), 1);
   assert.equal(await page.locator(".msg.assistant.streaming").count(), 0);
   assert.ok(await page.locator("button.send").isEnabled());
+  assert.equal(await page.locator("button.send").textContent(), "Send");
   await page.screenshot({ path: join(SHOTS, "2-answer.png"), fullPage: true });
 
   // Second turn in the same conversation, thinking off.
@@ -224,34 +231,30 @@ test("markup in a message renders inert", async () => {
   await page.close();
 });
 
-test("tool calls show as cards, not XML", async () => {
-  const { page, problems } = await openPage();
-  await page.check("input[name=tools]");
-  await send(page, "What is the weather in Lyon?");
-  await page.locator(".tool-card").waitFor({ timeout: ANSWER_MS });
-  assert.match(await page.locator(".tool-card .tool-name").textContent(), /get_weather/);
-  assert.match(await page.locator(".tool-card .tool-args").textContent(), /"location": "Lyon"/);
-  await page.locator(".meta .stats").waitFor({ timeout: ANSWER_MS });
-  assert.doesNotMatch(await page.locator(".msg.assistant").textContent(), /tool_call/);
-  assert.deepEqual(problems, []);
-  await page.close();
-});
-
 test("built-in tools: the calculator runs and its result shows, live and after a reload", async () => {
   const { page, problems } = await openPage();
+  // One tools switch, in the settings; the composer has none of its own.
+  assert.equal(await page.locator("#composer input[name=tools]").count(), 0);
   const path = await chatWith(page, "Hello");
-  await page.locator("details.settings-panel summary").click();
+  await page.click("#settings-open");
   await page.check("input[name=builtin_tools]");
   await page.click("#settings button[type=submit]");
   await page.locator("#settings .saved", { hasText: "Saved." }).waitFor();
   assert.ok(await page.isChecked("input[name=builtin_tools]"));
+  await page.click("#settings-close");
   await send(page, "What is 17 * (3+4)?");
+  // The call shows as a card, not as the model's XML.
+  const card = page.locator(".msg.assistant .tool-card").last();
+  await card.waitFor({ timeout: ANSWER_MS });
+  assert.match(await card.locator(".tool-name").textContent(), /calculator/);
+  assert.match(await card.locator(".tool-args").textContent(), /"expression"/);
   const result = page.locator(".msg.assistant .tool-output").last();
   await result.waitFor({ timeout: ANSWER_MS });
   assert.match(await result.textContent(), /calculator\s*→\s*119/);
   const answer = page.locator(".msg.assistant").last();
   await answer.locator(".meta .stats").waitFor({ timeout: ANSWER_MS });
   assert.match(await answer.locator(".answer").textContent(), /119/);
+  assert.doesNotMatch(await page.locator("#messages").textContent(), /tool_call/);
   assert.equal(await answer.locator("text=Not run").count(), 0);
   await page.screenshot({ path: join(SHOTS, "13-builtin-tools.png") });
   await page.goto(server.url + path);
@@ -548,8 +551,10 @@ test("light and dark themes, switched and remembered", async () => {
   await page.click("#theme-toggle");
   assert.equal(await theme(), "light");
   const light = await background();
-  await page.locator("details.settings-panel summary").click();
+  await page.click("#settings-open");
   await page.screenshot({ path: join(SHOTS, "10-light.png"), fullPage: true });
+  await page.keyboard.press("Escape");
+  await page.locator("#settings-dialog").waitFor({ state: "hidden" });
   await page.click("#theme-toggle");
   assert.equal(await theme(), "dark");
   assert.notEqual(await background(), light);
@@ -645,6 +650,14 @@ test("no Edit while an answer is written; a refused edit's message goes when it 
   await page.locator(".msg.assistant .meta .stats").last().waitFor({ timeout: ANSWER_MS });
   await page.locator("#error").waitFor({ state: "hidden" });
   assert.ok(await page.locator(".msg.user").last().locator(".edit").isVisible(), "Edit is back");
+  // The form still open was opened on an older question: saved now, it is refused with a
+  // clear message instead of replacing the newest question.
+  await page.locator("form.editing button[type=submit]").click();
+  await page.locator("#error:not([hidden])", { hasText: "(409)" }).waitFor();
+  assert.match(await page.locator("#error").textContent(), /no longer the last one/);
+  await page.reload();
+  await page.waitForFunction(() => window.htmx);
+  assert.deepEqual(await page.locator(".msg.user .bubble").allTextContents(), ["The question to edit", "The next question"]);
   assert.deepEqual(problems, []);
   await page.close();
 });
@@ -670,11 +683,11 @@ test("refused sends are the page's own messages, not console errors", async () =
 
 test("an answer cut off by max tokens says so, live and after a reload", async () => {
   const { page, problems } = await openPage();
-  await page.locator("details.settings-panel summary").click();
+  await page.click("#settings-open");
   await page.fill("input[name=max_tokens]", "8");
   await page.click("#settings button[type=submit]");
   await page.locator("#settings .saved", { hasText: "Saved." }).waitFor();
-  await page.locator("details.settings-panel summary").click();
+  await page.click("#settings-close");
   // Thinking on: the 8 tokens are all reasoning, and the page says there is no answer.
   await send(page, "Tell me everything about otters");
   const first = page.locator(".msg.assistant").first();
@@ -831,6 +844,208 @@ test("Copy as Markdown puts the answer's source on the clipboard", async () => {
   await page.reload();
   await page.waitForFunction(() => window.htmx);
   assert.equal(await copy(), source, "the same after a reload");
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+/** The message box's height in px, and whether its text scrolls inside it. */
+function boxShape(page) {
+  return page.evaluate(() => {
+    const box = document.getElementById("message");
+    return { height: box.getBoundingClientRect().height, scrolls: box.scrollHeight > box.clientHeight + 1 };
+  });
+}
+
+test("composer: focused on load and after a send, grows with its text up to a limit", async () => {
+  const { page, problems } = await openPage();
+  assert.equal(await page.evaluate(() => document.activeElement.id), "message", "focused on load");
+  const empty = await boxShape(page);
+  await page.fill("#message", "one\ntwo\nthree\nfour");
+  const four = await boxShape(page);
+  assert.ok(four.height > empty.height, `four lines grow the box (${empty.height} → ${four.height} px)`);
+  assert.equal(four.scrolls, false, "four lines fit");
+  await page.fill("#message", Array.from({ length: 60 }, (_, i) => `line ${i}`).join("\n"));
+  const sixty = await boxShape(page);
+  // The limit: 40% of the screen, at most 16rem.
+  const limit = await page.evaluate(() => Math.min(0.4 * window.innerHeight, 16 * 16));
+  assert.ok(sixty.height > four.height && sixty.height <= limit + 0.5, `capped at ${limit} px: ${sixty.height}`);
+  assert.equal(sixty.scrolls, true, "past the limit the text scrolls");
+  await page.screenshot({ path: join(SHOTS, "17-composer-grown.png") });
+  await page.fill("#message", "Sent with the button");
+  await page.click("button.send");
+  await page.locator(".msg.user .bubble", { hasText: "Sent with the button" }).waitFor();
+  await page.waitForFunction(() => document.getElementById("message").value === "");
+  assert.equal(await page.evaluate(() => document.activeElement.id), "message", "focused after the send");
+  assert.ok(Math.abs((await boxShape(page)).height - empty.height) < 1, "back to its size once cleared");
+  await page.locator(".meta .stats").waitFor({ timeout: ANSWER_MS });
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("Send turns into Stop while an answer is written; Stop stops it", async () => {
+  const { page, problems } = await openPage();
+  const button = page.locator("#composer button.send");
+  const place = await button.boundingBox();
+  await send(page, "Tell me something long");
+  await page.locator(".reasoning span").first().waitFor();
+  assert.equal(await button.textContent(), "Stop");
+  assert.equal(await button.getAttribute("aria-label"), "Stop the answer");
+  const stopPlace = await button.boundingBox();
+  assert.ok(Math.abs(stopPlace.x + stopPlace.width - place.x - place.width) < 1, "in Send's place");
+  await page.screenshot({ path: join(SHOTS, "18-stop-button.png") });
+  await button.click();
+  await page.locator(".meta .note", { hasText: "Stopped." }).waitFor({ timeout: 5_000 });
+  await page.waitForFunction(() => document.querySelector("#composer button.send").textContent === "Send");
+  assert.ok(await button.isEnabled());
+  assert.equal(await page.locator(".msg.user").count(), 1, "Stop sent nothing");
+  assert.equal(await page.locator(".meta .stats").count(), 0);
+  // And Send sends again.
+  await send(page, "Next question");
+  await page.locator(".meta .stats").waitFor({ timeout: ANSWER_MS });
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("a reader who scrolled up is left there; jump to latest takes them back", async () => {
+  const { page, problems } = await openPage({ width: 1000, height: 500 });
+  await chatWith(page, "Fill the screen first");
+  await page.uncheck("input[name=thinking]");
+  await send(page, "And now a long answer");
+  const streaming = page.locator(".msg.assistant.streaming .answer");
+  await page.waitForFunction(() => {
+    const answer = document.querySelector(".msg.assistant.streaming .answer");
+    return answer && answer.textContent.length > 20;
+  });
+  const gap = () => page.evaluate(() => {
+    const m = document.getElementById("messages");
+    return m.scrollHeight - m.scrollTop - m.clientHeight;
+  });
+  assert.ok((await gap()) <= 2, "following the answer");
+  assert.ok(await page.locator("#jump").isHidden());
+  // A small scroll up, as a reader does to look back a line or two.
+  await page.evaluate(() => { document.getElementById("messages").scrollTop -= 60; });
+  const top = await page.evaluate(() => document.getElementById("messages").scrollTop);
+  const length = (await streaming.textContent()).length;
+  await page.waitForFunction(
+    (before) => {
+      const answer = document.querySelector(".msg.assistant.streaming .answer");
+      return !answer || answer.textContent.length > before + 40;
+    },
+    length,
+  );
+  assert.equal(await page.evaluate(() => document.getElementById("messages").scrollTop), top, "not pulled down");
+  assert.ok((await gap()) > 40, "the new text is below");
+  await page.locator("#jump").waitFor();
+  await page.screenshot({ path: join(SHOTS, "19-jump-to-latest.png") });
+  await page.click("#jump");
+  assert.ok((await gap()) <= 2, "at the latest");
+  assert.ok(await page.locator("#jump").isHidden());
+  assert.equal(await page.evaluate(() => document.activeElement.id), "message");
+  // Following again: the rest of the answer keeps the view at the bottom.
+  await page.locator(".meta .stats").nth(1).waitFor({ timeout: ANSWER_MS });
+  await page.locator(".msg.assistant.streaming").waitFor({ state: "detached" });
+  assert.ok((await gap()) <= 2, "followed to the end");
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("edit: the box has the focus at the end; Esc puts the message back, Enter saves, Shift+Enter is a new line", async () => {
+  const { page, problems } = await openPage();
+  const path = await chatWith(page, "An older question");
+  await send(page, "Edit me please");
+  await page.locator(".meta .stats").nth(1).waitFor({ timeout: ANSWER_MS });
+  // Only the last question offers Edit.
+  assert.equal(await page.locator(".msg.user .edit:visible").count(), 1);
+  assert.ok(await page.locator(".msg.user").last().locator(".edit").isVisible());
+  await page.locator(".msg.user").last().locator(".edit").click();
+  const box = page.locator("form.editing textarea");
+  await box.waitFor();
+  assert.equal(await page.evaluate(() => document.activeElement.id), "edit-text", "the box has the focus");
+  assert.deepEqual(
+    await page.evaluate(() => [document.activeElement.selectionStart, document.activeElement.value.length]),
+    [14, 14],
+    "the cursor at the end",
+  );
+  await page.keyboard.type(" now");
+  await page.keyboard.press("Escape");
+  await page.locator("form.editing").waitFor({ state: "detached" });
+  assert.deepEqual(await page.locator(".msg.user .bubble").allTextContents(), ["An older question", "Edit me please"]);
+  assert.equal(new URL(page.url()).pathname, path, "no reload");
+  // The message put back works as before.
+  await page.locator(".msg.user").last().locator(".edit").click();
+  await box.waitFor();
+  assert.equal(await box.inputValue(), "Edit me please", "Esc dropped the change");
+  await page.keyboard.type(" now");
+  await page.keyboard.press("Shift+Enter");
+  await page.keyboard.type("on two lines");
+  assert.equal(await box.inputValue(), "Edit me please now\non two lines");
+  await page.keyboard.press("Enter");
+  await page.locator(".msg.assistant.streaming").waitFor();
+  assert.equal(await page.locator(".msg.user .bubble").last().textContent(), "Edit me please now\non two lines");
+  await page.locator(".meta .stats").nth(1).waitFor({ timeout: ANSWER_MS });
+  assert.equal(await page.evaluate(() => document.activeElement.id), "message", "back in the composer");
+  assert.equal(await page.locator(".msg.user").count(), 2);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("settings open in a drawer over the chat, on a phone and on a desktop", async () => {
+  for (const [name, viewport] of [["phone", { width: 390, height: 844 }], ["desktop", { width: 1280, height: 800 }]]) {
+    const { page, problems } = await openPage(viewport);
+    await chatWith(page, `Settings on a ${name}`);
+    const before = await page.locator("#messages").boundingBox();
+    await page.click("#settings-open");
+    const dialog = page.locator("#settings-dialog");
+    await dialog.waitFor();
+    assert.ok(await page.evaluate(() => document.getElementById("settings-dialog").open));
+    // Over the chat: nothing moved under it.
+    assert.deepEqual(await page.locator("#messages").boundingBox(), before, "the chat is not pushed down");
+    const box = await dialog.boundingBox();
+    assert.ok(box.x + box.width <= viewport.width + 0.5 && box.height <= viewport.height + 0.5, JSON.stringify(box));
+    const widths = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+    assert.ok(widths[0] <= widths[1], `page is ${widths[0]} px wide in a ${widths[1]} px screen`);
+    assert.ok(await page.locator("#settings button[type=submit]").isVisible(), "Save in view");
+    await page.screenshot({ path: join(SHOTS, `20-settings-${name}.png`) });
+    await page.fill("input[name=temperature]", "0.4");
+    await page.click("#settings button[type=submit]");
+    await page.locator("#settings .saved", { hasText: "Saved." }).waitFor();
+    assert.ok(await dialog.isVisible(), "still open after a save");
+    await page.keyboard.press("Escape");
+    await dialog.waitFor({ state: "hidden" });
+    await page.reload();
+    await page.waitForFunction(() => window.htmx);
+    assert.equal(await page.inputValue("input[name=temperature]"), "0.4", "saved with the conversation");
+    if (name === "desktop") {
+      // A click beside the drawer closes it.
+      await page.click("#settings-open");
+      await dialog.waitFor();
+      await page.mouse.click(100, 400);
+      await dialog.waitFor({ state: "hidden" });
+    }
+    assert.deepEqual(problems, []);
+    await page.close();
+  }
+});
+
+test("/clear asks first, like deleting a conversation", async () => {
+  const confirm = [];
+  const dismiss = [/^Delete every message of this chat\?/];
+  const { page, problems } = await openPage(undefined, { confirm, dismiss });
+  const path = await chatWith(page, "Keep me unless I say so");
+  const asked = page.waitForEvent("dialog");
+  await send(page, "/clear");
+  assert.equal((await asked).message(), "Delete every message of this chat? This cannot be undone.");
+  // Turned down: nothing is sent, the command stays in the box.
+  assert.equal(await page.inputValue("#message"), "/clear");
+  assert.equal(await page.locator(".msg.user").count(), 1);
+  await page.reload();
+  await page.waitForFunction(() => window.htmx);
+  assert.equal(await page.locator(".msg.user").count(), 1, "still stored");
+  dismiss.pop();
+  confirm.push(/^Delete every message of this chat\?/);
+  await send(page, "/clear");
+  await page.waitForFunction(() => document.querySelectorAll(".msg.user").length === 0);
+  assert.equal(new URL(page.url()).pathname, path);
   assert.deepEqual(problems, []);
   await page.close();
 });

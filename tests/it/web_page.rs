@@ -312,13 +312,11 @@ async fn user_and_model_markup_is_inert() {
 #[tokio::test]
 async fn tool_calls_arrive_as_cards() {
     let app = stub_app().await;
-    let sent = send_message(
-        &app,
-        "",
-        "What is the weather in Lyon?",
-        "&thinking=on&tools=on",
-    )
-    .await;
+    // The built-in tools are a setting of the conversation; the composer offers none.
+    let settings = post(&app, "/chat/settings", "conversation=&builtin_tools=on").await;
+    assert_eq!(settings.status, StatusCode::OK, "{}", settings.text);
+    let id = settings.hx("hx-push-url").expect("created")["/c/".len()..].to_owned();
+    let sent = send_message(&app, &id, "What is 17 * (3+4)?", "&thinking=on").await;
     assert_eq!(sent.status, StatusCode::OK);
     let streamed = get(&app, &stream_url(&sent.text)).await;
     let events = sse_events(&streamed.text);
@@ -327,14 +325,22 @@ async fn tool_calls_arrive_as_cards() {
         .find(|(e, _)| e == "tool")
         .expect("a tool event");
     assert!(
-        card.contains("tool-card") && card.contains("get_weather"),
+        card.contains("tool-card") && card.contains("calculator"),
         "{card}"
     );
-    assert!(
-        card.contains("&quot;location&quot;: &quot;Lyon&quot;"),
-        "{card}"
-    );
+    assert!(card.contains("&quot;expression&quot;"), "{card}");
     assert!(!streamed.text.contains("tool_call&gt;") && !streamed.text.contains("<tool_call>"));
+}
+
+#[tokio::test]
+async fn the_composer_offers_no_tools_of_its_own() {
+    let app = stub_app().await;
+    let page = get(&app, "/").await;
+    assert!(!page.text.contains(r#"name="tools""#), "{}", page.text);
+    assert!(
+        page.text.contains(r#"name="builtin_tools""#),
+        "one switch, in the settings"
+    );
 }
 
 #[tokio::test]
@@ -474,7 +480,10 @@ async fn unknown_conversations_are_404_pages_and_404_fragments() {
         ("/c/conv_missing/rename", "title=x"),
         ("/c/conv_missing/delete", "conversation="),
         ("/chat/regenerate", "conversation=conv_missing"),
-        ("/chat/edit", "conversation=conv_missing&message=hi"),
+        (
+            "/chat/edit",
+            "conversation=conv_missing&question=1&message=hi",
+        ),
         ("/chat/settings", "conversation=conv_missing&temperature=1"),
         ("/chat/send", "conversation=conv_missing&message=%2Fexport"),
     ] {
@@ -621,12 +630,18 @@ async fn edit_replaces_the_last_question_and_its_answer() {
         "{}",
         form.text
     );
-    let empty = post(&app, "/chat/edit", &format!("conversation={id}&message=+")).await;
+    let question = question_of(&form.text);
+    let empty = post(
+        &app,
+        "/chat/edit",
+        &format!("conversation={id}&question={question}&message=+"),
+    )
+    .await;
     assert_eq!(empty.status, StatusCode::BAD_REQUEST);
     let edited = post(
         &app,
         "/chat/edit",
-        &format!("conversation={id}&message=First+question"),
+        &format!("conversation={id}&question={question}&message=First+question"),
     )
     .await;
     assert_eq!(edited.status, StatusCode::OK, "{}", edited.text);
@@ -644,6 +659,48 @@ async fn edit_replaces_the_last_question_and_its_answer() {
             .count(),
         1
     );
+}
+
+/// The stored id of the question an edit form was opened on.
+fn question_of(form: &str) -> String {
+    let start =
+        form.find(r#"name="question" value=""#).expect(form) + r#"name="question" value=""#.len();
+    let end = form[start..].find('"').expect("closing quote");
+    form[start..start + end].to_owned()
+}
+
+#[tokio::test]
+async fn an_edit_form_left_open_while_a_newer_question_came_is_refused() {
+    let app = stub_app().await;
+    let id = conversation_with(&app, "The first question", "").await;
+    let form = get(&app, &format!("/chat/edit?conversation={id}")).await;
+    let first = question_of(&form.text);
+    // Another tab asks the next question while the form is open.
+    let sent = send_message(&app, &id, "The second question", "").await;
+    assert_eq!(sent.status, StatusCode::OK);
+    get(&app, &stream_url(&sent.text)).await;
+    let stale = post(
+        &app,
+        "/chat/edit",
+        &format!("conversation={id}&question={first}&message=Edited+too+late"),
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::CONFLICT, "{}", stale.text);
+    assert!(
+        stale.text.contains("no longer the last one"),
+        "{}",
+        stale.text
+    );
+    // Neither question was replaced.
+    let page = get(&app, &format!("/c/{id}")).await;
+    assert!(page.text.contains("The first question</div>"));
+    assert!(page.text.contains("The second question</div>"));
+    assert!(!page.text.contains("Edited too late"));
+    assert_eq!(page.text.matches(r#"<article class="msg user""#).count(), 2);
+    // A form opened now edits the second question.
+    let form = get(&app, &format!("/chat/edit?conversation={id}")).await;
+    assert!(form.text.contains(">The second question</textarea>"));
+    assert_ne!(question_of(&form.text), first);
 }
 
 #[tokio::test]

@@ -70,8 +70,8 @@ pub enum ToolError {
 }
 
 /// The built-in tools as function definitions for the chat template's tool list: objects
-/// with `name`, `description` and a JSON-schema `parameters`, the shape the chat page's
-/// demo tools have.
+/// with `name`, `description` and a JSON-schema `parameters`, the shape SmolLM3's chat
+/// template lists.
 pub fn builtin_specs() -> Vec<Json> {
     vec![
         json!({
@@ -193,7 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn specs_name_both_tools_in_the_demo_tools_shape() {
+    fn specs_name_both_tools_in_the_template_shape() {
         let specs = builtin_specs();
         let names: Vec<&str> = specs.iter().filter_map(|s| s["name"].as_str()).collect();
         assert_eq!(names, [CALCULATOR, CURRENT_TIME]);

@@ -44,6 +44,8 @@ pub enum PageError {
     BadFormat(String),
     #[error("an answer is still being written in this conversation; wait for it or stop it")]
     Busy,
+    #[error("{0}")]
+    NotLastQuestion(ConversationError),
     #[error("there is no answer `{0}` to stream (finished a while ago, or never started)")]
     UnknownAnswer(String),
     #[error("{0}")]
@@ -68,7 +70,7 @@ impl PageError {
             | Self::TempNeedsNumber
             | Self::BadFormat(_) => StatusCode::BAD_REQUEST,
             Self::NotFromPage => StatusCode::FORBIDDEN,
-            Self::Busy | Self::Nothing(_) => StatusCode::CONFLICT,
+            Self::Busy | Self::Nothing(_) | Self::NotLastQuestion(_) => StatusCode::CONFLICT,
             Self::UnknownAnswer(_) | Self::UnknownConversation(_) => StatusCode::NOT_FOUND,
             Self::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Service(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,6 +90,7 @@ impl PageError {
         match err {
             ConversationError::Run(err) => Self::from_run(err),
             ConversationError::Nothing(what) => Self::Nothing(what),
+            stale @ ConversationError::NotLastQuestion => Self::NotLastQuestion(stale),
             ConversationError::Service(err) => Self::from_store(err),
         }
     }

@@ -57,7 +57,7 @@ pub(super) async fn measure(
     if history.is_empty() && settings.system_prompt.is_none() {
         return Some(0);
     }
-    let request = crate::services::conversation::chat_request(settings, history, None, Vec::new());
+    let request = crate::services::conversation::chat_request(settings, history, None);
     let prepared = state
         .engine()
         .off_runtime(move |codec| codec.prepare(&request))

@@ -12,7 +12,6 @@ use axum::Form;
 use minijinja::context;
 use minijinja::value::Serde;
 use serde::Deserialize;
-use serde_json::{json, Value as Json};
 
 use super::commands::command;
 use super::sidebar::sidebar_oob;
@@ -34,35 +33,6 @@ pub(super) struct SendForm {
     message: String,
     /// Present (`on`) when the Thinking box is ticked.
     thinking: Option<String>,
-    /// Present (`on`) when the Demo tools box is ticked.
-    tools: Option<String>,
-}
-
-/// The tools the page offers when "Demo tools" is ticked, so tool calls can be seen; the
-/// page shows the calls but does not run them.
-fn demo_tools() -> Vec<Json> {
-    vec![
-        json!({
-            "name": "get_weather",
-            "description": "Current weather for a place",
-            "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
-                           "required": ["location"]}
-        }),
-        json!({
-            "name": "calculate",
-            "description": "Evaluate an arithmetic expression",
-            "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
-                           "required": ["expression"]}
-        }),
-    ]
-}
-
-fn tools(on: bool) -> Vec<Json> {
-    if on {
-        demo_tools()
-    } else {
-        Vec::new()
-    }
 }
 
 fn checked_message(raw: &str) -> Result<String, PageError> {
@@ -119,11 +89,11 @@ pub(super) async fn send(
             .await
             .map_err(PageError::from_store)?;
     }
-    let ask = Ask {
-        text: text.clone(),
-        tools: tools(body.tools.is_some()),
-    };
-    let started = match state.conversations.send(id.as_str(), ask).await {
+    let started = match state
+        .conversations
+        .send(id.as_str(), Ask::text(&text))
+        .await
+    {
         Ok(started) => started,
         Err(err) => {
             // A refused first message leaves no empty conversation in the sidebar.
@@ -146,7 +116,6 @@ pub(super) async fn send(
 #[derive(Debug, Deserialize)]
 pub(super) struct RegenerateForm {
     conversation: String,
-    tools: Option<String>,
 }
 
 /// The page's messages for `history` followed by a new streaming answer.
@@ -177,10 +146,7 @@ pub(super) async fn regenerate(
     from_page(&headers)?;
     let body = form(body)?;
     let (id, _) = load(&state, &body.conversation).await?;
-    let started = state
-        .conversations
-        .regenerate(id.as_str(), tools(body.tools.is_some()))
-        .await?;
+    let started = state.conversations.regenerate(id.as_str()).await?;
     let html = transcript_with_answer(
         &state,
         &started.history,
@@ -203,26 +169,40 @@ pub(super) async fn edit_form(
     let Query(params) = params.map_err(|err| PageError::Query(err.body_text()))?;
     let (id, _) = load(&state, &params.conversation).await?;
     let (history, last) = state.conversations.last_question(id.as_str()).await?;
+    let question = &history[last];
     Ok(Html(render(
         "edit.html",
-        context! { text => history[last].content.as_str(), conversation => id.as_str() },
+        context! {
+            text => question.content.as_str(),
+            question => question.id,
+            conversation => id.as_str(),
+        },
     )?))
+}
+
+/// The edit form's fields.
+#[derive(Debug, Deserialize)]
+pub(super) struct EditForm {
+    conversation: String,
+    /// The stored id of the question the form was opened on, so a form left open while a
+    /// newer question was asked is refused instead of replacing that newer one.
+    question: i64,
+    message: String,
 }
 
 pub(super) async fn edit(
     State(state): State<PageState>,
     headers: HeaderMap,
-    body: Result<Form<SendForm>, FormRejection>,
+    body: Result<Form<EditForm>, FormRejection>,
 ) -> Result<Html<String>, PageError> {
     from_page(&headers)?;
     let body = form(body)?;
     let text = checked_message(&body.message)?;
     let (id, _) = load(&state, &body.conversation).await?;
-    let ask = Ask {
-        text: text.clone(),
-        tools: tools(body.tools.is_some()),
-    };
-    let started = state.conversations.edit(id.as_str(), ask).await?;
+    let started = state
+        .conversations
+        .edit(id.as_str(), body.question, Ask::text(&text))
+        .await?;
     let html = transcript_with_answer(
         &state,
         &started.history,

@@ -2,7 +2,9 @@
 // Shift+Enter new line, Esc stops), clearing the input only once the server took the
 // message, showing failed requests, letting a dropped stream reconnect (and reporting one
 // that is lost), copy buttons, the slash-command menu, the theme switch, the sidebar on a
-// phone, and keeping the newest text in view. Loaded as a file because the
+// phone, and keeping the newest text in view. Then the composer (a box that grows and keeps
+// the focus, Send that turns into Stop, "jump to latest"), the edit form's keys, the
+// settings drawer and /clear's confirmation. Loaded as a file because the
 // Content-Security-Policy forbids inline script. Commands themselves run on the server
 // (POST /chat/send); this only helps typing them.
 (function () {
@@ -18,8 +20,29 @@
     return messages.querySelector(".msg.streaming");
   }
 
+  // While an answer is written the Send button is its Stop button, in the same place;
+  // it is disabled between a Stop and the answer's end.
   function updateSend() {
-    sendButton.disabled = !!streaming();
+    var answer = streaming();
+    sendButton.textContent = answer ? "Stop" : "Send";
+    if (answer) {
+      sendButton.dataset.mode = "stop";
+      sendButton.setAttribute("aria-label", "Stop the answer");
+    } else {
+      delete sendButton.dataset.mode;
+      sendButton.removeAttribute("aria-label");
+    }
+    sendButton.disabled = !!(answer && answer.dataset.stopping);
+  }
+
+  // Stops the answer being written, on the server (its run), as Esc and Stop do.
+  function stopAnswer() {
+    var answer = streaming();
+    if (!answer || !answer.dataset.stop || answer.dataset.stopping) return false;
+    answer.dataset.stopping = "1";
+    updateSend();
+    htmx.ajax("POST", answer.dataset.stop, { swap: "none" });
+    return true;
   }
 
   // `status` says what the message is about, so it is cleared when that is over: an HTTP
@@ -36,18 +59,28 @@
     delete errorBox.dataset.status;
   }
 
-  function nearBottom() {
-    return messages.scrollHeight - messages.scrollTop - messages.clientHeight < 80;
+  // Whether the page follows the newest text: true until the user scrolls up, and again
+  // once they are back at the bottom (or jump there, or send).
+  var follow = true;
+  var lastTop = 0;
+
+  function atBottom() {
+    return messages.scrollHeight - messages.scrollTop - messages.clientHeight < 16;
   }
 
   function toBottom() {
     messages.scrollTop = messages.scrollHeight;
+    lastTop = messages.scrollTop;
+    follow = true;
+    showJump();
   }
 
   function finish(answer) {
     if (!answer) return;
     answer.classList.remove("streaming");
     answer.setAttribute("aria-busy", "false");
+    // Its buttons show now, below the last text: still in view for a page that follows.
+    if (follow) toBottom();
     updateSend();
     // "An answer is still being written" (409) is over once no answer is.
     if (!streaming() && errorBox.dataset.status === "409") clearError();
@@ -123,18 +156,14 @@
   input.addEventListener("keydown", function (event) {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
-      if (!sendButton.disabled && input.value.trim() !== "") form.requestSubmit();
+      if (!streaming() && input.value.trim() !== "") form.requestSubmit();
     }
   });
 
   document.addEventListener("keydown", function (event) {
-    if (event.key !== "Escape") return;
-    var answer = streaming();
-    var stop = answer && answer.querySelector("button.stop");
-    if (stop) {
-      event.preventDefault();
-      stop.click();
-    }
+    // An open settings drawer takes Esc for itself: it closes.
+    if (event.key !== "Escape" || settingsDialog.open) return;
+    if (stopAnswer()) event.preventDefault();
   });
 
   form.addEventListener("submit", function (event) {
@@ -152,9 +181,11 @@
   document.body.addEventListener("htmx:afterRequest", function (event) {
     if (event.detail.elt === form && event.detail.successful && !refused(event.detail)) {
       input.value = "";
+      fitInput();
       hideMenu();
       updateSend();
       toBottom();
+      input.focus();
     }
   });
 
@@ -245,8 +276,6 @@
     // Last-Event-ID) to a stream that is gone.
     answer.removeAttribute("sse-connect");
     if (source) source.close();
-    var stop = answer.querySelector("button.stop");
-    if (stop) stop.remove();
     // The answer is the conversation's, not the tab's: if the server is still up it goes on
     // being written, and reopening the chat shows it.
     showError("The connection to the server was lost. What arrived is kept; reload the chat to see the rest of the answer.");
@@ -264,12 +293,38 @@
     finish(event.target.closest ? event.target.closest(".msg.assistant") : null);
   });
 
-  document.body.addEventListener("htmx:sseBeforeMessage", function () {
-    document.body.dataset.stick = nearBottom() ? "1" : "";
+  // A user who scrolled up reads in peace: the stream stops pulling the view down, and
+  // "jump to latest" takes them back (and following on). A scroll up is seen in the scroll
+  // event, and again before each streamed fragment, for one the event has not reported yet.
+  var jump = document.getElementById("jump");
+
+  function showJump() {
+    jump.hidden = follow || atBottom();
+  }
+
+  function noticeScroll() {
+    var top = messages.scrollTop;
+    if (atBottom()) follow = true;
+    else if (top < lastTop - 1) follow = false;
+    lastTop = top;
+    showJump();
+  }
+
+  messages.addEventListener("scroll", noticeScroll, { passive: true });
+  messages.addEventListener("wheel", function (event) {
+    if (event.deltaY < 0 && messages.scrollTop > 0) follow = false;
+  }, { passive: true });
+
+  jump.addEventListener("click", function () {
+    toBottom();
+    input.focus();
   });
 
+  document.body.addEventListener("htmx:sseBeforeMessage", noticeScroll);
+
   document.body.addEventListener("htmx:sseMessage", function () {
-    if (document.body.dataset.stick) toBottom();
+    if (follow) toBottom();
+    else showJump();
   });
 
   function copied(button, text) {
@@ -359,7 +414,9 @@
   // A conversation opens at its latest message. Again once everything (fonts) is in, which
   // can change the heights.
   toBottom();
-  window.addEventListener("load", toBottom);
+  window.addEventListener("load", function () {
+    if (follow) toBottom();
+  });
 
   // Code and math in answers: each code block's Copy (its code, without the final newline
   // and without the language label), "Copy as Markdown" (the answer's source, which the
@@ -426,4 +483,116 @@
   document.body.addEventListener("htmx:afterSwap", renderMath);
   document.body.addEventListener("htmx:sseMessage", renderMath);
   renderMath();
+  // ---- Composer: the box grows with its text up to its CSS max-height, then scrolls; it
+  // has the focus on load (not on a touch screen, where that would pop up the keyboard)
+  // and after each send; Send is Stop while an answer is written (see updateSend). ----
+  function fitInput() {
+    input.style.height = "auto";
+    input.style.height = input.scrollHeight + input.offsetHeight - input.clientHeight + "px";
+    input.style.overflowY = input.scrollHeight > input.clientHeight + 1 ? "auto" : "hidden";
+  }
+
+  input.addEventListener("input", fitInput);
+  fitInput();
+
+  sendButton.addEventListener("click", function (event) {
+    if (!streaming()) return;
+    event.preventDefault();
+    stopAnswer();
+  });
+
+  if (!window.matchMedia("(pointer: coarse)").matches) input.focus();
+
+  // ---- Editing the last question: the box has the focus with the cursor at the end;
+  // Enter saves and sends, Shift+Enter is a new line, Esc (or Cancel) puts the message back
+  // as it was. The message is kept as a copy when Edit is pressed, since htmx cleans up the
+  // element it replaces. ----
+  var editedMessage = null;
+  var originals = new WeakMap();
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest ? event.target.closest("button.edit") : null;
+    var message = button && button.closest("article");
+    if (message) editedMessage = message.cloneNode(true);
+  }, true);
+
+  function cancelEdit(editForm) {
+    var original = originals.get(editForm);
+    var link = editForm.querySelector("a.cancel");
+    if (!original) {
+      if (link) window.location.href = link.href;
+      return;
+    }
+    editForm.replaceWith(original);
+    htmx.process(original);
+    var again = original.querySelector("button.edit");
+    if (again) again.focus();
+  }
+
+  document.body.addEventListener("htmx:load", function (event) {
+    var editForm = event.target;
+    if (!editForm.matches || !editForm.matches("form.editing")) return;
+    if (editedMessage) originals.set(editForm, editedMessage);
+    editedMessage = null;
+    var box = editForm.querySelector("textarea");
+    box.focus();
+    box.setSelectionRange(box.value.length, box.value.length);
+    box.addEventListener("keydown", function (key) {
+      if (key.key === "Enter" && !key.shiftKey && !key.isComposing) {
+        key.preventDefault();
+        if (box.value.trim() !== "") editForm.requestSubmit();
+      } else if (key.key === "Escape") {
+        key.preventDefault();
+        key.stopPropagation();
+        cancelEdit(editForm);
+      }
+    });
+    var link = editForm.querySelector("a.cancel");
+    if (link) {
+      link.addEventListener("click", function (click) {
+        click.preventDefault();
+        cancelEdit(editForm);
+      });
+    }
+  });
+
+  // A saved edit (or a regenerate) replaces the transcript, and the element that had the
+  // focus with it: the composer has the focus again.
+  document.body.addEventListener("htmx:afterSwap", function (event) {
+    if (event.detail.target === messages) input.focus();
+  });
+
+  // ---- Settings: a drawer (a modal <dialog>) over the chat, opened from the header; Esc,
+  // its close button or a click beside it closes it. ----
+  var settingsDialog = document.getElementById("settings-dialog");
+
+  document.getElementById("settings-open").addEventListener("click", function (event) {
+    event.stopPropagation();
+    showSidebar(false);
+    settingsDialog.showModal();
+  });
+
+  document.getElementById("settings-close").addEventListener("click", function () {
+    settingsDialog.close();
+  });
+
+  settingsDialog.addEventListener("click", function (event) {
+    if (event.target !== settingsDialog) return;
+    var box = settingsDialog.getBoundingClientRect();
+    var inside = event.clientX >= box.left && event.clientX <= box.right &&
+                 event.clientY >= box.top && event.clientY <= box.bottom;
+    if (!inside) settingsDialog.close();
+  });
+
+  // ---- /clear deletes every message of the chat: it asks first, as deleting a
+  // conversation in the sidebar does. ----
+  document.body.addEventListener("htmx:confirm", function (event) {
+    if (event.detail.elt !== form) return;
+    if (!/^\/clear(\s|$)/.test(input.value.trim())) return;
+    if (!document.getElementById("conversation-id").value) return;
+    event.preventDefault();
+    if (window.confirm("Delete every message of this chat? This cannot be undone.")) {
+      event.detail.issueRequest(true);
+    }
+  });
 })();
