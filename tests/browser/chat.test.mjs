@@ -518,6 +518,9 @@ test("regenerate keeps the earlier answers as versions, switched with ‹ ›, a
   const regenerate = async (command, notice) => {
     await send(page, command);
     await page.locator(".notice", { hasText: notice }).waitFor();
+    // The notice follows the answer, whose Regenerate only the last message shows.
+    await page.goto(server.url + path);
+    await page.waitForFunction(() => window.htmx);
     await page.locator(".msg.assistant .regen").click();
     await page.locator(".msg.assistant.streaming").waitFor();
     await page.locator(".msg.assistant .meta .stats").waitFor({ timeout: ANSWER_MS });
