@@ -348,7 +348,7 @@ async fn stream(run: &Arc<Run>, color: bool) {
                 end_reasoning(&mut out, in_reasoning);
                 let _ = writeln!(out, "\n[stopped]");
             }
-            RunEvent::Saved(Ok(_)) => {}
+            RunEvent::Saved(Ok(_)) | RunEvent::Thought(_) | RunEvent::Round(_) => {}
             RunEvent::Saved(Err(message)) => eprintln!("error: {message}"),
         }
         let _ = out.flush();

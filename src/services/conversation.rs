@@ -80,6 +80,8 @@ pub struct Started {
 struct Commit {
     /// Messages from this id on are replaced by the new answer (and question).
     replace_from: Option<i64>,
+    /// The answer to the last question is written as a new version, keeping the earlier.
+    new_version: bool,
     /// The user turn to store before the answer.
     question: Option<String>,
 }
@@ -94,7 +96,9 @@ pub struct Conversations {
 }
 
 impl Conversations {
+    /// The service over `engine`; its runs count reasoning tokens with its tokenizer.
     pub fn new(engine: Engine, runs: Runs) -> Self {
+        let runs = runs.counting_with(Arc::clone(engine.codec()));
         Self { engine, runs }
     }
 
@@ -123,22 +127,25 @@ impl Conversations {
         let request = chat_request(&stored.settings, &history, Some(&ask.text));
         let commit = Commit {
             replace_from: None,
+            new_version: false,
             question: Some(ask.text),
         };
         self.begin(reservation, stored, history, request, commit)
             .await
     }
 
-    /// Answers the last user message again, replacing what followed it.
+    /// Answers the last user message again. The answer shown until now is kept as a
+    /// version of it ([`SessionStore::select_version`] shows it again); the new one is shown
+    /// and goes to the model from then on.
     pub async fn regenerate(&self, conversation: &str) -> Result<Started, ConversationError> {
         let reservation = self.runs.reserve(conversation)?;
         let stored = self.store().get(conversation.to_owned()).await?;
         let (mut history, last) = self.last_question(conversation).await?;
-        let replace_from = history.get(last + 1).map(|m| m.id);
         history.truncate(last + 1);
         let request = chat_request(&stored.settings, &history, None);
         let commit = Commit {
-            replace_from,
+            replace_from: None,
+            new_version: true,
             question: None,
         };
         self.begin(reservation, stored, history, request, commit)
@@ -166,6 +173,7 @@ impl Conversations {
         let request = chat_request(&stored.settings, &history, Some(&ask.text));
         let commit = Commit {
             replace_from,
+            new_version: false,
             question: Some(ask.text),
         };
         self.begin(reservation, stored, history, request, commit)
@@ -221,6 +229,9 @@ impl Conversations {
         let id = conversation.id.clone();
         if let Some(from) = commit.replace_from {
             store.truncate(id.clone(), from).await?;
+        }
+        if commit.new_version {
+            store.new_version(id.clone()).await?;
         }
         let question = match commit.question {
             Some(text) => Some(
@@ -388,7 +399,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn regenerate_replaces_the_answer_and_edit_the_question() {
+    async fn regenerate_keeps_the_answer_as_a_version_and_edit_replaces_the_question() {
         let (service, conversation) = service(0.0).await;
         let first = service
             .send(&conversation, Ask::text("First"))
@@ -405,8 +416,33 @@ mod tests {
         let messages = service.store().messages(conversation.clone()).await;
         let messages = messages.expect("messages");
         assert_eq!(messages.len(), 2, "{messages:#?}");
-        assert_ne!(messages[1].id, first.draft.id, "the old answer is gone");
+        assert_ne!(messages[1].id, first.draft.id, "the new answer is shown");
         assert_eq!(messages[1].status, MessageStatus::Complete);
+        let versions = messages[0].versions.clone().expect("two versions");
+        assert_eq!((versions.all, versions.selected), (vec![1, 2], 2));
+
+        // The earlier version, selected, is what the model reads back.
+        let store = service.store();
+        store
+            .select_version(conversation.clone(), messages[0].id, 1)
+            .await
+            .expect("selected");
+        let shown = store
+            .messages(conversation.clone())
+            .await
+            .expect("messages");
+        assert_eq!(shown[1].id, first.draft.id, "the first answer again");
+        let request = chat_request(
+            &ConversationSettings::default(),
+            &shown,
+            Some("Next"),
+        );
+        let sent: Vec<&str> = request
+            .messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect();
+        assert_eq!(sent, ["First", shown[1].content.as_str(), "Next"]);
 
         let stale = service
             .edit(&conversation, first.draft.id, Ask::text("Second"))

@@ -31,6 +31,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::{watch, Notify};
 
 use super::agent::{self, ToolLoop, ToolResult};
+use super::chat::ChatCodec;
 use super::engine::GenerationStream;
 use super::error::ServiceError;
 use super::events::{Completion, FinishReason, GenerationEvent};
@@ -76,11 +77,26 @@ pub enum RunEvent {
     Generation(GenerationEvent),
     /// A built-in tool answered a call of the answer; its tool message is stored.
     ToolResult(ToolResult),
+    /// A round's reasoning ended (the answer or a call began, or the round ended): how long
+    /// it took and its tokens, the numbers stored with the round's answer. Logged only for
+    /// a round that reasoned, before the event that ended the reasoning.
+    Thought(Thought),
+    /// A round's answer is saved with these stats (every round's, the last included, before
+    /// the run's ending), so a reader sums a tool turn as a reload of it does.
+    Round(MessageStats),
     /// The run was stopped; what was written is saved as `stopped`.
     Stopped,
     /// The answer as stored; the last entry of the log. After rounds of tool calls it is
     /// the last assistant message stored.
     Saved(Result<StoredMessage, String>),
+}
+
+/// The reasoning of one round, once it ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thought {
+    /// From the round's first token to the end of its reasoning.
+    pub ms: f64,
+    pub tokens: i64,
 }
 
 /// A logged event with its id (from 1, consecutive) and when the run received it, so a
@@ -177,21 +193,20 @@ impl Run {
         }
     }
 
-    fn publish(&self, event: RunEvent) {
+    /// Logs `event`; returns when it was logged.
+    fn publish(&self, event: RunEvent) -> Instant {
+        let at = Instant::now();
         let count = {
             let mut log = self.log();
             if log.closed {
-                return;
+                return at;
             }
             let id = log.entries.len() as u64 + 1;
-            log.entries.push(Arc::new(Entry {
-                id,
-                at: Instant::now(),
-                event,
-            }));
+            log.entries.push(Arc::new(Entry { id, at, event }));
             id
         };
         self.changed.send_replace(count);
+        at
     }
 
     /// About how much memory the log holds: its entries and the text they carry.
@@ -225,7 +240,9 @@ fn event_bytes(event: &RunEvent) -> usize {
             call.name.len() + call.arguments.to_string().len()
         }
         RunEvent::Generation(GenerationEvent::Progress(_) | GenerationEvent::Done(_))
-        | RunEvent::Stopped => 0,
+        | RunEvent::Stopped
+        | RunEvent::Thought(_)
+        | RunEvent::Round(_) => 0,
         RunEvent::ToolResult(result) => {
             result.call_id.len() + result.name.len() + result.content.len()
         }
@@ -287,6 +304,8 @@ pub struct Runs {
     keep: Duration,
     /// Most bytes the kept finished logs hold together ([`FINISHED_RUNS_MAX_BYTES`]).
     kept_bytes: usize,
+    /// Counts the tokens of an answer's reasoning; without it, its pieces are counted.
+    codec: Option<Arc<ChatCodec>>,
 }
 
 impl Runs {
@@ -302,7 +321,14 @@ impl Runs {
             registry: Arc::default(),
             keep,
             kept_bytes: FINISHED_RUNS_MAX_BYTES,
+            codec: None,
         }
+    }
+
+    /// The same runs counting reasoning tokens with the model's tokenizer.
+    pub fn counting_with(mut self, codec: Arc<ChatCodec>) -> Self {
+        self.codec = Some(codec);
+        self
     }
 
     /// The same runs keeping at most `bytes` of finished logs together (small in tests).
@@ -501,14 +527,65 @@ impl Drop for Reservation {
 struct Answer {
     content: String,
     reasoning: String,
+    /// Pieces of reasoning received: its token count when no tokenizer is at hand.
+    reasoning_pieces: usize,
     /// Each call with its id, given once, so it stays the same across saves.
     calls: Vec<StoredToolCall>,
+    /// When the round's first token came, and how long after the round started.
+    first_token: Option<(Instant, f64)>,
+    /// The reasoning is over (or there was none before the answer began).
+    thought_over: bool,
+    thought: Option<Thought>,
 }
 
 impl Answer {
+    /// Notes the time of a token-bearing `event` received at `at`, in a round started at
+    /// `started`; returns the round's [`Thought`] when `event` ends its reasoning.
+    fn clock(
+        &mut self,
+        event: Option<&GenerationEvent>,
+        started: Instant,
+        at: Instant,
+        codec: Option<&ChatCodec>,
+    ) -> Option<Thought> {
+        if matches!(event, Some(GenerationEvent::Progress(_))) {
+            return None;
+        }
+        let first = match (self.first_token, event) {
+            (Some((first, _)), _) => first,
+            (None, Some(_)) => {
+                let ms = at.duration_since(started).as_secs_f64() * 1000.0;
+                self.first_token = Some((at, ms));
+                at
+            }
+            // Ended before any token: nothing to time.
+            (None, None) => return None,
+        };
+        if matches!(event, Some(GenerationEvent::Reasoning(_))) || self.thought_over {
+            return None;
+        }
+        self.thought_over = true;
+        let reasoning = self.reasoning.trim();
+        if reasoning.is_empty() {
+            return None;
+        }
+        let tokens = codec
+            .and_then(|codec| codec.tokenize(reasoning, false, false).ok())
+            .map_or(self.reasoning_pieces, |ids| ids.len());
+        let thought = Thought {
+            ms: at.duration_since(first).as_secs_f64() * 1000.0,
+            tokens: i64::try_from(tokens).unwrap_or(i64::MAX),
+        };
+        self.thought = Some(thought);
+        Some(thought)
+    }
+
     fn take(&mut self, event: &GenerationEvent) {
         match event {
-            GenerationEvent::Reasoning(text) => self.reasoning.push_str(text),
+            GenerationEvent::Reasoning(text) => {
+                self.reasoning.push_str(text);
+                self.reasoning_pieces += 1;
+            }
             GenerationEvent::Content(text) => self.content.push_str(text),
             GenerationEvent::ToolCall(call) => self.calls.push(StoredToolCall::new(call.clone())),
             GenerationEvent::Progress(_)
@@ -524,7 +601,12 @@ impl Answer {
             tool_calls: self.calls.clone(),
             status: outcome.status,
             finish_reason: outcome.finish_reason.clone(),
-            stats: outcome.stats,
+            stats: MessageStats {
+                first_token_ms: self.first_token.map(|(_, ms)| ms),
+                reasoning_ms: self.thought.map(|t| t.ms),
+                reasoning_tokens: self.thought.map(|t| t.tokens),
+                ..outcome.stats
+            },
         }
     }
 }
@@ -552,6 +634,9 @@ impl Outcome {
             completion_tokens: None,
             prompt_ms: None,
             generation_ms: None,
+            first_token_ms: None,
+            reasoning_ms: None,
+            reasoning_tokens: None,
         },
     };
 
@@ -583,10 +668,13 @@ async fn drive(
     mut draft: i64,
     mut tools: Option<ToolLoop>,
 ) {
+    let mut started = run.started_at;
     let (ending, saved) = loop {
         let mut answer = Answer::default();
-        let ending = round(&runs.store, &run, generation, draft, &mut answer).await;
-        let saved = save(&runs.store, draft, &answer, &Outcome::of(&ending)).await;
+        let ending = round(&runs, &run, generation, (draft, started), &mut answer).await;
+        let outcome = Outcome::of(&ending);
+        let saved = save(&runs.store, draft, &answer, &outcome).await;
+        run.publish(RunEvent::Round(answer.update(&outcome).stats));
         let Some(tool_loop) = tools.as_mut() else {
             break (ending, saved);
         };
@@ -596,6 +684,7 @@ async fn drive(
             Next::Round(next, next_draft) => {
                 generation = next;
                 draft = next_draft;
+                started = Instant::now();
             }
         }
     };
@@ -643,7 +732,7 @@ async fn next_round(
         return Next::End;
     }
     let stored = agent::answer_calls(store, &run.conversation, &answer.calls, |result| {
-        run.publish(RunEvent::ToolResult(result))
+        run.publish(RunEvent::ToolResult(result));
     })
     .await;
     let results = match stored {
@@ -670,15 +759,17 @@ async fn next_round(
 /// One generation, logged as it comes, until it ends or the run is stopped (the stream is
 /// dropped then, which stops the engine within a token). The draft is saved as the answer
 /// grows (see [`DraftSaves`]); the last of those saves is done before this returns, so the
-/// final save comes after it.
+/// final save comes after it. `(draft, started)`: the row the round writes and when the
+/// round was asked for, which its time to first token counts from.
 async fn round(
-    store: &SessionStore,
+    runs: &Runs,
     run: &Run,
     mut generation: GenerationStream,
-    draft: i64,
+    (draft, started): (i64, Instant),
     answer: &mut Answer,
 ) -> Ending {
-    let mut saves = DraftSaves::new(store.clone(), draft);
+    let codec = runs.codec.as_deref();
+    let mut saves = DraftSaves::new(runs.store.clone(), draft);
     let ending = loop {
         let event = tokio::select! {
             biased;
@@ -691,6 +782,9 @@ async fn round(
             Some(GenerationEvent::Failed(message)) => break Ending::Failed(message),
             Some(event) => event,
         };
+        if let Some(thought) = answer.clock(Some(&event), started, Instant::now(), codec) {
+            run.publish(RunEvent::Thought(thought));
+        }
         answer.take(&event);
         let grew = !matches!(event, GenerationEvent::Progress(_));
         run.publish(RunEvent::Generation(event));
@@ -698,6 +792,10 @@ async fn round(
             saves.grew(answer);
         }
     };
+    // The round ended while the model still reasoned (stopped, cut off, failed).
+    if let Some(thought) = answer.clock(None, started, Instant::now(), codec) {
+        run.publish(RunEvent::Thought(thought));
+    }
     saves.settle().await;
     ending
 }
@@ -879,6 +977,72 @@ pub(crate) mod tests {
         assert!(!runs.is_busy(&conversation));
         let late = all(run.subscribe(0)).await;
         assert_eq!(late, full, "a finished run is still readable");
+    }
+
+    #[tokio::test]
+    async fn the_reasoning_and_the_first_token_are_timed_and_stored_as_logged() {
+        let (engine, runs, conversation) = setup(400.0).await;
+        let run = runs.reserve(&conversation).expect("free").start(
+            generation(&engine),
+            draft(&runs, &conversation).await,
+            true,
+        );
+        let log: Vec<RunEvent> = all(run.subscribe(0))
+            .await
+            .iter()
+            .map(|e| e.event.clone())
+            .collect();
+        let at = |wanted: fn(&RunEvent) -> bool| log.iter().position(wanted).expect("logged");
+        let thought = at(|e| matches!(e, RunEvent::Thought(_)));
+        let reasoning = at(|e| matches!(e, RunEvent::Generation(GenerationEvent::Reasoning(_))));
+        let content = at(|e| matches!(e, RunEvent::Generation(GenerationEvent::Content(_))));
+        assert!(reasoning < thought && thought < content, "{log:?}");
+        let thoughts = log
+            .iter()
+            .filter(|e| matches!(e, RunEvent::Thought(_)))
+            .count();
+        assert_eq!(thoughts, 1);
+        let RunEvent::Thought(thought) = log[thought] else {
+            unreachable!()
+        };
+        let Some(RunEvent::Round(round)) = log.iter().find(|e| matches!(e, RunEvent::Round(_)))
+        else {
+            panic!("no round stats: {log:?}");
+        };
+        let Some(RunEvent::Saved(Ok(saved))) = log.last() else {
+            panic!("not saved: {log:?}");
+        };
+        assert_eq!(&saved.stats, round, "the log's numbers are the stored ones");
+        assert_eq!(saved.stats.reasoning_ms, Some(thought.ms));
+        assert_eq!(saved.stats.reasoning_tokens, Some(thought.tokens));
+        assert!(thought.tokens > 0 && thought.ms > 0.0, "{thought:?}");
+        assert!(saved.stats.first_token_ms.is_some_and(|ms| ms > 0.0));
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_reasoning_logs_no_thought() {
+        let (engine, runs, conversation) = setup(0.0).await;
+        let request = ChatRequest {
+            messages: vec![ChatMessage::new(Role::User, "Hello")],
+            enable_thinking: Some(false),
+            ..ChatRequest::default()
+        };
+        let prepared = engine.codec().prepare(&request).expect("prepare");
+        let run = runs.reserve(&conversation).expect("free").start(
+            engine.submit(prepared).expect("submit"),
+            draft(&runs, &conversation).await,
+            false,
+        );
+        let log = all(run.subscribe(0)).await;
+        assert!(!log.iter().any(|e| matches!(e.event, RunEvent::Thought(_))));
+        let Some(RunEvent::Saved(Ok(saved))) = log.last().map(|e| &e.event) else {
+            panic!("not saved");
+        };
+        assert_eq!(
+            (saved.stats.reasoning_ms, saved.stats.reasoning_tokens),
+            (None, None)
+        );
+        assert!(saved.stats.first_token_ms.is_some());
     }
 
     #[tokio::test]

@@ -313,7 +313,11 @@ async fn collect(user: serde_json::Value, mut run: Subscription) -> Result<Respo
                 );
             }
             RunEvent::Saved(Err(message)) => return Err(save_failed(message.clone())),
-            RunEvent::Generation(_) | RunEvent::ToolResult(_) | RunEvent::Stopped => {}
+            RunEvent::Generation(_)
+            | RunEvent::ToolResult(_)
+            | RunEvent::Stopped
+            | RunEvent::Thought(_)
+            | RunEvent::Round(_) => {}
         }
     }
     Err(ServiceError::EngineStopped.into())
@@ -354,7 +358,10 @@ fn stream_event(entry: &Entry) -> Option<(&'static str, serde_json::Value, bool)
         }
         RunEvent::Saved(Ok(message)) => ("done", json!({ "message": message }), true),
         RunEvent::Saved(Err(message)) => ("error", save_failed(message.clone()).body(), true),
-        RunEvent::Generation(GenerationEvent::Done(_)) | RunEvent::Stopped => return None,
+        RunEvent::Generation(GenerationEvent::Done(_))
+        | RunEvent::Stopped
+        | RunEvent::Thought(_)
+        | RunEvent::Round(_) => return None,
     })
 }
 

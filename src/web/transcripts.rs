@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::markdown::render_markdown;
 use crate::services::chat::Role;
-use crate::services::sessions::{MessageStatus, StoredMessage};
+use crate::services::sessions::{MessageStats, MessageStatus, StoredMessage};
 
 /// A conversation's id as the page carries it: 1 to 64 of `[A-Za-z0-9_-]`, so it is safe in
 /// a URL, an HTML attribute and a log line. The store's ids (`conv_` and 16 letters) fit.
@@ -48,19 +48,74 @@ pub struct ToolResultView {
     pub content: String,
 }
 
-/// A stored message as the page shows it. `html` is sanitised Markdown; everything else is
-/// text that the templates escape.
+/// A Thinking block once its reasoning ended (`thinking.html`), live and reloaded alike.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThinkingView {
+    pub reasoning: String,
+    /// Seconds of reasoning, one decimal; `None` for answers stored before it was kept.
+    pub seconds: Option<String>,
+    pub tokens: Option<i64>,
+}
+
+impl ThinkingView {
+    /// The block for `reasoning` that took `ms` and `tokens`; `None` without reasoning.
+    pub fn new(reasoning: &str, ms: Option<f64>, tokens: Option<i64>) -> Option<Self> {
+        let reasoning = reasoning.trim();
+        (!reasoning.is_empty()).then(|| Self {
+            reasoning: reasoning.to_owned(),
+            seconds: ms.map(|ms| format!("{:.1}", ms / 1000.0)),
+            tokens,
+        })
+    }
+}
+
+/// One model round of an answer: its reasoning, the calls it made and their results. An
+/// answer without tool calls has one; each round of built-in tool calls adds one.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundView {
+    pub thinking: Option<ThinkingView>,
+    pub tools: Vec<ToolView>,
+    /// The tool messages that answer `tools` (the server's built-in tools ran them).
+    pub results: Vec<ToolResultView>,
+}
+
+/// The version switcher under an answer generated more than once (`‹ 2/3 ›`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionsView {
+    /// The user message the versions answer.
+    pub question: i64,
+    /// The shown version's place, from 1.
+    pub position: usize,
+    pub count: usize,
+    pub previous: Option<i64>,
+    pub next: Option<i64>,
+}
+
+/// The switcher for the answer to `question`; `None` unless it has several versions.
+pub fn versions_view(question: &StoredMessage) -> Option<VersionsView> {
+    let versions = question.versions.as_ref()?;
+    let at = versions.all.iter().position(|v| *v == versions.selected)?;
+    Some(VersionsView {
+        question: question.id,
+        position: at + 1,
+        count: versions.all.len(),
+        previous: at.checked_sub(1).map(|i| versions.all[i]),
+        next: versions.all.get(at + 1).copied(),
+    })
+}
+
+/// A stored message as the page shows it: a user message, or the whole answer to one (every
+/// round of a tool turn in one). `html` is sanitised Markdown; everything else is text that
+/// the templates escape.
 #[derive(Debug, Clone, Serialize)]
 pub struct MessageView {
     pub role: &'static str,
     pub text: String,
     pub html: String,
-    pub reasoning: Option<String>,
-    pub tools: Vec<ToolView>,
-    /// The tool messages that answer `tools` (the server's built-in tools ran them).
-    pub results: Vec<ToolResultView>,
+    pub rounds: Vec<RoundView>,
     pub note: Option<EndNote>,
     pub stats: Option<String>,
+    pub versions: Option<VersionsView>,
 }
 
 /// The label under an answer that did not end the usual way: cut off, stopped, interrupted,
@@ -113,18 +168,29 @@ pub fn end_note(ending: Ending<'_>) -> Option<EndNote> {
     Some(EndNote { kind, text })
 }
 
-/// The line under an answer: time to first token is not stored, so only rate and count.
-fn stats_line(message: &StoredMessage) -> Option<String> {
-    let tokens = message.stats.completion_tokens?;
-    let rate = message
-        .stats
-        .generation_ms
-        .filter(|ms| *ms > 0.0)
-        .map(|ms| tokens as f64 * 1000.0 / ms);
-    Some(match rate {
-        Some(rate) => format!("{rate:.1} tokens/s · {tokens} tokens"),
-        None => format!("{tokens} tokens"),
-    })
+/// The line under an answer from the stats of its rounds (one, or one per round of tool
+/// calls), live and reloaded alike: the first round's time to first token, and the tokens
+/// and speed of all rounds together. Answers stored before the time to first token was kept
+/// show without it; `None` when no round finished.
+pub fn stats_line(rounds: &[MessageStats]) -> Option<String> {
+    let finished: Vec<&MessageStats> = rounds
+        .iter()
+        .filter(|s| s.completion_tokens.is_some())
+        .collect();
+    if finished.is_empty() {
+        return None;
+    }
+    let tokens: i64 = finished.iter().filter_map(|s| s.completion_tokens).sum();
+    let ms: f64 = finished.iter().filter_map(|s| s.generation_ms).sum();
+    let mut parts = Vec::with_capacity(3);
+    if let Some(first) = rounds.first().and_then(|s| s.first_token_ms) {
+        parts.push(format!("first token {:.2} s", first / 1000.0));
+    }
+    if ms > 0.0 {
+        parts.push(format!("{:.1} tokens/s", tokens as f64 * 1000.0 / ms));
+    }
+    parts.push(format!("{tokens} tokens"));
+    Some(parts.join(" · "))
 }
 
 /// The tokens of context an answer's request used: its prompt and the answer.
@@ -157,60 +223,109 @@ fn results_after(messages: &[StoredMessage], index: usize) -> Vec<ToolResultView
         .collect()
 }
 
-/// The messages the page shows: user and assistant turns, tool messages as results under
-/// the call they answer (system messages, which only an API client can add, are left out).
-/// An answer still `generating` is left out too: its run streams it, from its start.
+/// The messages the page shows: user messages, and after each the whole answer to it in one
+/// view (every assistant round of a tool turn, tool messages as results under the call they
+/// answer). System messages, which only an API client can add, are left out. An answer with
+/// a round still `generating` is left out too: its run streams it, from its start.
 pub fn views(messages: &[StoredMessage], context_length: usize) -> Vec<MessageView> {
-    messages
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < messages.len() {
+        let message = &messages[at];
+        match message.role {
+            Role::User => {
+                out.push(MessageView {
+                    role: "user",
+                    text: message.content.clone(),
+                    html: String::new(),
+                    rounds: Vec::new(),
+                    note: None,
+                    stats: None,
+                    versions: None,
+                });
+                at += 1;
+            }
+            Role::System => at += 1,
+            Role::Assistant | Role::Tool => {
+                let end = messages[at..]
+                    .iter()
+                    .position(|m| m.role == Role::User)
+                    .map_or(messages.len(), |n| at + n);
+                let question = at
+                    .checked_sub(1)
+                    .map(|q| &messages[q])
+                    .filter(|q| q.role == Role::User);
+                let turn = &messages[at..end];
+                if !turn.iter().any(|m| m.status == MessageStatus::Generating) {
+                    out.extend(answer_view(
+                        turn,
+                        question.and_then(versions_view),
+                        context_length,
+                    ));
+                }
+                at = end;
+            }
+        }
+    }
+    out
+}
+
+/// The view of one answer: the assistant and tool messages after a question.
+fn answer_view(
+    turn: &[StoredMessage],
+    versions: Option<VersionsView>,
+    context_length: usize,
+) -> Option<MessageView> {
+    let answers: Vec<(usize, &StoredMessage)> = turn
         .iter()
         .enumerate()
-        .filter(|(_, message)| message.status != MessageStatus::Generating)
-        .filter_map(|(index, message)| match message.role {
-            Role::User => Some(MessageView {
-                role: "user",
-                text: message.content.clone(),
-                html: String::new(),
-                reasoning: None,
-                tools: Vec::new(),
-                results: Vec::new(),
-                note: None,
-                stats: None,
-            }),
-            Role::Assistant => Some(MessageView {
-                role: "assistant",
-                text: message.content.clone(),
-                html: render_markdown(&message.content),
-                reasoning: message
-                    .reasoning
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|r| !r.is_empty())
-                    .map(str::to_owned),
-                tools: message
-                    .tool_calls
-                    .iter()
-                    .map(|call| ToolView {
-                        arguments: serde_json::to_string_pretty(&call.arguments)
-                            .unwrap_or_else(|_| call.arguments.to_string()),
-                        name: call.name.clone(),
-                    })
-                    .collect(),
-                results: results_after(messages, index),
-                note: end_note(Ending {
-                    status: message.status,
-                    finish_reason: message.finish_reason.as_deref(),
-                    context_full: used_tokens(message).is_some_and(|used| used >= context_length),
-                    empty: message.content.trim().is_empty() && message.tool_calls.is_empty(),
-                    reasoned: message
-                        .reasoning
-                        .as_deref()
-                        .is_some_and(|r| !r.trim().is_empty()),
-                }),
-                stats: stats_line(message),
-            }),
-            Role::System | Role::Tool => None,
+        .filter(|(_, m)| m.role == Role::Assistant)
+        .collect();
+    let (_, last) = *answers.last()?;
+    let rounds = answers
+        .iter()
+        .map(|&(index, message)| RoundView {
+            thinking: ThinkingView::new(
+                message.reasoning.as_deref().unwrap_or_default(),
+                message.stats.reasoning_ms,
+                message.stats.reasoning_tokens,
+            ),
+            tools: message
+                .tool_calls
+                .iter()
+                .map(|call| ToolView {
+                    arguments: serde_json::to_string_pretty(&call.arguments)
+                        .unwrap_or_else(|_| call.arguments.to_string()),
+                    name: call.name.clone(),
+                })
+                .collect(),
+            results: results_after(turn, index),
         })
-        .collect()
+        .collect::<Vec<_>>();
+    let text = answers
+        .iter()
+        .map(|(_, m)| m.content.trim())
+        .filter(|t| !t.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    let called = rounds.iter().any(|r| !r.tools.is_empty());
+    let reasoned = rounds.iter().any(|r| r.thinking.is_some());
+    let stats: Vec<MessageStats> = answers.iter().map(|(_, m)| m.stats).collect();
+    Some(MessageView {
+        role: "assistant",
+        html: render_markdown(&text),
+        note: end_note(Ending {
+            status: last.status,
+            finish_reason: last.finish_reason.as_deref(),
+            context_full: used_tokens(last).is_some_and(|used| used >= context_length),
+            empty: text.is_empty() && !called,
+            reasoned,
+        }),
+        text,
+        rounds,
+        stats: stats_line(&stats),
+        versions,
+    })
 }
 
 #[cfg(test)]
@@ -259,15 +374,88 @@ mod tests {
             ],
             CONTEXT,
         );
-        assert_eq!(views.len(), 3, "the tool message joins its call");
-        assert_eq!(views[1].tools[1].name, "calculator");
-        assert_eq!(views[1].results.len(), 1);
         assert_eq!(
-            views[1].results[0].name, "calculator",
+            views.len(),
+            2,
+            "the call, its result and the answer are one turn"
+        );
+        let rounds = &views[1].rounds;
+        assert_eq!(rounds.len(), 2, "one round per model turn");
+        assert_eq!(rounds[0].tools[1].name, "calculator");
+        assert_eq!(rounds[0].results.len(), 1);
+        assert_eq!(
+            rounds[0].results[0].name, "calculator",
             "by its id, not its position"
         );
-        assert_eq!(views[1].results[0].content, "<119>");
-        assert!(views[2].results.is_empty());
+        assert_eq!(rounds[0].results[0].content, "<119>");
+        assert!(rounds[1].results.is_empty());
+        assert_eq!(views[1].text, "It is 119.");
+    }
+
+    fn timed(reasoning: &str, tokens: i64, ms: f64, first: f64) -> StoredMessage {
+        let mut message = answer("", reasoning, "tool_calls", (10, tokens));
+        message.stats.generation_ms = Some(ms);
+        message.stats.first_token_ms = Some(first);
+        message.stats.reasoning_ms = Some(ms / 2.0);
+        message.stats.reasoning_tokens = Some(tokens / 2);
+        message
+    }
+
+    #[test]
+    fn a_tool_turn_has_a_thinking_block_per_round_and_one_stats_line() {
+        let mut call = timed("Use the calculator.", 40, 2000.0, 310.0);
+        call.tool_calls = vec![StoredToolCall {
+            id: "call_1".into(),
+            name: "calculator".into(),
+            arguments: serde_json::json!({"expression": "6*7"}),
+        }];
+        let mut result = stored(Role::Tool, "42", MessageStatus::Complete);
+        result.tool_call_id = Some("call_1".into());
+        let mut last = timed("It said 42.", 20, 1000.0, 90.0);
+        last.content = "42.".into();
+        last.finish_reason = Some("stop".into());
+        let views = views(
+            &[
+                stored(Role::User, "6*7?", MessageStatus::Complete),
+                call,
+                result,
+                last,
+            ],
+            CONTEXT,
+        );
+        let thinking: Vec<_> = views[1]
+            .rounds
+            .iter()
+            .map(|r| r.thinking.clone().expect("reasoned"))
+            .collect();
+        assert_eq!(
+            (thinking[0].seconds.as_deref(), thinking[0].tokens),
+            (Some("1.0"), Some(20))
+        );
+        assert_eq!(
+            (thinking[1].seconds.as_deref(), thinking[1].tokens),
+            (Some("0.5"), Some(10))
+        );
+        assert_eq!(
+            views[1].stats.as_deref(),
+            Some("first token 0.31 s · 20.0 tokens/s · 60 tokens"),
+            "the first round's first token, all rounds' tokens"
+        );
+    }
+
+    #[test]
+    fn answers_stored_without_timings_show_without_them() {
+        let mut old = answer("Hi.", "hmm", "stop", (10, 8));
+        old.stats.generation_ms = Some(400.0);
+        let view = views(&[old], CONTEXT).pop().expect("view");
+        let thinking = view.rounds[0].thinking.clone().expect("reasoned");
+        assert_eq!((thinking.seconds, thinking.tokens), (None, None));
+        assert_eq!(view.stats.as_deref(), Some("20.0 tokens/s · 8 tokens"));
+        let none = views(&[answer("Hi.", "  ", "stop", (10, 8))], CONTEXT);
+        assert!(
+            none[0].rounds[0].thinking.is_none(),
+            "no reasoning, no block"
+        );
     }
 
     #[test]

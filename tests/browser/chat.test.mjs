@@ -482,6 +482,73 @@ test("regenerate replaces the last answer", async () => {
   await page.close();
 });
 
+/** The Thinking summaries and stats lines of the page's answers, in order. */
+async function shownNumbers(page) {
+  return {
+    thinking: await page.locator(".msg.assistant details.thinking summary").allTextContents(),
+    stats: await page.locator(".msg.assistant .meta .stats").allTextContents(),
+  };
+}
+
+test("a reload shows the same thinking and stats as the live page, a tool turn included", async () => {
+  const { page, problems } = await openPage();
+  const path = await chatWith(page, "Numbers that stay");
+  await page.locator("details.settings-panel summary").click();
+  await page.check("input[name=builtin_tools]");
+  await page.click("#settings button[type=submit]");
+  await page.locator("#settings .saved", { hasText: "Saved." }).waitFor();
+  await send(page, "What is 17 * (3+4)?");
+  await page.locator(".msg.assistant .meta .stats").nth(1).waitFor({ timeout: ANSWER_MS });
+  const live = await shownNumbers(page);
+  assert.equal(live.thinking.length, 3, `one block per round: ${JSON.stringify(live)}`);
+  assert.ok(live.thinking.every((t) => /^Thought for \d+\.\d s · \d+ tokens?$/.test(t)), JSON.stringify(live));
+  assert.equal(live.stats.length, 2, "one line per answer");
+  assert.ok(live.stats.every((s) => /^first token /.test(s)), JSON.stringify(live));
+  await page.goto(server.url + path);
+  await page.waitForFunction(() => window.htmx);
+  assert.deepEqual(await shownNumbers(page), live);
+  assert.equal(await page.locator(".msg.assistant").count(), 2, "the tool turn is one answer");
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("regenerate keeps the earlier answers as versions, switched with ‹ ›, after a reload too", async () => {
+  const { page, problems } = await openPage();
+  const path = await chatWith(page, "Versions please");
+  const answer = page.locator(".msg.assistant").last();
+  const count = answer.locator(".versions .version-count");
+  assert.match(await answer.locator(".answer").textContent(), /Thinking\s*on/);
+  assert.equal(await page.locator(".versions").count(), 0, "one version: no switcher");
+  const regenerate = async (command, notice) => {
+    await send(page, command);
+    await page.locator(".notice", { hasText: notice }).waitFor();
+    // The notice follows the answer, whose Regenerate only the last message shows.
+    await page.goto(server.url + path);
+    await page.waitForFunction(() => window.htmx);
+    await page.locator(".msg.assistant .regen").click();
+    await page.locator(".msg.assistant.streaming").waitFor();
+    await page.locator(".msg.assistant .meta .stats").waitFor({ timeout: ANSWER_MS });
+  };
+  await regenerate("/no_think", "Thinking is off.");
+  assert.equal(await count.textContent(), "2/2");
+  await regenerate("/think", "Thinking is on.");
+  assert.equal(await count.textContent(), "3/3");
+  assert.equal(await page.locator(".msg.assistant").count(), 1);
+  await answer.locator(".version-prev").click();
+  await page.waitForFunction(() => document.querySelector(".version-count")?.textContent === "2/3");
+  assert.match(await answer.locator(".answer").textContent(), /Thinking\s*off/, "the earlier answer");
+  assert.equal(await answer.locator("details.thinking").count(), 0);
+  await page.goto(server.url + path);
+  await page.waitForFunction(() => window.htmx);
+  assert.equal(await count.textContent(), "2/3", "the choice is stored");
+  assert.match(await answer.locator(".answer").textContent(), /Thinking\s*off/);
+  await answer.locator(".version-next").click();
+  await page.waitForFunction(() => document.querySelector(".version-count")?.textContent === "3/3");
+  assert.match(await answer.locator(".answer").textContent(), /Thinking\s*on/);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
 test("edit the last question and send it again; copy a message", async () => {
   const { page, problems } = await openPage();
   await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: server.url });

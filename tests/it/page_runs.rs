@@ -560,3 +560,110 @@ async fn an_api_answer_is_stopped_by_its_stop_route_and_saved_as_stopped() {
     let (status, _, _) = text(&h.app, stop()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// Every text in `html` between `open` and the next `close`, in order.
+fn between(html: &str, open: &str, close: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find(open) {
+        let after = &rest[start + open.len()..];
+        let end = after.find(close).unwrap_or(after.len());
+        out.push(after[..end].to_owned());
+        rest = &after[end..];
+    }
+    out
+}
+
+/// The finished Thinking blocks' summaries and the stats lines in `html`.
+fn shown_numbers(html: &str) -> (Vec<String>, Vec<String>) {
+    (
+        between(html, "<details class=\"thinking\"><summary>", "</summary>"),
+        between(html, "<span class=\"stats\">", "</span>"),
+    )
+}
+
+/// What the page showed live for a whole answer, against what a reload shows for it.
+async fn live_and_reloaded(
+    app: &Router,
+    conversation: &str,
+    url: &str,
+) -> [(Vec<String>, Vec<String>); 2] {
+    let events = Reader::open(app, url, None).await.rest().await;
+    let live: String = events.iter().map(|e| e.data.as_str()).collect();
+    let (status, _, page) = text(app, get(&format!("/c/{conversation}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    [shown_numbers(&live), shown_numbers(&page)]
+}
+
+/// Issue 15, bug 4: a reload shows the Thinking block's time and tokens, the time to first
+/// token and the rate as the live page showed them, from the same stored numbers.
+#[tokio::test]
+async fn a_reload_shows_the_thinking_and_stats_the_live_page_showed() {
+    let h = harness().await;
+    let (conversation, url) = start_chat(&h.app, "").await;
+    let [live, reloaded] = live_and_reloaded(&h.app, &conversation, &url).await;
+    assert_eq!(live.0.len(), 1, "one Thinking block: {live:?}");
+    assert!(live.0[0].starts_with("Thought for "), "{live:?}");
+    assert_eq!(live.1.len(), 1, "{live:?}");
+    assert!(live.1[0].starts_with("first token "), "{live:?}");
+    assert_eq!(reloaded, live);
+}
+
+/// A tool turn shows one Thinking block per model round, each with its own numbers, and one
+/// stats line for the whole answer, live and after a reload alike.
+#[tokio::test]
+async fn a_tool_turn_shows_a_thinking_block_per_round_live_and_reloaded() {
+    let h = harness().await;
+    let request = Request::post("/api/conversations")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            r#"{"settings": {"builtin_tools": true, "thinking": true}}"#,
+        ))
+        .expect("request");
+    let (status, _, created) = text(&h.app, request).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let created: Value = serde_json::from_str(&created).expect("json");
+    let conversation = created["id"].as_str().expect("id");
+    let body = format!("conversation={conversation}&message=What+is+17+*+(3%2B4)%3F&thinking=on");
+    let (status, _, html) = text(&h.app, form("/chat/send", body)).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let url = stream_url(&html).expect("an exchange streams");
+    let [live, reloaded] = live_and_reloaded(&h.app, conversation, &url).await;
+    assert_eq!(
+        live.0.len(),
+        2,
+        "the call's round and the answer's: {live:?}"
+    );
+    assert!(
+        live.0.iter().all(|s| s.starts_with("Thought for ")),
+        "{live:?}"
+    );
+    assert_eq!(live.1.len(), 1, "one line for the answer: {live:?}");
+    assert_eq!(reloaded, live);
+}
+
+/// Issue 15, bug 4: until the model starts, the pending answer says it waits for the model
+/// (then its place in line, or the prompt being read); the Thinking block opens with the
+/// first piece of reasoning, not before.
+#[tokio::test]
+async fn a_pending_answer_waits_and_thinking_opens_with_the_reasoning() {
+    let h = harness().await;
+    let body = "conversation=&message=Tell+me+something&thinking=on".to_owned();
+    let (status, _, html) = text(&h.app, form("/chat/send", body)).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("Waiting for the model"), "{html}");
+    assert!(!html.contains("Thinking…"), "{html}");
+    let url = stream_url(&html).expect("an exchange streams");
+    let events = Reader::open(&h.app, &url, None).await.rest().await;
+    let opened = events
+        .iter()
+        .position(|e| e.event == "step" && e.data.contains("Thinking…"))
+        .expect("the Thinking block opens");
+    let first_reasoning = events.iter().position(|e| e.event == "reasoning");
+    assert!(first_reasoning.is_none_or(|at| at > opened), "{events:#?}");
+    let cleared = events
+        .iter()
+        .position(|e| e.event == "progress" && !e.data.contains("Waiting"))
+        .expect("the waiting line is cleared");
+    assert!(cleared < opened, "{events:#?}");
+}

@@ -212,7 +212,9 @@ async fn send_returns_the_exchange_and_the_stream_brings_the_answer() {
     assert!(sent
         .text
         .contains(r#"<div class="bubble">Hello there</div>"#));
-    assert!(sent.text.contains("Thinking…"));
+    // Until the model starts the answer waits; the Thinking block opens with the reasoning.
+    assert!(sent.text.contains("Waiting for the model"), "{}", sent.text);
+    assert!(!sent.text.contains("Thinking…"), "{}", sent.text);
     let url = stream_url(&sent.text);
     assert!(url.starts_with("/chat/stream/run_"), "{url}");
 
@@ -444,10 +446,11 @@ async fn a_conversation_has_its_own_url_with_its_messages() {
     assert!(page
         .text
         .contains(r#"<div class="bubble">What is &lt;b&gt;NoPE&lt;&#x2f;b&gt;?</div>"#));
-    // The stored answer: its thoughts collapsed, its Markdown rendered, its line of stats.
+    // The stored answer: its thoughts collapsed with their time and tokens, its Markdown
+    // rendered, its line of stats.
     assert!(page
         .text
-        .contains(r#"<details class="thinking"><summary>Thoughts"#));
+        .contains(r#"<details class="thinking"><summary>Thought for "#));
     assert!(page.text.contains("<table>"), "{}", page.text);
     assert!(page.text.contains(r#"class="stats""#));
     assert!(page.text.contains(r#"class="regen""#));
@@ -586,7 +589,7 @@ async fn rename_and_delete_from_the_sidebar() {
 }
 
 #[tokio::test]
-async fn regenerate_replaces_the_last_answer() {
+async fn regenerate_keeps_the_last_answer_as_a_version() {
     let app = stub_app().await;
     let id = conversation_with(&app, "Hello", "").await;
     let regenerated = post(&app, "/chat/regenerate", &format!("conversation={id}")).await;
@@ -598,6 +601,13 @@ async fn regenerate_replaces_the_last_answer() {
         1
     );
     assert!(regenerated.text.contains("msg assistant streaming"));
+    assert!(
+        regenerated
+            .text
+            .contains(r#"<span class="version-count">2/2</span>"#),
+        "{}",
+        regenerated.text
+    );
     let busy = post(&app, "/chat/regenerate", &format!("conversation={id}")).await;
     assert_eq!(busy.status, StatusCode::CONFLICT);
     let streamed = get(&app, &stream_url(&regenerated.text)).await;
@@ -610,6 +620,39 @@ async fn regenerate_replaces_the_last_answer() {
         1
     );
     assert_eq!(page.text.matches(r#"<article class="msg user""#).count(), 1);
+    assert!(page
+        .text
+        .contains(r#"<span class="version-count">2/2</span>"#));
+
+    // The earlier version is shown again, and stays chosen.
+    let question = page
+        .text
+        .split(r#""question": "#)
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("the switcher names the question")
+        .to_owned();
+    let bad = post(
+        &app,
+        "/chat/version",
+        &format!("conversation={id}&question={question}&version=9"),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+    let switched = post(
+        &app,
+        "/chat/version",
+        &format!("conversation={id}&question={question}&version=1"),
+    )
+    .await;
+    assert_eq!(switched.status, StatusCode::OK, "{}", switched.text);
+    assert!(switched
+        .text
+        .contains(r#"<span class="version-count">1/2</span>"#));
+    let page = get(&app, &format!("/c/{id}")).await;
+    assert!(page
+        .text
+        .contains(r#"<span class="version-count">1/2</span>"#));
 
     // A conversation with no question has nothing to regenerate.
     let settings = post(&app, "/chat/settings", "conversation=&temperature=0.5").await;

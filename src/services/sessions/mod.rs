@@ -36,6 +36,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_interrupted.sql"),
     include_str!("migrations/0004_thinking_budget.sql"),
     include_str!("migrations/0005_typed_tool_calls.sql"),
+    include_str!("migrations/0006_answer_timings.sql"),
+    include_str!("migrations/0007_answer_versions.sql"),
 ];
 
 /// What an in-memory store gives as its path, SQLite's name for such a database.
@@ -180,6 +182,13 @@ pub struct MessageStats {
     pub completion_tokens: Option<i64>,
     pub prompt_ms: Option<f64>,
     pub generation_ms: Option<f64>,
+    /// From the send (or, in a tool turn, the round's start) to the first token; kept so a
+    /// reload shows what the page showed live. `None` for answers stored before it was kept.
+    pub first_token_ms: Option<f64>,
+    /// How long the model reasoned, from its first token to the end of its reasoning.
+    pub reasoning_ms: Option<f64>,
+    /// Tokens of the answer's reasoning.
+    pub reasoning_tokens: Option<i64>,
 }
 
 impl From<&crate::services::events::Completion> for MessageStats {
@@ -190,6 +199,7 @@ impl From<&crate::services::events::Completion> for MessageStats {
             completion_tokens: i64::try_from(done.usage.completion_tokens).ok(),
             prompt_ms: Some(done.timings.prompt_time.as_secs_f64() * 1000.0),
             generation_ms: Some(done.timings.predicted_time.as_secs_f64() * 1000.0),
+            ..Self::default()
         }
     }
 }
@@ -210,6 +220,19 @@ pub struct StoredMessage {
     pub finish_reason: Option<String>,
     pub stats: MessageStats,
     pub created_at: i64,
+    /// On a user message whose answer was generated more than once: the answer's versions
+    /// and the one shown (and sent to the model). Not part of the API's message shape.
+    #[serde(skip)]
+    pub versions: Option<Versions>,
+}
+
+/// The versions of the answer to one user message (regenerating keeps the earlier ones).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versions {
+    /// The version numbers stored, in order.
+    pub all: Vec<i64>,
+    /// The one shown and sent to the model.
+    pub selected: i64,
 }
 
 #[cfg(test)]
@@ -227,6 +250,7 @@ impl StoredMessage {
             finish_reason: None,
             stats: MessageStats::default(),
             created_at: 0,
+            versions: None,
         }
     }
 }
@@ -787,7 +811,24 @@ fn delete(c: &Connection, id: &str) -> Result<(), ServiceError> {
 }
 
 const MESSAGE_COLUMNS: &str = "id, role, content, reasoning, tool_calls, tool_call_id, status, \
-     finish_reason, prompt_tokens, completion_tokens, prompt_ms, generation_ms, created_at";
+     finish_reason, prompt_tokens, completion_tokens, prompt_ms, generation_ms, created_at, \
+     first_token_ms, reasoning_ms, reasoning_tokens, version, selected_version";
+
+/// A message row with the version it belongs to and, on a user message, the version of its
+/// answer that is selected.
+struct VersionedRow {
+    message: StoredMessage,
+    version: i64,
+    selected: Option<i64>,
+}
+
+fn versioned_row(row: &Row<'_>) -> rusqlite::Result<VersionedRow> {
+    Ok(VersionedRow {
+        message: message_row(row)?,
+        version: row.get(16)?,
+        selected: row.get(17)?,
+    })
+}
 
 fn message_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
     let role: String = row.get(1)?;
@@ -814,21 +855,111 @@ fn message_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
             completion_tokens: row.get(9)?,
             prompt_ms: row.get(10)?,
             generation_ms: row.get(11)?,
+            first_token_ms: row.get(13)?,
+            reasoning_ms: row.get(14)?,
+            reasoning_tokens: row.get(15)?,
         },
         created_at: row.get(12)?,
+        versions: None,
     })
 }
 
-fn messages(c: &Connection, conversation: &str) -> Result<Vec<StoredMessage>, ServiceError> {
+/// Every row of a conversation, every version of every answer included.
+fn all_rows(c: &Connection, conversation: &str) -> Result<Vec<VersionedRow>, ServiceError> {
     let mut stmt = c
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 ORDER BY id"
         ))
         .map_err(storage("read messages"))?;
     let rows = stmt
-        .query_map([conversation], message_row)
+        .query_map([conversation], versioned_row)
         .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>);
     rows.map_err(storage("read messages"))
+}
+
+/// The conversation as it reads: each user message followed by the selected version of its
+/// answer, with [`StoredMessage::versions`] on user messages answered more than once.
+/// Rows before the first user message (an import may start with them) have no question and
+/// are all kept.
+fn messages(c: &Connection, conversation: &str) -> Result<Vec<StoredMessage>, ServiceError> {
+    let mut out: Vec<StoredMessage> = Vec::new();
+    // The current question's index in `out`, its selected version and the versions seen.
+    let mut question: Option<(usize, i64, Vec<i64>)> = None;
+    let close = |out: &mut Vec<StoredMessage>, question: Option<(usize, i64, Vec<i64>)>| {
+        if let Some((at, selected, mut all)) = question {
+            if !all.contains(&selected) {
+                all.push(selected);
+            }
+            all.sort_unstable();
+            if all.len() > 1 {
+                out[at].versions = Some(Versions { all, selected });
+            }
+        }
+    };
+    for row in all_rows(c, conversation)? {
+        if row.message.role == Role::User {
+            close(&mut out, question.take());
+            question = Some((out.len(), row.selected.unwrap_or(1), Vec::new()));
+            out.push(row.message);
+            continue;
+        }
+        match question.as_mut() {
+            Some((_, selected, all)) => {
+                if !all.contains(&row.version) {
+                    all.push(row.version);
+                }
+                if row.version == *selected {
+                    out.push(row.message);
+                }
+            }
+            None => out.push(row.message),
+        }
+    }
+    close(&mut out, question.take());
+    Ok(out)
+}
+
+/// The last user message of `conversation`: its id, selected version, and whether that
+/// version has rows.
+fn last_question(c: &Connection, conversation: &str) -> Result<(i64, i64, bool), ServiceError> {
+    let (id, selected): (i64, Option<i64>) = c
+        .query_row(
+            "SELECT id, selected_version FROM messages \
+             WHERE conversation_id = ?1 AND role = 'user' ORDER BY id DESC LIMIT 1",
+            [conversation],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(storage("read messages"))?
+        .ok_or(ServiceError::InvalidParameter {
+            field: "conversation",
+            problem: "has no user message to answer again".to_owned(),
+        })?;
+    let selected = selected.unwrap_or(1);
+    let answered: bool = c
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE conversation_id = ?1 AND id > ?2 \
+             AND version = ?3)",
+            params![conversation, id, selected],
+            |row| row.get(0),
+        )
+        .map_err(storage("read messages"))?;
+    Ok((id, selected, answered))
+}
+
+/// The version new rows after the conversation's last user message belong to (1 before
+/// any user message).
+fn current_version(c: &Connection, conversation: &str) -> Result<i64, ServiceError> {
+    let selected: Option<Option<i64>> = c
+        .query_row(
+            "SELECT selected_version FROM messages \
+             WHERE conversation_id = ?1 AND role = 'user' ORDER BY id DESC LIMIT 1",
+            [conversation],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(storage("read messages"))?;
+    Ok(selected.flatten().unwrap_or(1))
 }
 
 fn get_message(c: &Connection, id: i64) -> Result<StoredMessage, ServiceError> {
@@ -862,11 +993,17 @@ fn append(
 ) -> Result<StoredMessage, ServiceError> {
     let current = get(c, conversation)?;
     let now = change_time(c)?;
+    // A user message starts its answer at version 1; anything else joins the version of the
+    // last question's answer being shown (a regenerated answer is written into a new one).
+    let version = match m.role {
+        Role::User => 1,
+        _ => current_version(c, conversation)?,
+    };
     c.execute(
         "INSERT INTO messages (conversation_id, role, content, reasoning, tool_calls, \
          tool_call_id, status, finish_reason, prompt_tokens, completion_tokens, prompt_ms, \
-         generation_ms, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+         generation_ms, created_at, first_token_ms, reasoning_ms, reasoning_tokens, version) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         params![
             conversation,
             m.role.as_str(),
@@ -881,6 +1018,10 @@ fn append(
             m.stats.prompt_ms,
             m.stats.generation_ms,
             now,
+            m.stats.first_token_ms,
+            m.stats.reasoning_ms,
+            m.stats.reasoning_tokens,
+            version,
         ],
     )
     .map_err(storage("save a message"))?;
@@ -906,7 +1047,8 @@ fn update_message(
         .execute(
             "UPDATE messages SET content = ?2, reasoning = ?3, tool_calls = ?4, status = ?5, \
              finish_reason = ?6, prompt_tokens = ?7, completion_tokens = ?8, prompt_ms = ?9, \
-             generation_ms = ?10 WHERE id = ?1",
+             generation_ms = ?10, first_token_ms = ?11, reasoning_ms = ?12, \
+             reasoning_tokens = ?13 WHERE id = ?1",
             params![
                 id,
                 u.content,
@@ -918,6 +1060,9 @@ fn update_message(
                 u.stats.completion_tokens,
                 u.stats.prompt_ms,
                 u.stats.generation_ms,
+                u.stats.first_token_ms,
+                u.stats.reasoning_ms,
+                u.stats.reasoning_tokens,
             ],
         )
         .map_err(storage("save a message"))?;
@@ -949,6 +1094,78 @@ impl SessionStore {
             path: Arc::new(PathBuf::from(IN_MEMORY_PATH)),
             closed: Arc::default(),
         })
+    }
+
+    /// Starts a new version of the answer to the conversation's last user message, so the
+    /// rows appended next are that version and the earlier answer is kept (and shown no
+    /// more). A question whose shown version has no rows yet keeps it. Returns the version
+    /// the next answer goes into.
+    pub async fn new_version(&self, conversation: String) -> Result<i64, ServiceError> {
+        self.with(move |c| {
+            get(c, &conversation)?;
+            let (question, selected, answered) = last_question(c, &conversation)?;
+            if !answered {
+                return Ok(selected);
+            }
+            let latest: i64 = c
+                .query_row(
+                    "SELECT COALESCE(MAX(version), 1) FROM messages \
+                     WHERE conversation_id = ?1 AND id > ?2",
+                    params![conversation, question],
+                    |row| row.get(0),
+                )
+                .map_err(storage("read messages"))?;
+            let next = latest.max(selected) + 1;
+            c.execute(
+                "UPDATE messages SET selected_version = ?2 WHERE id = ?1",
+                params![question, next],
+            )
+            .map_err(storage("start a new answer version"))?;
+            Ok(next)
+        })
+        .await
+    }
+
+    /// Shows version `version` of the answer to user message `question` of `conversation`
+    /// (and sends it to the model from now on). Refuses a message that is not one of the
+    /// conversation's user messages, or a version it does not have.
+    pub async fn select_version(
+        &self,
+        conversation: String,
+        question: i64,
+        version: i64,
+    ) -> Result<(), ServiceError> {
+        self.with(move |c| {
+            get(c, &conversation)?;
+            let shown = messages(c, &conversation)?;
+            let versions = shown
+                .iter()
+                .find(|m| m.id == question && m.role == Role::User)
+                .ok_or(ServiceError::MessageNotFound { id: question })?
+                .versions
+                .as_ref();
+            if !versions.is_some_and(|v| v.all.contains(&version)) {
+                return Err(ServiceError::InvalidParameter {
+                    field: "version",
+                    problem: format!("message {question} has no answer version {version}"),
+                });
+            }
+            let now = change_time(c)?;
+            let tx = c.transaction().map_err(storage("start a transaction"))?;
+            tx.execute(
+                "UPDATE messages SET selected_version = ?2 WHERE id = ?1",
+                params![question, version],
+            )
+            .map_err(storage("select an answer version"))?;
+            tx.execute(
+                "UPDATE conversations SET updated_at = ?2 WHERE id = ?1",
+                params![conversation, now],
+            )
+            .map_err(storage("select an answer version"))?;
+            tx.commit().map_err(storage("select an answer version"))?;
+            Ok(())
+        })
+        .await
     }
 
     /// Deletes the messages of `conversation` from message `from` on (all of them with

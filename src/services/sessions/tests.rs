@@ -379,6 +379,9 @@ async fn messages_keep_every_field_and_a_partial_answer_is_updated_in_place() {
         completion_tokens: Some(7),
         prompt_ms: Some(1.5),
         generation_ms: Some(40.0),
+        first_token_ms: Some(312.25),
+        reasoning_ms: Some(8_200.5),
+        reasoning_tokens: Some(120),
     };
     let done = s
         .update_message(
@@ -741,4 +744,127 @@ async fn a_new_data_folder_and_its_database_are_private() {
         let path = entry.expect("entry").path();
         assert_eq!(mode(&path), 0o600, "{}", path.display());
     }
+}
+
+/// A database from before answer timings and versions (schema version 5) opens with its
+/// messages as they were: no timings, one version each; new answers keep their timings.
+#[tokio::test]
+async fn answers_from_before_timings_and_versions_read_as_before() {
+    let dir = temp();
+    {
+        let mut c = Connection::open(dir.path().join(DATABASE_FILE)).expect("open");
+        let tx = c.transaction().expect("transaction");
+        for step in &MIGRATIONS[..5] {
+            tx.execute_batch(step).expect("old schema");
+        }
+        tx.pragma_update(None, "user_version", 5).expect("version");
+        tx.execute(
+            "INSERT INTO conversations (id, title, settings, created_at, updated_at) \
+             VALUES ('conv_old', 'old', '{}', 1, 1)",
+            [],
+        )
+        .expect("conversation");
+        for (role, content, reasoning) in [
+            ("user", "Hi", None),
+            ("assistant", "Hello!", Some("greet back")),
+            ("user", "Again", None),
+            ("assistant", "Hello again.", None),
+        ] {
+            tx.execute(
+                "INSERT INTO messages (conversation_id, role, content, reasoning, status, \
+                 completion_tokens, generation_ms, created_at) \
+                 VALUES ('conv_old', ?1, ?2, ?3, 'complete', 4, 100.0, 1)",
+                params![role, content, reasoning],
+            )
+            .expect("old message");
+        }
+        tx.commit().expect("commit");
+    }
+    let s = store(&dir).await;
+    let all = s.messages("conv_old".into()).await.expect("messages");
+    let texts: Vec<&str> = all.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, ["Hi", "Hello!", "Again", "Hello again."]);
+    assert!(all.iter().all(|m| m.versions.is_none()), "one version each");
+    assert_eq!(all[1].reasoning.as_deref(), Some("greet back"));
+    assert_eq!(all[1].stats.completion_tokens, Some(4));
+    assert_eq!(
+        (all[1].stats.first_token_ms, all[1].stats.reasoning_ms),
+        (None, None)
+    );
+
+    // Regenerating the last answer keeps the old one as version 1.
+    assert_eq!(s.new_version("conv_old".into()).await.expect("version"), 2);
+    let shown = s.messages("conv_old".into()).await.expect("messages");
+    assert_eq!(shown.len(), 3, "the new version has no rows yet");
+    let versions = shown[2].versions.clone().expect("two versions");
+    assert_eq!((versions.all, versions.selected), (vec![1, 2], 2));
+    s.append(
+        "conv_old".into(),
+        NewMessage::text(Role::Assistant, "Hi there."),
+    )
+    .await
+    .expect("new version");
+    let shown = s.messages("conv_old".into()).await.expect("messages");
+    assert_eq!(shown[3].content, "Hi there.");
+    s.select_version("conv_old".into(), shown[2].id, 1)
+        .await
+        .expect("select");
+    let shown = s.messages("conv_old".into()).await.expect("messages");
+    assert_eq!(shown[3].content, "Hello again.", "the earlier answer again");
+    assert_eq!(shown[2].versions.as_ref().map(|v| v.selected), Some(1));
+    assert!(matches!(
+        s.select_version("conv_old".into(), shown[2].id, 7).await,
+        Err(ServiceError::InvalidParameter {
+            field: "version",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.select_version("conv_old".into(), shown[3].id, 1).await,
+        Err(ServiceError::MessageNotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn versions_keep_their_rows_and_go_with_the_conversation() {
+    let dir = temp();
+    let s = store(&dir).await;
+    let c = untitled(&s).await;
+    s.append(c.id.clone(), NewMessage::text(Role::User, "Count"))
+        .await
+        .expect("user");
+    for answer in ["one", "two", "three"] {
+        s.new_version(c.id.clone()).await.expect("version");
+        s.append(c.id.clone(), assistant(answer, MessageStatus::Complete))
+            .await
+            .expect("answer");
+    }
+    let shown = s.messages(c.id.clone()).await.expect("messages");
+    let texts: Vec<&str> = shown.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, ["Count", "three"]);
+    let versions = shown[0].versions.clone().expect("versions");
+    assert_eq!((versions.all, versions.selected), (vec![1, 2, 3], 3));
+    s.select_version(c.id.clone(), shown[0].id, 2)
+        .await
+        .expect("select");
+    // A message sent now follows the version shown; the earlier question keeps its versions.
+    s.append(c.id.clone(), NewMessage::text(Role::User, "More"))
+        .await
+        .expect("user");
+    s.append(c.id.clone(), assistant("four", MessageStatus::Complete))
+        .await
+        .expect("answer");
+    let shown = s.messages(c.id.clone()).await.expect("messages");
+    let texts: Vec<&str> = shown.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, ["Count", "two", "More", "four"]);
+    assert!(shown[2].versions.is_none());
+    s.delete(c.id.clone()).await.expect("delete");
+    let rows: i64 = s
+        .with(|c| {
+            c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+                .map_err(storage("count"))
+        })
+        .await
+        .expect("count");
+    assert_eq!(rows, 0, "every version goes with its conversation");
 }

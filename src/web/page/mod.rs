@@ -35,6 +35,7 @@ mod settings;
 mod sidebar;
 mod stream;
 mod templates;
+mod versions;
 
 use axum::extract::rejection::FormRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -134,6 +135,7 @@ pub fn routes() -> Router<AppState> {
         .route("/chat/conversations", get(sidebar::sidebar))
         .route("/chat/send", post(send::send))
         .route("/chat/regenerate", post(send::regenerate))
+        .route("/chat/version", post(versions::select))
         .route("/chat/edit", get(send::edit_form).post(send::edit))
         .route("/chat/settings", post(settings::save_settings))
         .route("/chat/settings/reset", post(settings::reset_settings))

@@ -68,10 +68,13 @@ async fn render_page(
     let used = measure(state, &settings, &history).await;
     let conversations = state.store().list(None).await?;
     // An answer still being written shows streaming, from the start of its run.
-    let live = state
-        .runs()
-        .live(&id)
-        .map(|run| context! { id => run.id(), thinking => run.thinking() });
+    let live = state.runs().live(&id).map(|run| {
+        context! {
+            id => run.id(),
+            thinking => run.thinking(),
+            versions => Serde(super::versions::last_versions(&history)),
+        }
+    });
     let html = render(
         "page.html",
         context! {

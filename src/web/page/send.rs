@@ -16,6 +16,7 @@ use serde::Deserialize;
 use super::commands::command;
 use super::sidebar::sidebar_oob;
 use super::templates::render;
+use super::versions::last_versions;
 use super::{
     form, fragment_response, from_page, load, target, PageError, PageState, Target,
     MAX_MESSAGE_BYTES,
@@ -23,7 +24,7 @@ use super::{
 use crate::services::conversation::thinking as thinking_of;
 use crate::services::sessions::{ConversationPatch, ConversationSettings, StoredMessage};
 use crate::services::Ask;
-use crate::web::transcripts::{self, ConversationId, MessageView};
+use crate::web::transcripts::{self, ConversationId, MessageView, VersionsView};
 
 /// The composer's fields.
 #[derive(Debug, Deserialize)]
@@ -118,12 +119,13 @@ pub(super) struct RegenerateForm {
     conversation: String,
 }
 
-/// The page's messages for `history` followed by a new streaming answer.
+/// The page's messages for `history` followed by a new streaming answer (with `versions`
+/// under it when it is one of several).
 fn transcript_with_answer(
     state: &PageState,
     history: &[StoredMessage],
     message: Option<&str>,
-    answer: &str,
+    (answer, versions): (&str, Option<VersionsView>),
     thinking: bool,
 ) -> Result<String, minijinja::Error> {
     let views: Vec<MessageView> = transcripts::views(history, state.context_length());
@@ -133,7 +135,12 @@ fn transcript_with_answer(
     )?;
     html.push_str(&render(
         "exchange.html",
-        context! { message => message, id => answer, thinking => thinking },
+        context! {
+            message => message,
+            id => answer,
+            thinking => thinking,
+            versions => Serde(versions),
+        },
     )?);
     Ok(html)
 }
@@ -147,11 +154,13 @@ pub(super) async fn regenerate(
     let body = form(body)?;
     let (id, _) = load(&state, &body.conversation).await?;
     let started = state.conversations.regenerate(id.as_str()).await?;
+    // Read again: the new version is stored now, so the switcher counts it.
+    let stored = state.store().messages(id.as_str().to_owned()).await?;
     let html = transcript_with_answer(
         &state,
         &started.history,
         None,
-        started.run.id(),
+        (started.run.id(), last_versions(&stored)),
         thinking_of(&started.conversation.settings),
     )?;
     Ok(Html(html))
@@ -207,7 +216,7 @@ pub(super) async fn edit(
         &state,
         &started.history,
         Some(&text),
-        started.run.id(),
+        (started.run.id(), None),
         thinking_of(&started.conversation.settings),
     )?;
     Ok(Html(html))

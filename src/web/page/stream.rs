@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -19,11 +19,11 @@ use super::meter::Meter;
 use super::templates::render;
 use super::{from_page, PageError, PageState};
 use crate::services::events::{Completion, GenerationEvent, Progress};
-use crate::services::runs::{Entry, Run, RunError, RunEvent};
-use crate::services::sessions::MessageStatus;
+use crate::services::runs::{Entry, Run, RunError, RunEvent, Thought};
+use crate::services::sessions::{MessageStats, MessageStatus};
 use crate::services::tools::is_builtin;
 use crate::web::markdown::render_markdown;
-use crate::web::transcripts::{end_note, EndNote, Ending};
+use crate::web::transcripts::{end_note, stats_line, EndNote, Ending, ThinkingView};
 
 /// How long Stop waits for the run to save its partial answer before it answers, so the
 /// page can send the next message at once; saving takes milliseconds.
@@ -112,20 +112,30 @@ pub(super) async fn stream(
 /// Each entry's last event carries the entry's id; the answer's updates, made once per batch
 /// of text, carry the id of the newest text they hold. Which blocks are settled follows from
 /// the text alone, so a writer replaying up to the browser's `Last-Event-ID` knows what the
-/// browser has. Events without an id (the Thinking block closing, a progress line cleared,
-/// a tail after settled blocks, the whole answer at its end) are safe to repeat after a
-/// reconnect.
+/// browser has. Events without an id (a progress line cleared, a tail after settled blocks,
+/// the whole answer at its end) are safe to repeat after a reconnect.
+///
+/// Each model round (one, or one per round of built-in tool calls) opens a Thinking block
+/// when its reasoning starts and closes it with the run's [`Thought`], the numbers stored
+/// with the round; the line at the end sums the rounds' stored stats. A reload renders the
+/// same numbers through the same templates ([`crate::web::transcripts::views`]).
 struct AnswerWriter {
     state: PageState,
-    started_at: Instant,
     /// The client already has every entry up to this id.
     after: u64,
-    first_token_at: Option<Instant>,
-    /// A queue or prefill notice is on the page, to be cleared by the first token.
+    /// The waiting line (`exchange.html`'s, then queue or prefill notices) is on the page,
+    /// to be cleared by the first token.
     progress_shown: bool,
+    /// The reasoning of the round being written.
     reasoning: String,
-    /// The Thinking block is open and still takes reasoning.
+    /// The round's Thinking block is open on the page and takes its reasoning.
     reasoning_open: bool,
+    /// Some round reasoned.
+    reasoned: bool,
+    /// The stored stats of the rounds written so far.
+    rounds: Vec<MessageStats>,
+    /// The round being written has text (a later round's text starts a new paragraph).
+    round_text: bool,
     content: String,
     /// Bytes of `content` the browser has as settled blocks.
     settled: usize,
@@ -141,12 +151,13 @@ impl AnswerWriter {
     fn new(state: PageState, run: &Run, after: u64) -> Self {
         Self {
             state,
-            started_at: run.started_at(),
             after,
-            first_token_at: None,
-            progress_shown: false,
+            progress_shown: true,
             reasoning: String::new(),
-            reasoning_open: run.thinking(),
+            reasoning_open: false,
+            reasoned: false,
+            rounds: Vec::new(),
+            round_text: false,
             content: String::new(),
             settled: 0,
             unrendered: None,
@@ -232,9 +243,19 @@ impl AnswerWriter {
             }
             RunEvent::Stopped => {
                 self.clear_progress(out);
-                self.close_thinking(entry.at, out);
                 let note = self.note(MessageStatus::Stopped, None);
                 out.push(self.done(note, None));
+                return false;
+            }
+            RunEvent::Thought(thought) => {
+                self.close_thinking(*thought, out);
+                return false;
+            }
+            RunEvent::Round(stats) => {
+                self.rounds.push(*stats);
+                self.reasoning.clear();
+                self.reasoning_open = false;
+                self.round_text = false;
                 return false;
             }
             RunEvent::ToolResult(result) => {
@@ -251,22 +272,32 @@ impl AnswerWriter {
             }
             RunEvent::Generation(event) => event,
         };
-        self.first_token_at.get_or_insert(entry.at);
         self.clear_progress(out);
         match event {
             GenerationEvent::Reasoning(text) => {
                 self.reasoning.push_str(text);
                 if self.reasoning_open {
                     out.push(sse("reasoning", escape_span(text)));
+                } else if !self.reasoning.trim().is_empty() {
+                    // The round's reasoning starts (the pieces before were only spaces).
+                    self.reasoning_open = true;
+                    self.reasoned = true;
+                    out.push(self.fragment(
+                        "step",
+                        "thinking_live.html",
+                        context! { first => escape_span(&self.reasoning) },
+                    ));
                 }
             }
             GenerationEvent::Content(text) => {
-                self.close_thinking(entry.at, out);
+                if !self.round_text && !self.content.is_empty() {
+                    self.content.push_str("\n\n");
+                }
+                self.round_text = true;
                 self.content.push_str(text);
                 self.unrendered = Some(entry.id);
             }
             GenerationEvent::ToolCall(call) => {
-                self.close_thinking(entry.at, out);
                 self.called = true;
                 let arguments = serde_json::to_string_pretty(&call.arguments)
                     .unwrap_or_else(|_| call.arguments.to_string());
@@ -281,12 +312,10 @@ impl AnswerWriter {
                 ));
             }
             GenerationEvent::Done(done) => {
-                self.close_thinking(entry.at, out);
                 let note = self.note(MessageStatus::Complete, Some(done));
                 out.push(self.done(note, Some(done)));
             }
             GenerationEvent::Failed(message) => {
-                self.close_thinking(entry.at, out);
                 out.push(self.fragment("failed", "failed.html", context! { message => message }));
                 let note = self.note(MessageStatus::Failed, None);
                 out.push(self.done(note, None));
@@ -302,30 +331,19 @@ impl AnswerWriter {
         }
     }
 
-    /// Collapses the Thinking block into its finished form, once; `at` is when the
-    /// reasoning ended.
-    fn close_thinking(&mut self, at: Instant, out: &mut Vec<Event>) {
-        if !std::mem::take(&mut self.reasoning_open) {
+    /// Collapses the round's Thinking block into its finished form, with the numbers the
+    /// run stored (appended instead, should the block not be open).
+    fn close_thinking(&mut self, thought: Thought, out: &mut Vec<Event>) {
+        let Some(view) = ThinkingView::new(&self.reasoning, Some(thought.ms), Some(thought.tokens))
+        else {
             return;
-        }
-        let seconds = self.first_token_at.map_or(0.0, |t| (at - t).as_secs_f64());
-        // Re-tokenizing the reasoning (a few hundred tokens, well under a millisecond) is
-        // simpler than threading a count through the event stream.
-        let tokens = self
-            .state
-            .engine()
-            .codec()
-            .tokenize(&self.reasoning, false, false)
-            .map_or(0, |ids| ids.len());
-        out.push(self.fragment(
-            "thinking",
-            "thinking.html",
-            context! {
-                seconds => format!("{seconds:.1}"),
-                tokens => tokens,
-                reasoning => self.reasoning.trim(),
-            },
-        ));
+        };
+        let event = if std::mem::take(&mut self.reasoning_open) {
+            "thinking"
+        } else {
+            "step"
+        };
+        out.push(self.fragment(event, "thinking.html", context! { t => Serde(&view) }));
     }
 
     /// The label for an answer that ends as `status` (with `done`, when the model finished),
@@ -339,28 +357,13 @@ impl AnswerWriter {
                     >= self.state.context_length()
             }),
             empty: self.content.trim().is_empty() && !self.called,
-            reasoned: !self.reasoning.trim().is_empty(),
+            reasoned: self.reasoned,
         })
     }
 
     /// The line that ends the answer, with the context meter as it now stands (out of band).
     fn done(&self, note: Option<EndNote>, done: Option<&Completion>) -> Event {
-        let stats = done.map(|done| {
-            let ttft = self
-                .first_token_at
-                .map_or(0.0, |t| (t - self.started_at).as_secs_f64());
-            let timings = done.timings;
-            let seconds = timings.predicted_time.as_secs_f64();
-            let rate = if seconds > 0.0 {
-                timings.predicted_tokens as f64 / seconds
-            } else {
-                0.0
-            };
-            format!(
-                "first token {ttft:.2} s · {rate:.1} tokens/s · {} tokens",
-                done.usage.completion_tokens
-            )
-        });
+        let stats = stats_line(&self.rounds);
         let meter = done.map(|done| {
             Meter::new(
                 Some(done.usage.prompt_tokens + done.usage.completion_tokens),

@@ -20,6 +20,8 @@ const SOURCES: &[(&str, &str)] = &[
     template!("user_message.html"),
     template!("exchange.html"),
     template!("thinking.html"),
+    template!("thinking_live.html"),
+    template!("versions.html"),
     template!("tool_call.html"),
     template!("tool_result.html"),
     template!("done.html"),
