@@ -155,7 +155,7 @@ fn fence_closed(source: &str) -> bool {
     };
     let run = |line: &str| line.chars().take_while(|c| *c == marker).count();
     let length = run(opening);
-    lines.last().is_some_and(|closing| {
+    lines.next_back().is_some_and(|closing| {
         let n = run(closing);
         n >= length && n == closing.chars().count()
     })
