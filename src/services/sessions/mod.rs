@@ -931,7 +931,7 @@ fn last_question(c: &Connection, conversation: &str) -> Result<(i64, i64, bool),
         )
         .optional()
         .map_err(storage("read messages"))?
-        .ok_or(ServiceError::InvalidParameter {
+        .ok_or_else(|| ServiceError::InvalidParameter {
             field: "conversation",
             problem: "has no user message to answer again".to_owned(),
         })?;
