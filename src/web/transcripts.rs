@@ -52,6 +52,8 @@ pub struct ToolResultView {
 /// text that the templates escape.
 #[derive(Debug, Clone, Serialize)]
 pub struct MessageView {
+    /// The stored message's id (the page marks where truncation cut the history by it).
+    pub id: i64,
     pub role: &'static str,
     pub text: String,
     pub html: String,
@@ -61,6 +63,8 @@ pub struct MessageView {
     pub results: Vec<ToolResultView>,
     pub note: Option<EndNote>,
     pub stats: Option<String>,
+    /// The conversation's last answer, cut short: the page offers to continue it.
+    pub continuable: bool,
 }
 
 /// The label under an answer that did not end the usual way: cut off, stopped, interrupted,
@@ -113,6 +117,13 @@ pub fn end_note(ending: Ending<'_>) -> Option<EndNote> {
     Some(EndNote { kind, text })
 }
 
+/// Whether an answer whose end note is of `kind` can be continued: it was cut off by the
+/// token limit, stopped or interrupted (see
+/// [`continuable`](crate::services::conversation::continuable)).
+pub fn continues(kind: &str) -> bool {
+    matches!(kind, "length" | "stopped" | "interrupted")
+}
+
 /// The line under an answer: time to first token is not stored, so only rate and count.
 fn stats_line(message: &StoredMessage) -> Option<String> {
     let tokens = message.stats.completion_tokens?;
@@ -161,12 +172,14 @@ fn results_after(messages: &[StoredMessage], index: usize) -> Vec<ToolResultView
 /// the call they answer (system messages, which only an API client can add, are left out).
 /// An answer still `generating` is left out too: its run streams it, from its start.
 pub fn views(messages: &[StoredMessage], context_length: usize) -> Vec<MessageView> {
+    let last = messages.len().checked_sub(1);
     messages
         .iter()
         .enumerate()
         .filter(|(_, message)| message.status != MessageStatus::Generating)
         .filter_map(|(index, message)| match message.role {
             Role::User => Some(MessageView {
+                id: message.id,
                 role: "user",
                 text: message.content.clone(),
                 html: String::new(),
@@ -175,8 +188,10 @@ pub fn views(messages: &[StoredMessage], context_length: usize) -> Vec<MessageVi
                 results: Vec::new(),
                 note: None,
                 stats: None,
+                continuable: false,
             }),
             Role::Assistant => Some(MessageView {
+                id: message.id,
                 role: "assistant",
                 text: message.content.clone(),
                 html: render_markdown(&message.content),
@@ -207,6 +222,8 @@ pub fn views(messages: &[StoredMessage], context_length: usize) -> Vec<MessageVi
                         .is_some_and(|r| !r.trim().is_empty()),
                 }),
                 stats: stats_line(message),
+                continuable: Some(index) == last
+                    && crate::services::conversation::continuable(message),
             }),
             Role::System | Role::Tool => None,
         })
