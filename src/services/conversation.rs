@@ -708,7 +708,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_conversation_that_outgrew_the_context_is_cut_only_when_asked() {
-        let context = 400;
+        let context = 500;
         let engine = Engine::start(
             crate::services::BackendSpec::Stub(crate::services::stub::StubConfig {
                 tokens_per_second: 0.0,
@@ -728,7 +728,7 @@ mod tests {
         let conversation = conversation.expect("conversation").id;
         let service = Conversations::new(engine, Runs::new(store));
         // Each exchange takes about a third of the context: the third one does not fit.
-        let long = "word ".repeat(120);
+        let long = "a ".repeat(110);
         for n in 0..2 {
             let started = service
                 .send(&conversation, Ask::text(format!("{n} {long}")))

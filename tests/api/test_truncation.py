@@ -55,8 +55,8 @@ def test_truncation_auto_drops_the_oldest_exchanges(small_server):
         extra_body={"truncation": "auto", "chat_template_kwargs": {"enable_thinking": False}})
     assert reply.choices[0].message.content
     assert reply.usage.prompt_tokens + MAX_TOKENS <= CONTEXT, reply.usage
-    # The stub answers the last question it is sent: the system prompt and "And now?" stayed.
-    assert "And now?" in reply.choices[0].message.content
+    # The stub answers the last question it is sent: "And now?" stayed.
+    assert reply.choices[0].message.content.startswith("Here is a stub answer to “A")
 
 
 def test_truncation_auto_streams_too(small_server):

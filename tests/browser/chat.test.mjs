@@ -761,17 +761,17 @@ async function saveSettings(page, change) {
 }
 
 test("a full context: the page offers to drop the oldest messages, and marks the cut", async () => {
-  const small = await startServer(0, newDataDir(), ["--ctx-size", "400"]);
+  const small = await startServer(0, newDataDir(), ["--ctx-size", "500"]);
   try {
     const { page, problems } = await openPage(null, { url: small.url });
     await saveSettings(page, () => page.fill("input[name=max_tokens]", "20"));
     await page.uncheck("input[name=thinking]");
-    const question = (n) => `question ${n} ` + "word ".repeat(110).trim();
+    const question = (n) => `question ${n} ` + "a ".repeat(110).trim();
     for (const n of [0, 1]) await sendAndWait(page, question(n));
     await send(page, question(2));
     const offer = page.locator(".notice.context-full");
     await offer.waitFor({ timeout: ANSWER_MS });
-    assert.match(await offer.textContent(), /the context holds 400/);
+    assert.match(await offer.textContent(), /the context holds 500/);
     assert.ok(await offer.locator("button.new-chat-with").isVisible(), "continue in a new chat");
     await page.screenshot({ path: join(SHOTS, "17-context-full.png") });
     await offer.locator("button.drop-oldest").click();
@@ -785,9 +785,9 @@ test("a full context: the page offers to drop the oldest messages, and marks the
     await page.waitForFunction(() => window.htmx);
     await cut.waitFor();
     assert.ok(await page.isChecked("input[name=drop_oldest]"), "the setting is on");
-    assert.ok((await meterValue(page)) < 400, "the meter shows what is sent");
+    assert.ok((await meterValue(page)) < 500, "the meter shows what is sent");
     // The other way on: a new chat with the message in the composer.
-    await send(page, "word ".repeat(420).trim());
+    await send(page, "a ".repeat(420).trim());
     await page.locator("#error:not([hidden])").waitFor({ timeout: ANSWER_MS });
     await page.goto(small.url + "/?draft=" + encodeURIComponent("carried over"));
     await page.waitForFunction(() => window.htmx);

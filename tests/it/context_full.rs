@@ -19,7 +19,7 @@ use smolbot::services::{BackendSpec, Engine, SessionStore};
 use smolbot::web::{app, AppState};
 
 /// A context small enough to fill in three exchanges of [`long_question`].
-const SMALL_CONTEXT: usize = 400;
+const SMALL_CONTEXT: usize = 500;
 
 /// The stub with a context of `context` tokens, the app over it, and the store behind it.
 async fn small_app(context: usize) -> (Router, Engine, SessionStore) {
@@ -39,7 +39,7 @@ async fn small_app(context: usize) -> (Router, Engine, SessionStore) {
 
 /// About a third of [`SMALL_CONTEXT`].
 fn long_question(n: usize) -> String {
-    format!("question {n} {}", "word ".repeat(110).trim_end())
+    format!("question {n} {}", "a ".repeat(110).trim_end())
 }
 
 fn encode(text: &str) -> String {
@@ -134,7 +134,7 @@ async fn a_full_context_offers_to_drop_the_oldest_messages_and_marks_the_cut() {
     let refused = page_send(&app, &id, &long_question(2), "").await;
     assert!(!refused.text.contains("sse-connect"), "{}", refused.text);
     assert!(
-        refused.text.contains("the context holds 400"),
+        refused.text.contains("the context holds 500"),
         "{}",
         refused.text
     );

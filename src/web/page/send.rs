@@ -206,7 +206,11 @@ fn transcript_with_answer(
     thinking: bool,
     cut: Option<i64>,
 ) -> Result<String, minijinja::Error> {
-    let views: Vec<MessageView> = transcripts::views(history, state.context_length());
+    let mut views: Vec<MessageView> = transcripts::views(history, state.context_length());
+    // A new answer follows: none of these is the last one any more.
+    for view in &mut views {
+        view.continuable = false;
+    }
     let mut html = render(
         "messages.html",
         context! {
