@@ -185,10 +185,15 @@ impl Conversations {
         let reservation = self.runs.reserve(conversation)?;
         let stored = self.store().get(conversation.to_owned()).await?;
         let mut history = self.store().messages(conversation.to_owned()).await?;
-        let answer = history
+        let mut answer = history
             .pop()
             .filter(continuable)
             .ok_or(ConversationError::Nothing("cut-off answer to continue"))?;
+        // A cut inside a character left a replacement character: the model writes it again.
+        answer.content = answer.content.trim_end_matches('\u{FFFD}').to_owned();
+        if let Some(reasoning) = answer.reasoning.as_mut() {
+            *reasoning = reasoning.trim_end_matches('\u{FFFD}').to_owned();
+        }
         let thinking = thinking(&stored.settings);
         let mut request = chat_request(&stored.settings, &history, None, Vec::new());
         request.messages.push(ChatMessage::new(
@@ -685,7 +690,9 @@ mod tests {
                 grown.content.len() > answer.content.len(),
                 "{grown:?} after {answer:?}"
             );
-            assert!(grown.content.starts_with(&answer.content));
+            assert!(grown
+                .content
+                .starts_with(answer.content.trim_end_matches('\u{FFFD}')));
             answer = grown;
             if answer.finish_reason.as_deref() == Some("stop") {
                 break;

@@ -336,7 +336,10 @@ async fn continue_writes_on_into_the_same_answer() {
     assert_eq!(messages.len(), 2, "{messages:#?}");
     let grown = &messages[1];
     assert_eq!(grown.id, cut.id, "the same stored answer");
-    assert!(grown.content.starts_with(&cut.content), "{grown:?}");
+    assert!(
+        grown.content.starts_with(cut.content.trim_end_matches('\u{FFFD}')),
+        "{grown:?}"
+    );
     assert!(grown.content.len() > cut.content.len());
     // The stream shows the whole answer, what was there first included.
     let first_words: String = cut.content.chars().take(12).collect();
