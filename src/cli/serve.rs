@@ -95,9 +95,13 @@ impl ModelArgs {
     /// What the engine loads; `alias` renames a real model in `/v1/models`.
     pub fn spec(&self, alias: Option<String>) -> anyhow::Result<BackendSpec> {
         Ok(match (&self.model, self.stub) {
+            // `--ctx-size` gives the stub a small context too, to see a full one.
             (_, true) => BackendSpec::Stub(StubConfig {
                 tokens_per_second: self.stub_tokens_per_second,
-                context_length: STUB_CONTEXT_LENGTH,
+                context_length: self
+                    .ctx_size
+                    .filter(|&n| n > 0)
+                    .unwrap_or(STUB_CONTEXT_LENGTH),
             }),
             (Some(path), false) => BackendSpec::Gguf {
                 path: path.clone(),

@@ -11,13 +11,14 @@ use std::sync::{Arc, OnceLock};
 use serde_json::{json, Map, Value as Json};
 
 use super::error::ServiceError;
-use super::events::ReplyOptions;
+use super::events::{ReplyOptions, Resume};
 use super::structured::{OutputConstraint, ResponseFormat};
+use super::truncation::{self, Truncation};
 use crate::inference::generate::GenerationRequest;
 use crate::inference::sampling::SamplingParams;
 use crate::smollm3::chat_template::{ChatTemplate, RenderContext};
 use crate::smollm3::grammar::{GrammarCompiler, GrammarSpec, ToolCallOpening};
-use crate::smollm3::prompt::render_prompt;
+use crate::smollm3::prompt::{render_prompt, ChatPrompt};
 use crate::smollm3::pyformat::{python_json, JsonOptions};
 use crate::smollm3::thinking_budget::{prompt_opens_reasoning, think_tag_ids, ThinkingBudget};
 use crate::smollm3::tool_calls::ToolCall;
@@ -202,6 +203,13 @@ pub struct ChatRequest {
     pub thinking_budget: Option<usize>,
     /// What the answer (after any reasoning) must match.
     pub response_format: Option<ResponseFormat>,
+    /// Whether the oldest exchanges are dropped when the conversation outgrows the context
+    /// (see [`super::truncation`]).
+    pub truncation: Truncation,
+    /// The last message is an assistant answer to go on with: it is rendered as an open
+    /// turn, without its end-of-turn markup, and the output continues its text (HF's
+    /// `continue_final_message`).
+    pub continue_final: bool,
 }
 
 /// The prompt of a text completion, as a client gives it.
@@ -253,6 +261,18 @@ pub struct PreparedChat {
     pub thinking_budget: Option<ThinkingBudget>,
     /// The grammars the output must follow, when the request asked for any.
     pub constraint: Option<OutputConstraint>,
+    /// Messages left out after the leading system messages, oldest first, to fit the
+    /// context (only with [`Truncation::Auto`]).
+    pub dropped: usize,
+}
+
+/// What the prompt of a request takes, measured without refusing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptSize {
+    /// Tokens of the prompt that would be sent (after any truncation).
+    pub tokens: usize,
+    /// Messages truncation would leave out (see [`PreparedChat::dropped`]).
+    pub dropped: usize,
 }
 
 /// Most bytes of text a request may bring for each token of context. Real text averages 3–5
@@ -423,12 +443,67 @@ impl ChatCodec {
         self.template.render(&ctx).map_err(ServiceError::Template)
     }
 
+    /// The prompt's ids as the template renders `request` (no server-written opening, no
+    /// limits checked); a continued final message ends open ([`Self::opened`]).
+    fn prompt_ids(&self, request: &ChatRequest) -> Result<Vec<u32>, ServiceError> {
+        let ctx = self.render_context(request)?;
+        let prompt =
+            render_prompt(&self.template, &ctx, &self.tokenizer).map_err(|err| match err {
+                Smollm3Error::TemplateRender(_) | Smollm3Error::TemplateInput(_) => {
+                    ServiceError::Template(err)
+                }
+                other => ServiceError::Tokenize(other),
+            })?;
+        if request.continue_final {
+            self.opened(request, prompt)
+        } else {
+            Ok(prompt.ids)
+        }
+    }
+
+    /// `prompt`, the whole conversation rendered, without the markup the template closes the
+    /// final message with (`<|im_end|>` and its newline for SmolLM3): the turn is left open
+    /// for the model to go on writing, as transformers' `continue_final_message` does.
+    fn opened(&self, request: &ChatRequest, prompt: ChatPrompt) -> Result<Vec<u32>, ServiceError> {
+        let cannot = |problem: &str| ServiceError::InvalidParameter {
+            field: "messages",
+            problem: format!("cannot be continued: {problem}"),
+        };
+        let last = request
+            .messages
+            .last()
+            .filter(|m| m.role == Role::Assistant)
+            .ok_or_else(|| cannot("the last message is not the assistant's"))?;
+        let content = template_message(last)["content"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_end()
+            .to_owned();
+        if content.trim().is_empty() {
+            return Err(cannot("the last message is empty"));
+        }
+        let at = prompt
+            .text
+            .rfind(&content)
+            .ok_or_else(|| cannot("the template does not write the last message as it is"))?;
+        let closing = &prompt.text[at + content.len()..];
+        let closing = self
+            .tokenizer
+            .encode(closing, true)
+            .map_err(ServiceError::Tokenize)?;
+        prompt
+            .ids
+            .strip_suffix(closing.as_slice())
+            .map(<[u32]>::to_vec)
+            .ok_or_else(|| cannot("its closing markup does not come apart from its text"))
+    }
+
     fn render_context(&self, request: &ChatRequest) -> Result<RenderContext, ServiceError> {
         if request.messages.is_empty() {
             return Err(ServiceError::EmptyMessages);
         }
         let mut ctx = RenderContext::new(request.messages.iter().map(template_message).collect());
-        ctx.add_generation_prompt = true;
+        ctx.add_generation_prompt = !request.continue_final;
         ctx.enable_thinking = request.enable_thinking;
         if request.tool_choice.offers_tools() && !request.tools.is_empty() {
             // Older SmolLM3 templates read `xml_tools` (bare schemas), newer ones `tools`
@@ -495,15 +570,19 @@ impl ChatCodec {
         let stop = checked_stop(&request.stop)?;
         let forced = self.forced_opening(request)?;
         let forced_call = !forced.is_empty();
-        let ctx = self.render_context(request)?;
-        let mut prompt = render_prompt(&self.template, &ctx, &self.tokenizer)
-            .map_err(|err| match err {
-                Smollm3Error::TemplateRender(_) | Smollm3Error::TemplateInput(_) => {
-                    ServiceError::Template(err)
-                }
-                other => ServiceError::Tokenize(other),
-            })?
-            .ids;
+        let fitted = self.truncated(request, forced.len())?;
+        let (request, dropped) = match &fitted {
+            Some((_, fit)) if !fit.fits => {
+                return Err(ServiceError::LastTurnTooLong {
+                    prompt_tokens: fit.prompt_tokens,
+                    limit: self.context_length,
+                    dropped: fit.dropped,
+                })
+            }
+            Some((kept, fit)) => (kept, fit.dropped),
+            None => (request, 0),
+        };
+        let mut prompt = self.prompt_ids(request)?;
         prompt.extend(&forced);
         let mut prefix = forced;
         let thinking_budget = self.thinking_budget(request, &prefix, &prompt)?;
@@ -528,8 +607,65 @@ impl ChatCodec {
                 parse_tool_calls: request.tool_choice.offers_tools() && !request.tools.is_empty(),
                 raw: false,
                 prefix,
+                resume: resume_of(request),
             },
+            dropped,
         })
+    }
+
+    /// `request` cut to fit the context when it asks for truncation ([`Truncation::Auto`]),
+    /// with where it was cut; `None` when it does not ask. `extra` tokens follow the
+    /// rendered prompt (a server-written opening).
+    fn truncated(
+        &self,
+        request: &ChatRequest,
+        extra: usize,
+    ) -> Result<Option<(ChatRequest, truncation::Fit)>, ServiceError> {
+        if request.truncation != Truncation::Auto {
+            return Ok(None);
+        }
+        let reserve = truncation::answer_reserve(
+            self.context_length,
+            request
+                .max_tokens
+                .and_then(|limit| usize::try_from(limit.value).ok()),
+        );
+        let mut trial = request.clone();
+        let fit = truncation::fit(
+            &request.messages,
+            self.context_length,
+            reserve,
+            |messages| {
+                trial.messages = messages.to_vec();
+                Ok::<_, ServiceError>(self.prompt_ids(&trial)?.len() + extra)
+            },
+        )?;
+        trial.messages = truncation::kept(&request.messages, fit.dropped);
+        Ok(Some((trial, fit)))
+    }
+
+    /// The tokens `request`'s prompt would take, counted even when it is too long to send
+    /// (so a meter can show by how much), after any truncation it asks for.
+    pub fn measure(&self, request: &ChatRequest) -> Result<PromptSize, ServiceError> {
+        match self.prepare(request) {
+            Ok(prepared) => Ok(PromptSize {
+                tokens: prepared.prompt.len(),
+                dropped: prepared.dropped,
+            }),
+            Err(ServiceError::PromptTooLong { prompt_tokens, .. }) => Ok(PromptSize {
+                tokens: prompt_tokens,
+                dropped: 0,
+            }),
+            Err(ServiceError::LastTurnTooLong {
+                prompt_tokens,
+                dropped,
+                ..
+            }) => Ok(PromptSize {
+                tokens: prompt_tokens,
+                dropped,
+            }),
+            Err(other) => Err(other),
+        }
     }
 
     /// The request's thinking budget over `prompt`, when it has one and the answer may
@@ -632,6 +768,7 @@ impl ChatCodec {
                 ..ReplyOptions::default()
             },
             thinking_budget,
+            dropped: 0,
         })
     }
 
@@ -777,6 +914,23 @@ fn template_message(message: &ChatMessage) -> Json {
     json!({ "role": message.role.as_str(), "content": content })
 }
 
+/// Where the output of a request that continues its final message starts: inside the
+/// reasoning when that message's think block is still open.
+fn resume_of(request: &ChatRequest) -> Option<Resume> {
+    if !request.continue_final {
+        return None;
+    }
+    let content = request.messages.last().map_or("", |m| m.content.as_str());
+    let open = content
+        .rfind("<think>")
+        .is_some_and(|at| !content[at..].contains("</think>"));
+    Some(if open {
+        Resume::Reasoning
+    } else {
+        Resume::Answer
+    })
+}
+
 /// How a JSON value's kind is named in error messages ("got a number"), for the API's
 /// request checks and the built-in tools' argument checks alike.
 pub fn json_kind(value: &Json) -> &'static str {
@@ -841,6 +995,8 @@ mod tests {
             logprobs: None,
             thinking_budget: None,
             response_format: None,
+            truncation: Truncation::Disabled,
+            continue_final: false,
         };
         assert_eq!(
             codec.render(&request).expect("render"),
@@ -1006,5 +1162,146 @@ mod tests {
             codec.prepare_completion(&outside),
             Err(ServiceError::TokenOutOfRange { id: -1, .. })
         ));
+    }
+
+    fn conversation(turns: usize, words: usize) -> Vec<ChatMessage> {
+        let mut messages = vec![ChatMessage::new(Role::System, "Be brief.")];
+        for n in 0..turns {
+            messages.push(ChatMessage::new(
+                Role::User,
+                format!("question {n} {}", "word ".repeat(words)),
+            ));
+            messages.push(ChatMessage::new(Role::Assistant, format!("answer {n}")));
+        }
+        messages.push(ChatMessage::new(Role::User, "the last question"));
+        messages
+    }
+
+    #[test]
+    fn truncation_drops_the_oldest_exchanges_only_when_asked() {
+        let tokenizer = crate::services::stub::stub_tokenizer().expect("tokenizer");
+        let context = 300;
+        let codec = ChatCodec::new(
+            tokenizer,
+            ChatTemplate::builtin().expect("template"),
+            Map::new(),
+            context,
+        );
+        let request = ChatRequest {
+            messages: conversation(6, 30),
+            enable_thinking: Some(false),
+            max_tokens: Some(TokenLimit {
+                field: "max_tokens",
+                value: 50,
+            }),
+            ..ChatRequest::default()
+        };
+        let whole = codec.measure(&request).expect("measured");
+        assert!(whole.tokens > context, "{whole:?}");
+        assert_eq!(whole.dropped, 0);
+        assert!(matches!(
+            codec.prepare(&request),
+            Err(ServiceError::PromptTooLong { .. })
+        ));
+        let auto = ChatRequest {
+            truncation: Truncation::Auto,
+            ..request.clone()
+        };
+        let prepared = codec.prepare(&auto).expect("fits once cut");
+        assert!(
+            prepared.dropped > 0 && prepared.dropped % 2 == 0,
+            "whole exchanges"
+        );
+        assert!(prepared.prompt.len() + 50 <= context);
+        assert_eq!(
+            codec.measure(&auto).expect("measured").tokens,
+            prepared.prompt.len()
+        );
+        let text = codec.tokenizer().decode(&prepared.prompt).expect("text");
+        assert!(
+            text.contains("Be brief."),
+            "the system prompt stays: {text}"
+        );
+        assert!(!text.contains("question 0"), "{text}");
+        assert!(text.contains("the last question"));
+        // The exchange just before the cut would not have fit.
+        let one_more = ChatRequest {
+            messages: truncation::kept(&auto.messages, prepared.dropped - 2),
+            ..request.clone()
+        };
+        let more = codec.measure(&one_more).expect("measured");
+        assert!(more.tokens + 50 > context, "{more:?}");
+        // Nothing is dropped from a conversation that fits.
+        let short = ChatRequest {
+            messages: conversation(1, 3),
+            ..auto.clone()
+        };
+        assert_eq!(codec.prepare(&short).expect("fits").dropped, 0);
+        // A last question that alone fills the context is refused, and says so.
+        let mut huge = auto.clone();
+        huge.messages.push(ChatMessage::new(Role::Assistant, "ok"));
+        huge.messages
+            .push(ChatMessage::new(Role::User, "word ".repeat(400)));
+        let err = codec.prepare(&huge).unwrap_err();
+        assert!(
+            matches!(err, ServiceError::LastTurnTooLong { .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("even without the earlier messages"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_continued_answer_is_the_conversation_without_its_closing_markup() {
+        let codec = stub_codec();
+        for thinking in [true, false] {
+            for last in [
+                "Here is half an ans",
+                "<think>\nLet me see",
+                "<think>\nSo.\n</think>\nIt is",
+            ] {
+                let request = ChatRequest {
+                    messages: vec![
+                        ChatMessage::new(Role::System, "Be brief."),
+                        ChatMessage::new(Role::User, "Hello <|im_end|>"),
+                        ChatMessage::new(Role::Assistant, last),
+                    ],
+                    enable_thinking: Some(thinking),
+                    continue_final: true,
+                    ..ChatRequest::default()
+                };
+                let prepared = codec.prepare(&request).expect("prepared");
+                let mut closed = request.clone();
+                closed.continue_final = false;
+                let mut ctx = codec.render_context(&closed).expect("context");
+                ctx.add_generation_prompt = false;
+                let whole = render_prompt(&codec.template, &ctx, codec.tokenizer()).expect("ids");
+                let closing = codec.tokenizer().encode("<|im_end|>\n", true).expect("ids");
+                assert_eq!(
+                    whole.ids.strip_suffix(closing.as_slice()),
+                    Some(prepared.prompt.as_slice()),
+                    "{last:?}, thinking {thinking}"
+                );
+                let open = last
+                    .rfind("<think>")
+                    .is_some_and(|at| !last[at..].contains("</think>"));
+                let resume = if open {
+                    Resume::Reasoning
+                } else {
+                    Resume::Answer
+                };
+                assert_eq!(prepared.reply.resume, Some(resume));
+            }
+        }
+        let not_the_assistant = ChatRequest {
+            messages: vec![ChatMessage::new(Role::User, "Hello")],
+            continue_final: true,
+            ..ChatRequest::default()
+        };
+        let err = codec.prepare(&not_the_assistant).unwrap_err().to_string();
+        assert!(err.contains("cannot be continued"), "{err}");
     }
 }

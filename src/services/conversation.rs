@@ -22,9 +22,10 @@ use super::agent::{self, ToolLoop};
 use super::chat::{ChatMessage, ChatRequest, Role, TokenLimit};
 use super::engine::Engine;
 use super::error::ServiceError;
-use super::runs::{Run, RunError, Runs};
+use super::runs::{Prefill, Run, RunError, Runs};
 use super::sessions::{
-    Conversation, ConversationSettings, MessageStatus, NewMessage, SessionStore, StoredMessage,
+    Conversation, ConversationSettings, MessageStatus, MessageUpdate, NewMessage, SessionStore,
+    StoredMessage,
 };
 
 /// Why a conversation could not take a message.
@@ -74,6 +75,17 @@ pub struct Started {
     pub question: Option<StoredMessage>,
     /// The answer's draft row, `generating` while the run writes it.
     pub draft: StoredMessage,
+}
+
+/// The prompt the next answer of a conversation would be sent, as the context meter shows
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextPrompt {
+    /// Its tokens, exactly as the request would be rendered (tools and truncation
+    /// included); more than the context when it is too long to send.
+    pub tokens: usize,
+    /// The first stored message still sent, when truncation leaves older ones out.
+    pub first_sent: Option<i64>,
 }
 
 /// What happens to the stored conversation once the answer is queued.
@@ -180,6 +192,94 @@ impl Conversations {
             .await
     }
 
+    /// Goes on with the last answer of `conversation`, which was cut off by its token limit,
+    /// stopped or interrupted: the model gets the conversation with that answer as an open
+    /// turn (without its end-of-turn markup, see [`ChatRequest::continue_final`]) and what it
+    /// writes is added to the same stored message, which is `generating` again meanwhile and
+    /// saved as any answer is.
+    pub async fn continue_answer(&self, conversation: &str) -> Result<Started, ConversationError> {
+        let reservation = self.runs.reserve(conversation)?;
+        let stored = self.store().get(conversation.to_owned()).await?;
+        let mut history = self.store().messages(conversation.to_owned()).await?;
+        let mut answer = history
+            .pop()
+            .filter(continuable)
+            .ok_or(ConversationError::Nothing("cut-off answer to continue"))?;
+        // A cut inside a character left a replacement character: the model writes it again.
+        answer.content = answer.content.trim_end_matches('\u{FFFD}').to_owned();
+        if let Some(reasoning) = answer.reasoning.as_mut() {
+            *reasoning = reasoning.trim_end_matches('\u{FFFD}').to_owned();
+        }
+        let thinking = thinking(&stored.settings);
+        let mut request = chat_request(&stored.settings, &history, None, Vec::new());
+        request.messages.push(ChatMessage::new(
+            Role::Assistant,
+            continued_text(&answer, thinking),
+        ));
+        request.continue_final = true;
+        let request = offered_tools(&stored.settings, request);
+        let generation = self.engine.generate(request).await?;
+        let draft = self
+            .store()
+            .update_message(
+                answer.id,
+                MessageUpdate {
+                    content: answer.content.clone(),
+                    reasoning: answer.reasoning.clone(),
+                    tool_calls: Vec::new(),
+                    status: MessageStatus::Generating,
+                    finish_reason: None,
+                    stats: answer.stats,
+                },
+            )
+            .await?;
+        let prefill = Prefill {
+            content: answer.content,
+            reasoning: answer.reasoning.unwrap_or_default(),
+        };
+        let run = reservation.start_continuing(generation, draft.id, thinking, prefill);
+        Ok(Started {
+            run,
+            conversation: stored,
+            history,
+            question: None,
+            draft,
+        })
+    }
+
+    /// The prompt the next answer of a conversation with `settings` and `history` would be
+    /// sent: its size and where truncation cuts it. Rendered as [`Self::send`] renders it
+    /// (built-in tools included), so the meter shows what the model will read.
+    pub async fn next_prompt(
+        &self,
+        settings: &ConversationSettings,
+        history: &[StoredMessage],
+    ) -> Result<NextPrompt, ConversationError> {
+        let request = offered_tools(settings, chat_request(settings, history, None, Vec::new()));
+        if request.messages.is_empty() {
+            return Ok(NextPrompt {
+                tokens: 0,
+                first_sent: None,
+            });
+        }
+        let size = self
+            .engine
+            .off_runtime(move |codec| codec.measure(&request))
+            .await?;
+        let first_sent = match size.dropped {
+            0 => None,
+            dropped => history
+                .iter()
+                .filter(|m| usable(m))
+                .nth(dropped)
+                .map(|m| m.id),
+        };
+        Ok(NextPrompt {
+            tokens: size.tokens,
+            first_sent,
+        })
+    }
+
     /// Stops the answer being written in `conversation` and waits until it is saved as
     /// `stopped`. [`RunError::Unknown`] when none is being written.
     pub async fn stop(&self, conversation: &str) -> Result<(), ConversationError> {
@@ -216,13 +316,9 @@ impl Conversations {
         request: ChatRequest,
         commit: Commit,
     ) -> Result<Started, ConversationError> {
-        let (request, tools) = if agent::builtin_tools_on(&conversation.settings) {
-            let request = agent::with_builtin_tools(request);
-            let tools = ToolLoop::new(self.engine.clone(), request.clone());
-            (request, Some(tools))
-        } else {
-            (request, None)
-        };
+        let request = offered_tools(&conversation.settings, request);
+        let tools = agent::builtin_tools_on(&conversation.settings)
+            .then(|| ToolLoop::new(self.engine.clone(), request.clone()));
         let thinking = request.enable_thinking.unwrap_or(true);
         let generation = self.engine.generate(request).await?;
         let store = self.store();
@@ -258,6 +354,45 @@ impl Conversations {
             question,
             draft,
         })
+    }
+}
+
+/// `request` offering the built-in tools when the conversation has them on: what every
+/// answer of it is sent, and what the meter measures.
+fn offered_tools(settings: &ConversationSettings, request: ChatRequest) -> ChatRequest {
+    if agent::builtin_tools_on(settings) {
+        agent::with_builtin_tools(request)
+    } else {
+        request
+    }
+}
+
+/// Whether `message` is an answer the model can go on with: the assistant's, without tool
+/// calls, with text or reasoning, and ended early (the token limit, a stop, a server that
+/// went down).
+pub fn continuable(message: &StoredMessage) -> bool {
+    let cut = match message.status {
+        MessageStatus::Stopped | MessageStatus::Interrupted => true,
+        MessageStatus::Complete => message.finish_reason.as_deref() == Some("length"),
+        MessageStatus::Failed | MessageStatus::Generating => false,
+    };
+    let written = !message.content.trim().is_empty()
+        || message
+            .reasoning
+            .as_deref()
+            .is_some_and(|r| !r.trim().is_empty());
+    cut && written && message.role == Role::Assistant && message.tool_calls.is_empty()
+}
+
+/// The text of a cut-off answer as the model wrote it, for it to go on from: with thinking
+/// on, its reasoning in a think block first (left open when the answer had not begun).
+fn continued_text(answer: &StoredMessage, thinking: bool) -> String {
+    let reasoning = answer.reasoning.as_deref().unwrap_or("").trim();
+    let content = answer.content.trim();
+    match (thinking && !reasoning.is_empty(), content.is_empty()) {
+        (false, _) => content.to_owned(),
+        (true, true) => format!("<think>\n{reasoning}"),
+        (true, false) => format!("<think>\n{reasoning}\n</think>\n{content}"),
     }
 }
 
@@ -307,6 +442,7 @@ pub fn chat_request(
         }),
         sampling: settings.sampling(),
         thinking_budget: settings.thinking_budget,
+        truncation: settings.truncation.unwrap_or_default(),
         ..ChatRequest::default()
     }
 }
@@ -515,5 +651,191 @@ mod tests {
             service.stop(&conversation).await,
             Err(ConversationError::Run(RunError::Unknown(_)))
         ));
+    }
+
+    async fn set(service: &Conversations, conversation: &str, settings: ConversationSettings) {
+        let patch = crate::services::sessions::ConversationPatch {
+            title: None,
+            settings: Some(settings),
+        };
+        service
+            .store()
+            .update(conversation.to_owned(), patch)
+            .await
+            .expect("settings saved");
+    }
+
+    #[tokio::test]
+    async fn the_next_prompt_counts_the_built_in_tools_as_sent() {
+        let (service, conversation) = service(0.0).await;
+        let started = service
+            .send(&conversation, Ask::text("Hello"))
+            .await
+            .expect("sent");
+        started.run.finished().await;
+        let history = service.store().messages(conversation.clone()).await;
+        let history = history.expect("messages");
+        let plain = ConversationSettings::default();
+        let tools = ConversationSettings {
+            builtin_tools: Some(true),
+            ..ConversationSettings::default()
+        };
+        let without = service
+            .next_prompt(&plain, &history)
+            .await
+            .expect("measured");
+        let with = service
+            .next_prompt(&tools, &history)
+            .await
+            .expect("measured");
+        let request = agent::with_builtin_tools(chat_request(&tools, &history, None, Vec::new()));
+        let sent = service
+            .engine()
+            .codec()
+            .prepare(&request)
+            .expect("prepared");
+        assert_eq!(
+            with.tokens,
+            sent.prompt.len(),
+            "the meter is the prompt sent"
+        );
+        assert!(with.tokens > without.tokens + 50, "{with:?} / {without:?}");
+        assert_eq!(with.first_sent, None);
+    }
+
+    #[tokio::test]
+    async fn continue_goes_on_with_the_same_stored_answer() {
+        let (service, conversation) = service(0.0).await;
+        set(
+            &service,
+            &conversation,
+            ConversationSettings {
+                thinking: Some(false),
+                max_tokens: Some(12),
+                ..ConversationSettings::default()
+            },
+        )
+        .await;
+        let first = service
+            .send(&conversation, Ask::text("Hello"))
+            .await
+            .expect("sent");
+        first.run.finished().await;
+        let cut = service.store().messages(conversation.clone()).await;
+        let cut = cut.expect("messages").pop().expect("the answer");
+        assert_eq!(cut.finish_reason.as_deref(), Some("length"));
+        assert!(continuable(&cut));
+        let mut answer = cut.clone();
+        for _ in 0..100 {
+            let more = service
+                .continue_answer(&conversation)
+                .await
+                .expect("continued");
+            assert_eq!(more.draft.id, cut.id, "the same stored answer");
+            more.run.finished().await;
+            let messages = service.store().messages(conversation.clone()).await;
+            let mut messages = messages.expect("messages");
+            assert_eq!(messages.len(), 2, "{messages:#?}");
+            let grown = messages.pop().expect("the answer");
+            assert!(
+                grown.content.len() > answer.content.len(),
+                "{grown:?} after {answer:?}"
+            );
+            assert!(grown
+                .content
+                .starts_with(answer.content.trim_end_matches('\u{FFFD}')));
+            answer = grown;
+            if answer.finish_reason.as_deref() == Some("stop") {
+                break;
+            }
+        }
+        let whole = crate::services::stub::compose_reply(
+            "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n",
+        );
+        assert_eq!(
+            answer.content,
+            whole.trim(),
+            "the pieces make the whole answer"
+        );
+        assert!(!continuable(&answer), "a finished answer is not continued");
+        assert!(matches!(
+            service.continue_answer(&conversation).await,
+            Err(ConversationError::Nothing(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_conversation_that_outgrew_the_context_is_cut_only_when_asked() {
+        let context = 500;
+        let engine = Engine::start(
+            crate::services::BackendSpec::Stub(crate::services::stub::StubConfig {
+                tokens_per_second: 0.0,
+                context_length: context,
+            }),
+            4,
+        )
+        .await
+        .expect("stub engine");
+        let store = SessionStore::in_memory().expect("store");
+        let settings = ConversationSettings {
+            thinking: Some(false),
+            max_tokens: Some(20),
+            ..ConversationSettings::default()
+        };
+        let conversation = store.create(None, settings.clone()).await;
+        let conversation = conversation.expect("conversation").id;
+        let service = Conversations::new(engine, Runs::new(store));
+        // Each exchange takes about a third of the context: the third one does not fit.
+        let long = "a ".repeat(110);
+        for n in 0..2 {
+            let started = service
+                .send(&conversation, Ask::text(format!("{n} {long}")))
+                .await
+                .expect("sent");
+            started.run.finished().await;
+        }
+        let refused = service
+            .send(&conversation, Ask::text(format!("2 {long}")))
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(ConversationError::Service(
+                    ServiceError::PromptTooLong { .. }
+                ))
+            ),
+            "{:?}",
+            refused.err()
+        );
+        set(
+            &service,
+            &conversation,
+            ConversationSettings {
+                truncation: Some(super::super::truncation::Truncation::Auto),
+                ..settings
+            },
+        )
+        .await;
+        let started = service
+            .send(&conversation, Ask::text(format!("2 {long}")))
+            .await
+            .expect("sent with the oldest exchange left out");
+        started.run.finished().await;
+        let settings = service.store().get(conversation.clone()).await;
+        let settings = settings.expect("conversation").settings;
+        let history = service.store().messages(conversation.clone()).await;
+        let history = history.expect("messages");
+        let next = service
+            .next_prompt(&settings, &history)
+            .await
+            .expect("measured");
+        assert!(next.tokens < context, "{next:?}");
+        let first = next.first_sent.expect("a cut");
+        let at = history
+            .iter()
+            .position(|m| m.id == first)
+            .expect("a stored id");
+        assert_eq!(history[at].role, Role::User, "cut before a question");
+        assert!(at >= 2, "at least the first exchange is left out");
     }
 }

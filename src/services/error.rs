@@ -21,6 +21,20 @@ pub enum ServiceError {
         thousands(*limit)
     )]
     PromptTooLong { prompt_tokens: usize, limit: usize },
+    /// Truncation left only the system prompt and the last exchange, and they alone fill
+    /// the context.
+    #[error(
+        "even without the earlier messages, the prompt has {} tokens (the system prompt and \
+         the last message); the context holds {}: shorten the message or the system prompt",
+        thousands(*prompt_tokens),
+        thousands(*limit)
+    )]
+    LastTurnTooLong {
+        prompt_tokens: usize,
+        limit: usize,
+        /// Messages left out (see `PreparedChat::dropped`).
+        dropped: usize,
+    },
     /// Refused before tokenizing, which costs memory in proportion to the text.
     #[error(
         "`{field}` has {} bytes of text; the context of {} tokens holds at most {} ({} bytes a \

@@ -125,6 +125,18 @@ pub struct ReplyOptions {
     /// Tokens the server wrote at the start of the answer, already at the end of the prompt
     /// (a forced `<tool_call>` opening): the parser reads them as the answer's beginning.
     pub prefix: Vec<u32>,
+    /// The output goes on with an answer the prompt already holds part of, so its first
+    /// whitespace is kept (it joins words) and it opens no think block of its own.
+    pub resume: Option<Resume>,
+}
+
+/// Where a continued answer's output starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Inside the reasoning, which was cut off before `</think>`.
+    Reasoning,
+    /// In the answer text.
+    Answer,
 }
 
 /// Turns generated ids into [`GenerationEvent`]s as they arrive.
@@ -148,10 +160,14 @@ impl<'a> ReplyParser<'a> {
             tokenizer,
             decoder: StreamDecoder::new(tokenizer),
             stop: StopMatcher::new(options.stop.clone()),
-            thinking: ThinkingParser::new(),
+            thinking: match options.resume {
+                None => ThinkingParser::new(),
+                Some(Resume::Reasoning) => ThinkingParser::in_reasoning(),
+                Some(Resume::Answer) => ThinkingParser::in_answer(),
+            },
             tools: options.parse_tool_calls.then(ToolCallParser::new),
-            reasoning: Trimmer::default(),
-            content: Trimmer::default(),
+            reasoning: Trimmer::started(options.resume == Some(Resume::Reasoning)),
+            content: Trimmer::started(options.resume == Some(Resume::Answer)),
             tool_calls: 0,
             malformed: None,
             raw: options.raw,
@@ -348,6 +364,15 @@ struct Trimmer {
 }
 
 impl Trimmer {
+    /// A trimmer that keeps leading whitespace when `started` (the text goes on from
+    /// earlier text).
+    fn started(started: bool) -> Self {
+        Self {
+            started,
+            pending: String::new(),
+        }
+    }
+
     fn push(&mut self, text: &str) -> Option<String> {
         let text = if self.started {
             text
@@ -521,6 +546,29 @@ mod tests {
         assert_eq!(
             parse("The capital of France is Paris.", &options),
             vec![GenerationEvent::Content("The capital of".into())]
+        );
+    }
+
+    #[test]
+    fn a_continued_answer_keeps_its_first_space_and_opens_no_think_block() {
+        let answer = ReplyOptions {
+            resume: Some(Resume::Answer),
+            ..ReplyOptions::default()
+        };
+        assert_eq!(
+            parse(" world, <think> is text", &answer),
+            vec![GenerationEvent::Content(" world, <think> is text".into())]
+        );
+        let reasoning = ReplyOptions {
+            resume: Some(Resume::Reasoning),
+            ..ReplyOptions::default()
+        };
+        assert_eq!(
+            parse(" more thought</think>\nThe answer", &reasoning),
+            vec![
+                GenerationEvent::Reasoning(" more thought".into()),
+                GenerationEvent::Content("The answer".into()),
+            ]
         );
     }
 }

@@ -20,6 +20,7 @@ pub mod structured;
 pub mod stub;
 pub mod token_model;
 pub mod tools;
+pub mod truncation;
 
 pub use backend::{BackendSpec, ModelInfo};
 pub use conversation::{Ask, ConversationError, Conversations, Started};

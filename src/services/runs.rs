@@ -477,14 +477,38 @@ impl Reservation {
         self.start_with_tools(generation, draft, thinking, None)
     }
 
+    /// [`Reservation::start`] for a generation that goes on with the answer already in
+    /// `draft`: `prefill` (what it holds) opens the run's log, so whoever streams the run sees
+    /// the whole answer, and the new text is added to it when saved.
+    pub fn start_continuing(
+        self,
+        generation: GenerationStream,
+        draft: i64,
+        thinking: bool,
+        prefill: Prefill,
+    ) -> Arc<Run> {
+        self.launch(generation, draft, thinking, None, prefill)
+    }
+
     /// [`Reservation::start`] that, with `tools`, runs the built-in tool calls of each round
     /// and generates again (`generation` must be the loop's first request, submitted).
     pub fn start_with_tools(
+        self,
+        generation: GenerationStream,
+        draft: i64,
+        thinking: bool,
+        tools: Option<ToolLoop>,
+    ) -> Arc<Run> {
+        self.launch(generation, draft, thinking, tools, Prefill::default())
+    }
+
+    fn launch(
         mut self,
         generation: GenerationStream,
         draft: i64,
         thinking: bool,
         tools: Option<ToolLoop>,
+        prefill: Prefill,
     ) -> Arc<Run> {
         let (changed, _) = watch::channel(0);
         let run = Arc::new(Run {
@@ -509,6 +533,7 @@ impl Reservation {
             generation,
             draft,
             tools,
+            prefill,
         ));
         run
     }
@@ -520,6 +545,13 @@ impl Drop for Reservation {
             self.runs.release(&self.conversation, &self.id);
         }
     }
+}
+
+/// The answer a continued run goes on from, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prefill {
+    pub content: String,
+    pub reasoning: String,
 }
 
 /// The answer of one round as it grows.
@@ -667,10 +699,23 @@ async fn drive(
     mut generation: GenerationStream,
     mut draft: i64,
     mut tools: Option<ToolLoop>,
+    prefill: Prefill,
 ) {
     let mut started = run.started_at;
+    let mut first = Some(prefill);
     let (ending, saved) = loop {
         let mut answer = Answer::default();
+        let prefill = first.take().unwrap_or_default();
+        for event in [
+            GenerationEvent::Reasoning(prefill.reasoning),
+            GenerationEvent::Content(prefill.content),
+        ] {
+            if !matches!(&event, GenerationEvent::Reasoning(t) | GenerationEvent::Content(t) if t.is_empty())
+            {
+                answer.take(&event);
+                run.publish(RunEvent::Generation(event));
+            }
+        }
         let ending = round(&runs, &run, generation, (draft, started), &mut answer).await;
         let outcome = Outcome::of(&ending);
         let saved = save(&runs.store, draft, &answer, &outcome).await;

@@ -419,15 +419,45 @@ pub fn compose_reply(prompt: &str) -> String {
     if let Some(start) = open.find("<tool_call>") {
         return finish_forced_call(&open[start..], question(), &tools);
     }
-    let (reasoning, answer) = match tool_results(history) {
-        Some((name, results)) => reply_to_tool_results(&name, &results),
-        None => reply_to_question(question(), &tools, thinking),
+    let reply = |thinking: bool| {
+        let (reasoning, answer) = match tool_results(history) {
+            Some((name, results)) => reply_to_tool_results(&name, &results),
+            None => reply_to_question(question(), &tools, thinking),
+        };
+        if thinking {
+            format!("<think>\n{reasoning}\n</think>\n{answer}")
+        } else {
+            answer
+        }
     };
-    if thinking {
-        format!("<think>\n{reasoning}\n</think>\n{answer}")
-    } else {
-        answer
+    // A continued turn: the reply goes on after what the turn already holds.
+    let written = open.strip_prefix("<think>\n\n</think>\n").unwrap_or(open);
+    if !written.trim().is_empty() {
+        return [true, false]
+            .into_iter()
+            .find_map(|thinking| rest_after(&reply(thinking), written).map(str::to_owned))
+            .unwrap_or_default();
     }
+    reply(thinking)
+}
+
+/// What follows `written` in `full` when `full` begins with it, whitespace aside (a stored
+/// answer is trimmed); `None` when it does not.
+fn rest_after<'a>(full: &'a str, written: &str) -> Option<&'a str> {
+    let mut chars = full.char_indices().peekable();
+    for wanted in written.chars().filter(|c| !c.is_whitespace()) {
+        loop {
+            let (_, c) = chars.next()?;
+            if c.is_whitespace() {
+                continue;
+            }
+            if c != wanted {
+                return None;
+            }
+            break;
+        }
+    }
+    Some(chars.peek().map_or("", |&(at, _)| &full[at..]))
 }
 
 /// When the last turns answer an assistant's tool call (SmolLM3's template writes tool
@@ -710,5 +740,23 @@ mod tests {
         );
         let (_, answer) = split_thinking(&compose_reply(&prompt));
         assert!(answer.starts_with("\nHere is a stub answer"));
+    }
+
+    #[test]
+    fn a_continued_turn_gets_the_rest_of_the_reply() {
+        let question = json!([{"role": "user", "content": "Hello"}]);
+        let whole = compose_reply(&render(question.clone(), false, None));
+        let cut = whole.char_indices().nth(40).map(|(at, _)| at).unwrap();
+        let (begun, rest) = whole.split_at(cut);
+        let prompt = render(question.clone(), false, None);
+        let begun = begun.trim_end();
+        let continued = format!("{prompt}{begun}");
+        assert_eq!(format!("{begun}{}", compose_reply(&continued)), whole);
+        assert!(!rest.is_empty());
+        // Cut in the reasoning: the rest of the reasoning, then the answer.
+        let thought = compose_reply(&render(question.clone(), true, None));
+        let prompt = render(question, true, None);
+        let continued = format!("{prompt}{}", &thought[..20]);
+        assert_eq!(compose_reply(&continued), &thought[20..]);
     }
 }

@@ -216,7 +216,7 @@ impl From<ServiceError> for ApiError {
                 Some(*field),
                 None,
             ),
-            ServiceError::PromptTooLong { .. } => (
+            ServiceError::PromptTooLong { .. } | ServiceError::LastTurnTooLong { .. } => (
                 StatusCode::BAD_REQUEST,
                 ErrorKind::InvalidRequest,
                 Some("messages"),

@@ -89,6 +89,9 @@ body_with_sampling! {
         pub grammar: Option<String>,
         pub logprobs: Option<bool>,
         pub top_logprobs: Option<usize>,
+        /// `"auto"` drops the oldest exchanges when the messages outgrow the context (OpenAI's
+        /// Responses API field); `"disabled"` (the default) refuses them.
+        pub truncation: Option<crate::services::truncation::Truncation>,
     }
 }
 
@@ -220,6 +223,8 @@ impl ChatCompletionRequest {
                 self.json_schema.as_ref(),
                 self.grammar.as_deref(),
             )?,
+            truncation: self.truncation.unwrap_or_default(),
+            continue_final: false,
         })
     }
 

@@ -109,6 +109,8 @@ pub fn versions_view(question: &StoredMessage) -> Option<VersionsView> {
 /// the templates escape.
 #[derive(Debug, Clone, Serialize)]
 pub struct MessageView {
+    /// The stored message's id (the page marks where truncation cut the history by it).
+    pub id: i64,
     pub role: &'static str,
     pub text: String,
     pub html: String,
@@ -116,6 +118,8 @@ pub struct MessageView {
     pub note: Option<EndNote>,
     pub stats: Option<String>,
     pub versions: Option<VersionsView>,
+    /// The conversation's last answer, cut short: the page offers to continue it.
+    pub continuable: bool,
 }
 
 /// The label under an answer that did not end the usual way: cut off, stopped, interrupted,
@@ -166,6 +170,13 @@ pub fn end_note(ending: Ending<'_>) -> Option<EndNote> {
         text.push_str(" It was still thinking: there is no answer.");
     }
     Some(EndNote { kind, text })
+}
+
+/// Whether an answer whose end note is of `kind` can be continued: it was cut off by the
+/// token limit, stopped or interrupted (see
+/// [`continuable`](crate::services::conversation::continuable)).
+pub fn continues(kind: &str) -> bool {
+    matches!(kind, "length" | "stopped" | "interrupted")
 }
 
 /// The line under an answer from the stats of its rounds (one, or one per round of tool
@@ -235,6 +246,7 @@ pub fn views(messages: &[StoredMessage], context_length: usize) -> Vec<MessageVi
         match message.role {
             Role::User => {
                 out.push(MessageView {
+                    id: message.id,
                     role: "user",
                     text: message.content.clone(),
                     html: String::new(),
@@ -242,6 +254,7 @@ pub fn views(messages: &[StoredMessage], context_length: usize) -> Vec<MessageVi
                     note: None,
                     stats: None,
                     versions: None,
+                    continuable: false,
                 });
                 at += 1;
             }
@@ -261,6 +274,7 @@ pub fn views(messages: &[StoredMessage], context_length: usize) -> Vec<MessageVi
                         turn,
                         question.and_then(versions_view),
                         context_length,
+                        end == messages.len(),
                     ));
                 }
                 at = end;
@@ -275,6 +289,7 @@ fn answer_view(
     turn: &[StoredMessage],
     versions: Option<VersionsView>,
     context_length: usize,
+    last_turn: bool,
 ) -> Option<MessageView> {
     let answers: Vec<(usize, &StoredMessage)> = turn
         .iter()
@@ -311,7 +326,11 @@ fn answer_view(
     let called = rounds.iter().any(|r| !r.tools.is_empty());
     let reasoned = rounds.iter().any(|r| r.thinking.is_some());
     let stats: Vec<MessageStats> = answers.iter().map(|(_, m)| m.stats).collect();
+    let continuable = last_turn
+        && turn.last().is_some_and(|m| m.id == last.id)
+        && crate::services::conversation::continuable(last);
     Some(MessageView {
+        id: last.id,
         role: "assistant",
         html: render_markdown(&text),
         note: end_note(Ending {
@@ -325,6 +344,7 @@ fn answer_view(
         rounds,
         stats: stats_line(&stats),
         versions,
+        continuable,
     })
 }
 

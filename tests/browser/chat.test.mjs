@@ -1123,3 +1123,127 @@ test("/clear asks first, like deleting a conversation", async () => {
   assert.deepEqual(problems, []);
   await page.close();
 });
+
+/** The number the context meter shows. */
+async function meterValue(page) {
+  const text = await page.locator("#context-meter").textContent();
+  const match = /([\d,]+) \/ [\d,]+ tokens/.exec(text);
+  assert.ok(match, `a number in the meter: ${text}`);
+  return Number(match[1].replaceAll(",", ""));
+}
+
+/** Sends `text` and waits for its answer's last line (one more stats line than before). */
+async function sendAndWait(page, text) {
+  const before = await page.locator(".meta .stats").count();
+  await send(page, text);
+  await page.waitForFunction(
+    (n) => document.querySelectorAll(".meta .stats").length > n,
+    before,
+    { timeout: ANSWER_MS },
+  );
+}
+
+async function saveSettings(page, change) {
+  await page.locator("details.settings-panel summary").click();
+  await change();
+  await page.click("#settings button[type=submit]");
+  await page.locator("#settings .saved", { hasText: "Saved." }).waitFor();
+  await page.locator("details.settings-panel summary").click();
+}
+
+test("a full context: the page offers to drop the oldest messages, and marks the cut", async () => {
+  const small = await startServer(0, newDataDir(), ["--ctx-size", "500"]);
+  try {
+    const { page, problems } = await openPage(null, { url: small.url });
+    await saveSettings(page, () => page.fill("input[name=max_tokens]", "20"));
+    await page.uncheck("input[name=thinking]");
+    const question = (n) => `question ${n} ` + "a ".repeat(110).trim();
+    for (const n of [0, 1]) await sendAndWait(page, question(n));
+    await send(page, question(2));
+    const offer = page.locator(".notice.context-full");
+    await offer.waitFor({ timeout: ANSWER_MS });
+    assert.match(await offer.textContent(), /the context holds 500/);
+    assert.ok(await offer.locator("button.new-chat-with").isVisible(), "continue in a new chat");
+    await page.screenshot({ path: join(SHOTS, "17-context-full.png") });
+    await offer.locator("button.drop-oldest").click();
+    const cut = page.locator(".notice.cut");
+    await cut.waitFor({ timeout: ANSWER_MS });
+    assert.match(await cut.textContent(), /Earlier messages are not sent to the model/);
+    await page.locator(".meta .stats").nth(2).waitFor({ timeout: ANSWER_MS });
+    assert.equal(await page.locator(".msg.user").count(), 3);
+    await page.screenshot({ path: join(SHOTS, "18-oldest-dropped.png"), fullPage: true });
+    await page.reload();
+    await page.waitForFunction(() => window.htmx);
+    await cut.waitFor();
+    assert.ok(await page.isChecked("input[name=drop_oldest]"), "the setting is on");
+    assert.ok((await meterValue(page)) < 500, "the meter shows what is sent");
+    // The other way on: a new chat with the message in the composer.
+    await send(page, "a ".repeat(420).trim());
+    await page.locator("#error:not([hidden])").waitFor({ timeout: ANSWER_MS });
+    await page.goto(small.url + "/?draft=" + encodeURIComponent("carried over"));
+    await page.waitForFunction(() => window.htmx);
+    assert.equal(await page.inputValue("#message"), "carried over");
+    assert.deepEqual(problems, []);
+    await page.close();
+  } finally {
+    small.child.removeAllListeners("exit");
+    small.child.kill();
+  }
+});
+
+test("with built-in tools the meter is the server's count of the next prompt", async () => {
+  const { page, problems } = await openPage();
+  await page.uncheck("input[name=thinking]");
+  await sendAndWait(page, "Hi");
+  await saveSettings(page, () => page.check("input[name=builtin_tools]"));
+  await sendAndWait(page, "What is 17 * (3+4)?");
+  assert.match(await page.locator(".tool-output").last().textContent(), /119/);
+  const meter = await meterValue(page);
+  // The next message's prompt is this one and the user turn that the message adds.
+  await sendAndWait(page, "Hello");
+  const id = await page.inputValue("#conversation-id");
+  const { prompt, turn } = await page.evaluate(async (id) => {
+    const post = (path, body) =>
+      fetch(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    const stored = await (await fetch(`/api/conversations/${id}/messages`)).json();
+    const last = stored.data[stored.data.length - 1];
+    const ids = await (await post("/tokenize", { content: "<|im_start|>user\nHello<|im_end|>\n", parse_special: true })).json();
+    return { prompt: last.stats.prompt_tokens, turn: ids.tokens.length };
+  }, id);
+  assert.equal(meter + turn, prompt, `meter ${meter} + the new turn ${turn} = the prompt sent, ${prompt}`);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("Continue after max tokens extends the same message, live and after a reload", async () => {
+  const { page, problems } = await openPage();
+  await saveSettings(page, () => page.fill("input[name=max_tokens]", "8"));
+  await page.uncheck("input[name=thinking]");
+  await send(page, "Tell me about otters");
+  const answer = page.locator(".msg.assistant");
+  await answer.locator(".meta .note.length").waitFor({ timeout: ANSWER_MS });
+  const normal = (text) => text.replace(/\s+/g, " ").trim();
+  const before = normal(await answer.locator(".answer").textContent());
+  assert.ok(before.length > 0);
+  await answer.locator("button.continue").click();
+  await page.waitForFunction(
+    (n) => {
+      const a = document.querySelector(".msg.assistant");
+      return a && !a.classList.contains("streaming") && a.querySelector(".meta .stats") &&
+        a.querySelector(".answer").textContent.replace(/\s+/g, " ").trim().length > n;
+    },
+    before.length,
+    { timeout: ANSWER_MS },
+  );
+  assert.equal(await page.locator(".msg.assistant").count(), 1, "the same message");
+  const after = normal(await page.locator(".msg.assistant .answer").textContent());
+  assert.ok(after.length > before.length && after.startsWith(before), `${before} → ${after}`);
+  await page.reload();
+  await page.waitForFunction(() => window.htmx);
+  assert.equal(await page.locator(".msg.assistant").count(), 1);
+  assert.equal(normal(await page.locator(".msg.assistant .answer").textContent()), after);
+  assert.equal(await page.locator(".msg.assistant button.continue").count(), 1, "still cut off: Continue again");
+  await page.screenshot({ path: join(SHOTS, "19-continued.png") });
+  assert.deepEqual(problems, []);
+  await page.close();
+});

@@ -17,6 +17,7 @@ mod cli_config;
 mod cli_engine;
 mod cli_smollm3;
 mod completions_logprobs;
+mod context_full;
 mod cross_site;
 mod engine_progress;
 mod gguf_fuzz;

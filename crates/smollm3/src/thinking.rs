@@ -69,6 +69,15 @@ impl ThinkingParser {
         }
     }
 
+    /// A parser for output that goes on with an answer already begun (a continued turn), so
+    /// all of it is answer, whatever it starts with.
+    pub fn in_answer() -> Self {
+        Self {
+            phase: Phase::Answer,
+            held: String::new(),
+        }
+    }
+
     /// Whether the output so far is inside the think block (open and not yet closed).
     pub fn is_reasoning(&self) -> bool {
         self.phase == Phase::Reasoning

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chat::{Role, Sampling};
 use super::error::ServiceError;
+use super::truncation::Truncation;
 use crate::smollm3::tool_calls::ToolCall;
 
 pub use export::{from_jsonl, to_jsonl, to_markdown};
@@ -38,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_typed_tool_calls.sql"),
     include_str!("migrations/0006_answer_timings.sql"),
     include_str!("migrations/0007_answer_versions.sql"),
+    include_str!("migrations/0008_truncation.sql"),
 ];
 
 /// What an in-memory store gives as its path, SQLite's name for such a database.
@@ -84,6 +86,9 @@ pub struct ConversationSettings {
     /// Whether the server offers its built-in tools (`services::tools`: calculator, current
     /// time) to the model in this conversation and runs the calls it makes to them.
     pub builtin_tools: Option<bool>,
+    /// What to do when the conversation outgrows the context: `auto` leaves its oldest
+    /// exchanges out of the prompt (see [`crate::services::truncation`]); absent refuses.
+    pub truncation: Option<Truncation>,
 }
 
 impl ConversationSettings {

@@ -319,6 +319,7 @@ async fn crud_lists_newest_first_and_titles_from_the_first_user_message() {
         thinking: Some(false),
         thinking_budget: Some(64),
         builtin_tools: Some(true),
+        truncation: Some(crate::services::truncation::Truncation::Auto),
     };
     let renamed = s
         .update(

@@ -234,11 +234,16 @@ pub(super) async fn command(
                 ));
                 (conversation.settings, history)
             };
-            let used = measure(state, &settings, &history).await;
+            let next = measure(state, &settings, &history).await;
             lines.push(format!(
-                "Context: {} of {} tokens",
-                used.map_or_else(|| "?".to_owned(), grouped),
-                grouped(state.context_length())
+                "Context: {} of {} tokens{}",
+                next.map_or_else(|| "?".to_owned(), |n| grouped(n.tokens)),
+                grouped(state.context_length()),
+                if next.is_some_and(|n| n.first_sent.is_some()) {
+                    " (the oldest messages are left out)"
+                } else {
+                    ""
+                }
             ));
             let defaults = Sampling::defaults();
             lines.push(format!(

@@ -1,5 +1,6 @@
 //! The context meter: how many of the model's context tokens the conversation fills, measured
-//! by rendering the prompt the next answer would see. Used by the whole page, the settings
+//! by rendering the prompt the next answer would be sent (its settings, built-in tools and
+//! truncation included), so the number is the one the model will read. Used by the whole page, the settings
 //! responses, `/status` and the line that ends an answer.
 
 use minijinja::context;
@@ -8,6 +9,7 @@ use serde::Serialize;
 
 use super::templates::render;
 use super::{PageError, PageState};
+use crate::services::conversation::NextPrompt;
 use crate::services::sessions::{ConversationSettings, StoredMessage};
 
 /// `123456` as `123,456`.
@@ -46,23 +48,29 @@ impl Meter {
     }
 }
 
-/// Tokens the conversation's prompt takes now (system prompt and history, as the next
-/// answer would see them); `None` when it cannot be measured (a history too long to render
-/// is reported by the next send).
+/// The prompt the next answer would be sent (system prompt, tools, history, as truncation
+/// leaves it): its tokens and where the history was cut. `None` only when it cannot be
+/// rendered at all (a broken template), which the next send reports.
 pub(super) async fn measure(
     state: &PageState,
     settings: &ConversationSettings,
     history: &[StoredMessage],
-) -> Option<usize> {
-    if history.is_empty() && settings.system_prompt.is_none() {
-        return Some(0);
+) -> Option<NextPrompt> {
+    match state.conversations.next_prompt(settings, history).await {
+        Ok(next) => Some(next),
+        Err(err) => {
+            tracing::warn!("the context meter could not measure the conversation: {err}");
+            None
+        }
     }
-    let request = crate::services::conversation::chat_request(settings, history, None);
-    let prepared = state
-        .engine()
-        .off_runtime(move |codec| codec.prepare(&request))
-        .await;
-    prepared.ok().map(|p| p.prompt.len())
+}
+
+/// The meter of the stored conversation `id` as it now stands.
+pub(super) async fn current(state: &PageState, id: &str) -> Option<Meter> {
+    let conversation = state.store().get(id.to_owned()).await.ok()?;
+    let history = state.store().messages(id.to_owned()).await.ok()?;
+    let next = measure(state, &conversation.settings, &history).await;
+    Some(Meter::new(next.map(|n| n.tokens), state.context_length()))
 }
 
 pub(super) async fn meter_html(
@@ -71,7 +79,7 @@ pub(super) async fn meter_html(
     history: &[StoredMessage],
 ) -> Result<String, PageError> {
     let meter = Meter::new(
-        measure(state, settings, history).await,
+        measure(state, settings, history).await.map(|n| n.tokens),
         state.context_length(),
     );
     Ok(render(

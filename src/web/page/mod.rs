@@ -136,6 +136,7 @@ pub fn routes() -> Router<AppState> {
         .route("/chat/send", post(send::send))
         .route("/chat/regenerate", post(send::regenerate))
         .route("/chat/version", post(versions::select))
+        .route("/chat/continue", post(send::continue_answer))
         .route("/chat/edit", get(send::edit_form).post(send::edit))
         .route("/chat/settings", post(settings::save_settings))
         .route("/chat/settings/reset", post(settings::reset_settings))

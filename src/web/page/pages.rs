@@ -1,17 +1,19 @@
 //! The whole pages: a new chat (`GET /`), a stored conversation (`GET /c/{id}`) or its
 //! "not found", and the status badge the page polls (`GET /chat/status`).
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use minijinja::context;
 use minijinja::value::Serde;
+use serde::Deserialize;
 
 use super::commands::commands;
 use super::meter::{measure, Meter};
 use super::settings::SettingsView;
 use super::templates::render;
-use super::{load, PageError, PageState};
+use super::{load, PageError, PageState, MAX_MESSAGE_BYTES};
 use crate::services::chat::Sampling;
 use crate::services::sessions::{Conversation, ConversationSettings};
 use crate::web::transcripts;
@@ -26,8 +28,20 @@ pub(super) async fn badge(State(state): State<PageState>) -> Result<Html<String>
     )?))
 }
 
-pub(super) async fn new_chat(State(state): State<PageState>) -> Result<Html<String>, PageError> {
-    render_page(&state, None).await.map(Html)
+/// `GET /`'s query: `draft` fills the composer (a message carried over from a chat whose
+/// context is full, to be sent in this new one).
+#[derive(Debug, Deserialize)]
+pub(super) struct NewChatQuery {
+    draft: Option<String>,
+}
+
+pub(super) async fn new_chat(
+    State(state): State<PageState>,
+    query: Result<Query<NewChatQuery>, QueryRejection>,
+) -> Result<Html<String>, PageError> {
+    let Query(query) = query.map_err(|err| PageError::Query(err.body_text()))?;
+    let draft = query.draft.filter(|d| d.len() <= MAX_MESSAGE_BYTES);
+    render_page(&state, None, draft).await.map(Html)
 }
 
 pub(super) async fn conversation_page(
@@ -44,13 +58,14 @@ pub(super) async fn conversation_page(
         }
         Err(other) => return Err(other),
     };
-    Ok(Html(render_page(&state, Some(loaded.1)).await?).into_response())
+    Ok(Html(render_page(&state, Some(loaded.1), None).await?).into_response())
 }
 
 /// The whole page, for a new chat (`None`) or a stored conversation.
 async fn render_page(
     state: &PageState,
     conversation: Option<Conversation>,
+    draft: Option<String>,
 ) -> Result<String, PageError> {
     let info = state.engine().info();
     let (id, title, settings, history) = match conversation {
@@ -65,7 +80,7 @@ async fn render_page(
             Vec::new(),
         ),
     };
-    let used = measure(state, &settings, &history).await;
+    let next = measure(state, &settings, &history).await;
     let conversations = state.store().list(None).await?;
     // An answer still being written shows streaming, from the start of its run.
     let live = state.runs().live(&id).map(|run| {
@@ -96,7 +111,9 @@ async fn render_page(
                 top_p => Sampling::defaults().top_p.to_string(),
                 context_length => state.context_length(),
             },
-            meter => Serde(Meter::new(used, state.context_length())),
+            meter => Serde(Meter::new(next.map(|n| n.tokens), state.context_length())),
+            cut => next.and_then(|n| n.first_sent),
+            draft => draft,
             commands => commands(),
             saved => Option::<String>::None,
             oob => false,

@@ -14,6 +14,7 @@ use minijinja::value::Serde;
 use serde::Deserialize;
 
 use super::commands::command;
+use super::meter::measure;
 use super::sidebar::sidebar_oob;
 use super::templates::render;
 use super::versions::last_versions;
@@ -23,7 +24,8 @@ use super::{
 };
 use crate::services::conversation::thinking as thinking_of;
 use crate::services::sessions::{ConversationPatch, ConversationSettings, StoredMessage};
-use crate::services::Ask;
+use crate::services::truncation::Truncation;
+use crate::services::{Ask, ConversationError, ServiceError};
 use crate::web::transcripts::{self, ConversationId, MessageView, VersionsView};
 
 /// The composer's fields.
@@ -34,6 +36,10 @@ pub(super) struct SendForm {
     message: String,
     /// Present (`on`) when the Thinking box is ticked.
     thinking: Option<String>,
+    /// `auto` turns truncation on for the conversation before sending (the "drop the oldest
+    /// messages" button of a full context); the answer is then the whole transcript, with
+    /// the mark where the history is cut.
+    truncation: Option<String>,
 }
 
 fn checked_message(raw: &str) -> Result<String, PageError> {
@@ -74,10 +80,19 @@ pub(super) async fn send(
     if state.busy(&id) {
         return Err(PageError::Busy);
     }
+    let drop_oldest = body.truncation.as_deref() == Some("auto");
     // The Thinking box is the conversation's thinking setting.
-    if thinking_of(&conversation.settings) != thinking {
+    let truncation = conversation.settings.truncation;
+    if thinking_of(&conversation.settings) != thinking
+        || (drop_oldest && truncation != Some(Truncation::Auto))
+    {
         let settings = ConversationSettings {
             thinking: Some(thinking),
+            truncation: if drop_oldest {
+                Some(Truncation::Auto)
+            } else {
+                truncation
+            },
             ..conversation.settings.clone()
         };
         let patch = ConversationPatch {
@@ -96,6 +111,19 @@ pub(super) async fn send(
         .await
     {
         Ok(started) => started,
+        Err(ConversationError::Service(err @ ServiceError::PromptTooLong { .. })) if !created => {
+            // The history filled the context: offer the ways on instead of a dead end.
+            let html = render(
+                "context_full.html",
+                context! {
+                    text => err.to_string(),
+                    conversation => id.as_str(),
+                    message => text,
+                    thinking => thinking,
+                },
+            )?;
+            return Ok(fragment_response(html, None));
+        }
         Err(err) => {
             // A refused first message leaves no empty conversation in the sidebar.
             if created {
@@ -106,10 +134,29 @@ pub(super) async fn send(
             return Err(err.into());
         }
     };
-    let mut html = render(
-        "exchange.html",
-        context! { message => text, id => started.run.id(), thinking => thinking },
-    )?;
+    let mut html = if drop_oldest {
+        // Where the prompt just sent was cut: the history with the new question.
+        let sent: Vec<StoredMessage> = started
+            .history
+            .iter()
+            .chain(started.question.as_ref())
+            .cloned()
+            .collect();
+        let next = measure(&state, &started.conversation.settings, &sent).await;
+        transcript_with_answer(
+            &state,
+            &started.history,
+            Some(&text),
+            started.run.id(),
+            thinking,
+            next.and_then(|n| n.first_sent),
+        )?
+    } else {
+        render(
+            "exchange.html",
+            context! { message => text, id => started.run.id(), thinking => thinking },
+        )?
+    };
     html.push_str(&sidebar_oob(&state, id.as_str()).await?);
     Ok(fragment_response(html, created.then_some(&id)))
 }
@@ -127,11 +174,20 @@ fn transcript_with_answer(
     message: Option<&str>,
     (answer, versions): (&str, Option<VersionsView>),
     thinking: bool,
+    cut: Option<i64>,
 ) -> Result<String, minijinja::Error> {
-    let views: Vec<MessageView> = transcripts::views(history, state.context_length());
+    let mut views: Vec<MessageView> = transcripts::views(history, state.context_length());
+    // A new answer follows: none of these is the last one any more.
+    for view in &mut views {
+        view.continuable = false;
+    }
     let mut html = render(
         "messages.html",
-        context! { messages => Serde(&views), model => state.engine().info().id.as_str() },
+        context! {
+            messages => Serde(&views),
+            model => state.engine().info().id.as_str(),
+            cut => cut,
+        },
     )?;
     html.push_str(&render(
         "exchange.html",
@@ -162,6 +218,7 @@ pub(super) async fn regenerate(
         None,
         (started.run.id(), last_versions(&stored)),
         thinking_of(&started.conversation.settings),
+        None,
     )?;
     Ok(Html(html))
 }
@@ -218,6 +275,34 @@ pub(super) async fn edit(
         Some(&text),
         (started.run.id(), None),
         thinking_of(&started.conversation.settings),
+        None,
     )?;
     Ok(Html(html))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ContinueForm {
+    conversation: String,
+}
+
+/// `POST /chat/continue`: goes on with the conversation's last answer, cut off by the token
+/// limit or stopped; answers with that answer streaming again (its text so far first), in
+/// place of the finished one.
+pub(super) async fn continue_answer(
+    State(state): State<PageState>,
+    headers: HeaderMap,
+    body: Result<Form<ContinueForm>, FormRejection>,
+) -> Result<Html<String>, PageError> {
+    from_page(&headers)?;
+    let body = form(body)?;
+    let (id, _) = load(&state, &body.conversation).await?;
+    let started = state.conversations.continue_answer(id.as_str()).await?;
+    Ok(Html(render(
+        "exchange.html",
+        context! {
+            message => Option::<String>::None,
+            id => started.run.id(),
+            thinking => thinking_of(&started.conversation.settings),
+        },
+    )?))
 }

@@ -23,6 +23,7 @@ use super::{
 use crate::services::agent;
 use crate::services::chat::Sampling;
 use crate::services::sessions::{ConversationPatch, ConversationSettings};
+use crate::services::truncation::Truncation;
 
 /// Settings as the form shows them: text, empty where the default applies.
 #[derive(Debug, Serialize)]
@@ -33,6 +34,8 @@ pub(super) struct SettingsView {
     max_tokens: String,
     thinking_budget: String,
     builtin_tools: bool,
+    /// The oldest messages are left out when the context is full.
+    drop_oldest: bool,
 }
 
 impl SettingsView {
@@ -45,6 +48,7 @@ impl SettingsView {
             max_tokens: text(settings.max_tokens.map(|m| m.to_string())),
             thinking_budget: text(settings.thinking_budget.map(|b| b.to_string())),
             builtin_tools: agent::builtin_tools_on(settings),
+            drop_oldest: settings.truncation == Some(Truncation::Auto),
         }
     }
 }
@@ -95,6 +99,8 @@ pub(super) struct SettingsForm {
     thinking_budget: String,
     /// Present (`on`) when the built-in tools box is ticked.
     builtin_tools: Option<String>,
+    /// Present (`on`) when "drop the oldest messages" is ticked.
+    drop_oldest: Option<String>,
 }
 
 fn optional<T: FromStr>(field: &'static str, raw: &str) -> Result<Option<T>, PageError> {
@@ -173,6 +179,7 @@ pub(super) async fn save_settings(
         thinking: None,
         thinking_budget: optional("thinking budget", &body.thinking_budget)?,
         builtin_tools: body.builtin_tools.is_some().then_some(true),
+        truncation: body.drop_oldest.is_some().then_some(Truncation::Auto),
     };
     parsed.check()?;
     apply_settings(

@@ -15,7 +15,7 @@ use futures_util::FutureExt;
 use minijinja::value::Serde;
 use minijinja::{context, Value};
 
-use super::meter::Meter;
+use super::meter::{current as current_meter, Meter};
 use super::templates::render;
 use super::{from_page, PageError, PageState};
 use crate::services::events::{Completion, GenerationEvent, Progress};
@@ -23,7 +23,7 @@ use crate::services::runs::{Entry, Run, RunError, RunEvent, Thought};
 use crate::services::sessions::{MessageStats, MessageStatus};
 use crate::services::tools::is_builtin;
 use crate::web::markdown::render_markdown;
-use crate::web::transcripts::{end_note, stats_line, EndNote, Ending, ThinkingView};
+use crate::web::transcripts::{continues, end_note, stats_line, EndNote, Ending, ThinkingView};
 
 /// How long Stop waits for the run to save its partial answer before it answers, so the
 /// page can send the next message at once; saving takes milliseconds.
@@ -80,17 +80,25 @@ pub(super) async fn stream(
     let run = state.runs().get(&id).map_err(PageError::from_run)?;
     let writer = AnswerWriter::new(state.clone(), &run, last_event_id(&headers));
     let subscription = run.subscribe(0);
-    let events = stream::unfold(Some((subscription, writer)), |current| async move {
-        let (mut subscription, mut writer) = current?;
-        let mut batch = vec![subscription.next().await?];
-        while batch.len() < MAX_EVENTS_PER_UPDATE {
-            match subscription.next().now_or_never() {
-                Some(Some(entry)) => batch.push(entry),
-                _ => break,
+    let conversation = run.conversation().to_owned();
+    let events = stream::unfold(Some((subscription, writer)), move |current| {
+        let conversation = conversation.clone();
+        async move {
+            let (mut subscription, mut writer) = current?;
+            let mut batch = vec![subscription.next().await?];
+            while batch.len() < MAX_EVENTS_PER_UPDATE {
+                match subscription.next().now_or_never() {
+                    Some(Some(entry)) => batch.push(entry),
+                    _ => break,
+                }
             }
+            // The answer is saved before its end is logged: the meter measures the next prompt.
+            if batch.iter().any(|entry| ends_answer(&entry.event)) {
+                writer.meter = current_meter(&writer.state, &conversation).await;
+            }
+            let (events, over) = writer.batch(batch);
+            Some((events, (!over).then_some((subscription, writer))))
         }
-        let (events, over) = writer.batch(batch);
-        Some((events, (!over).then_some((subscription, writer))))
     })
     .flat_map(|events| stream::iter(events.into_iter().map(Ok::<Event, Infallible>)));
     // A block with only `retry` sets the reconnect delay and is no event.
@@ -145,6 +153,8 @@ struct AnswerWriter {
     runs_tools: bool,
     /// The answer called a tool.
     called: bool,
+    /// The context meter once the answer is saved, for its last line.
+    meter: Option<Meter>,
 }
 
 impl AnswerWriter {
@@ -163,6 +173,7 @@ impl AnswerWriter {
             unrendered: None,
             runs_tools: run.runs_tools(),
             called: false,
+            meter: None,
         }
     }
 
@@ -364,15 +375,13 @@ impl AnswerWriter {
     /// The line that ends the answer, with the context meter as it now stands (out of band).
     fn done(&self, note: Option<EndNote>, done: Option<&Completion>) -> Event {
         let stats = stats_line(&self.rounds);
-        let meter = done.map(|done| {
-            Meter::new(
-                Some(done.usage.prompt_tokens + done.usage.completion_tokens),
-                self.state.context_length(),
-            )
-        });
+        let meter = self.meter.as_ref();
+        let written = !(self.content.trim().is_empty() && self.reasoning.trim().is_empty());
+        let continuable =
+            note.as_ref().is_some_and(|note| continues(note.kind)) && written && !self.called;
         let html = render(
             "done.html",
-            context! { note => Serde(note), stats => stats, markdown => self.content.trim() },
+            context! { note => Serde(note), stats => stats, markdown => self.content.trim(), continuable => continuable },
         )
         .and_then(|mut html| {
             if let Some(meter) = meter {

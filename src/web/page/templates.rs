@@ -34,6 +34,7 @@ const SOURCES: &[(&str, &str)] = &[
     template!("meter.html"),
     template!("edit.html"),
     template!("notice.html"),
+    template!("context_full.html"),
     template!("login.html"),
     template!("refused.html"),
     template!("loading.html"),

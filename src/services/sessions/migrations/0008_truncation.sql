@@ -1,0 +1,7 @@
+-- Conversation settings gain `truncation` ("auto" or "disabled", or absent: disabled):
+-- whether the oldest exchanges are left out of the prompt when the conversation outgrows the
+-- model's context.
+--
+-- Settings are JSON in `conversations.settings`, so no table changes; the step exists for
+-- the version number, so a binary from before it refuses the file (`SchemaTooNew`) instead
+-- of failing on a setting it does not know.
