@@ -1209,7 +1209,7 @@ mod tests {
         };
         let prepared = codec.prepare(&auto).expect("fits once cut");
         assert!(
-            prepared.dropped > 0 && prepared.dropped % 2 == 0,
+            prepared.dropped > 0 && prepared.dropped.is_multiple_of(2),
             "whole exchanges"
         );
         assert!(prepared.prompt.len() + 50 <= context);

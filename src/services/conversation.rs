@@ -211,7 +211,7 @@ impl Conversations {
             *reasoning = reasoning.trim_end_matches('\u{FFFD}').to_owned();
         }
         let thinking = thinking(&stored.settings);
-        let mut request = chat_request(&stored.settings, &history, None, Vec::new());
+        let mut request = chat_request(&stored.settings, &history, None);
         request.messages.push(ChatMessage::new(
             Role::Assistant,
             continued_text(&answer, thinking),
@@ -255,7 +255,7 @@ impl Conversations {
         settings: &ConversationSettings,
         history: &[StoredMessage],
     ) -> Result<NextPrompt, ConversationError> {
-        let request = offered_tools(settings, chat_request(settings, history, None, Vec::new()));
+        let request = offered_tools(settings, chat_request(settings, history, None));
         if request.messages.is_empty() {
             return Ok(NextPrompt {
                 tokens: 0,
@@ -568,11 +568,7 @@ mod tests {
             .await
             .expect("messages");
         assert_eq!(shown[1].id, first.draft.id, "the first answer again");
-        let request = chat_request(
-            &ConversationSettings::default(),
-            &shown,
-            Some("Next"),
-        );
+        let request = chat_request(&ConversationSettings::default(), &shown, Some("Next"));
         let sent: Vec<&str> = request
             .messages
             .iter()
@@ -688,7 +684,7 @@ mod tests {
             .next_prompt(&tools, &history)
             .await
             .expect("measured");
-        let request = agent::with_builtin_tools(chat_request(&tools, &history, None, Vec::new()));
+        let request = agent::with_builtin_tools(chat_request(&tools, &history, None));
         let sent = service
             .engine()
             .codec()

@@ -319,12 +319,28 @@ fn a_prompt_file_reads_as_the_same_prompt_and_ctx_size_bounds_the_context() {
     std::fs::write(&file, &prompt).unwrap();
     let base = ["generate", "--model", model, "--raw", "--max-tokens", "6"];
     let given = smolbot(&[&base[..], &["--temperature", "0", "--prompt", &prompt]].concat());
-    let read = smolbot(&[&base[..], &["--temperature", "0", "-f", file.to_str().unwrap()]].concat());
+    let read = smolbot(
+        &[
+            &base[..],
+            &["--temperature", "0", "-f", file.to_str().unwrap()],
+        ]
+        .concat(),
+    );
     assert!(read.status.success(), "{}", text(&read.stderr));
     assert_eq!(text(&given.stdout), text(&read.stdout));
-    assert!(text(&read.stderr).contains("peak memory: "), "{}", text(&read.stderr));
+    assert!(
+        text(&read.stderr).contains("peak memory: "),
+        "{}",
+        text(&read.stderr)
+    );
     // 120 prompt tokens in a 64-position context: refused, naming both numbers.
-    let small = smolbot(&[&base[..], &["--ctx-size", "64", "-f", file.to_str().unwrap()]].concat());
+    let small = smolbot(
+        &[
+            &base[..],
+            &["--ctx-size", "64", "-f", file.to_str().unwrap()],
+        ]
+        .concat(),
+    );
     let err = text(&small.stderr);
     assert!(!small.status.success(), "{err}");
     assert!(err.contains("64"), "{err}");

@@ -263,7 +263,7 @@ async fn the_meter_counts_what_the_next_request_sends_tools_included() {
         "question, call, result, answer: {history:#?}"
     );
     let settings = store.get(id.clone()).await.expect("conversation").settings;
-    let request = with_builtin_tools(chat_request(&settings, &history, None, Vec::new()));
+    let request = with_builtin_tools(chat_request(&settings, &history, None));
     let next = engine
         .codec()
         .prepare(&request)
@@ -294,7 +294,7 @@ async fn the_meter_counts_what_the_next_request_sends_tools_included() {
         let digits = n.to_string();
         let mut out = String::new();
         for (i, ch) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
                 out.push(',');
             }
             out.push(ch);

@@ -147,7 +147,7 @@ pub(super) async fn send(
             &state,
             &started.history,
             Some(&text),
-            started.run.id(),
+            (started.run.id(), None),
             thinking,
             next.and_then(|n| n.first_sent),
         )?

@@ -255,7 +255,7 @@ impl AnswerWriter {
             RunEvent::Stopped => {
                 self.clear_progress(out);
                 let note = self.note(MessageStatus::Stopped, None);
-                out.push(self.done(note, None));
+                out.push(self.done(note));
                 return false;
             }
             RunEvent::Thought(thought) => {
@@ -324,12 +324,12 @@ impl AnswerWriter {
             }
             GenerationEvent::Done(done) => {
                 let note = self.note(MessageStatus::Complete, Some(done));
-                out.push(self.done(note, Some(done)));
+                out.push(self.done(note));
             }
             GenerationEvent::Failed(message) => {
                 out.push(self.fragment("failed", "failed.html", context! { message => message }));
                 let note = self.note(MessageStatus::Failed, None);
-                out.push(self.done(note, None));
+                out.push(self.done(note));
             }
             GenerationEvent::Progress(_) => {}
         }
@@ -373,7 +373,7 @@ impl AnswerWriter {
     }
 
     /// The line that ends the answer, with the context meter as it now stands (out of band).
-    fn done(&self, note: Option<EndNote>, done: Option<&Completion>) -> Event {
+    fn done(&self, note: Option<EndNote>) -> Event {
         let stats = stats_line(&self.rounds);
         let meter = self.meter.as_ref();
         let written = !(self.content.trim().is_empty() && self.reasoning.trim().is_empty());
