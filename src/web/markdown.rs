@@ -177,7 +177,7 @@ fn highlight(language: &str, code: &str) -> Option<String> {
 }
 
 /// `text` safe as HTML text or a quoted attribute value.
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 8);
     for c in text.chars() {
         match c {

@@ -493,10 +493,7 @@ async function shownNumbers(page) {
 test("a reload shows the same thinking and stats as the live page, a tool turn included", async () => {
   const { page, problems } = await openPage();
   const path = await chatWith(page, "Numbers that stay");
-  await page.locator("details.settings-panel summary").click();
-  await page.check("input[name=builtin_tools]");
-  await page.click("#settings button[type=submit]");
-  await page.locator("#settings .saved", { hasText: "Saved." }).waitFor();
+  await saveSettings(page, () => page.check("input[name=builtin_tools]"));
   await send(page, "What is 17 * (3+4)?");
   await page.locator(".msg.assistant .meta .stats").nth(1).waitFor({ timeout: ANSWER_MS });
   const live = await shownNumbers(page);
@@ -1144,11 +1141,11 @@ async function sendAndWait(page, text) {
 }
 
 async function saveSettings(page, change) {
-  await page.locator("details.settings-panel summary").click();
+  await page.click("#settings-open");
   await change();
   await page.click("#settings button[type=submit]");
   await page.locator("#settings .saved", { hasText: "Saved." }).waitFor();
-  await page.locator("details.settings-panel summary").click();
+  await page.click("#settings-close");
 }
 
 test("a full context: the page offers to drop the oldest messages, and marks the cut", async () => {
@@ -1244,6 +1241,16 @@ test("Continue after max tokens extends the same message, live and after a reloa
   assert.equal(normal(await page.locator(".msg.assistant .answer").textContent()), after);
   assert.equal(await page.locator(".msg.assistant button.continue").count(), 1, "still cut off: Continue again");
   await page.screenshot({ path: join(SHOTS, "19-continued.png") });
+  // A newer question: only its answer offers Continue; the earlier one's button is hidden.
+  await send(page, "And beavers?");
+  const second = page.locator(".msg.assistant").nth(1);
+  await second.locator(".meta .note.length").waitFor({ timeout: ANSWER_MS });
+  assert.ok(await second.locator("button.continue").isVisible(), "the last answer continues");
+  assert.equal(
+    await page.locator(".msg.assistant").first().locator("button.continue").isVisible(),
+    false,
+    "an earlier answer does not",
+  );
   assert.deepEqual(problems, []);
   await page.close();
 });

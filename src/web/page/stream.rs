@@ -484,20 +484,7 @@ fn sse(event: &str, html: String) -> Event {
 
 /// A reasoning delta as an escaped `<span>`, so whitespace-only pieces survive the swap.
 fn escape_span(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 13);
-    out.push_str("<span>");
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out.push_str("</span>");
-    out
+    format!("<span>{}</span>", crate::web::markdown::escape(text))
 }
 
 #[cfg(test)]

@@ -461,7 +461,6 @@
     var pending = messages.querySelectorAll(".math:not(.math-done)");
     if (pending.length === 0) return;
     if (katexState !== "ready" || !window.katex) return loadKatex();
-    var stick = nearBottom();
     Array.prototype.forEach.call(pending, function (span) {
       var tex = span.textContent;
       span.classList.add("math-done");
@@ -477,7 +476,8 @@
         span.title = e && e.message ? e.message : "This formula could not be typeset.";
       }
     });
-    if (stick) toBottom();
+    // Typeset formulas change the heights: a page that follows stays at the bottom.
+    if (follow) toBottom();
   }
 
   document.body.addEventListener("htmx:afterSwap", renderMath);
