@@ -4,7 +4,10 @@
 # run, alternating engines: a warm-up, then medians of ROUNDS runs, printed as ratios.
 #   scripts/bench.sh [MODEL.gguf]   (default: the full-size synthetic SmolLM3-3B, made on demand)
 # Env: THREADS (2), ROUNDS (3), PROMPT (512), GEN (128), PYTHON (python3),
-#      LLAMA_PRELOAD (e.g. the no-AMX shim), CANDLE (1; 0 skips candle's path, slow on long prompts).
+#      LLAMA_PRELOAD (e.g. the no-AMX shim), CANDLE (1; 0 skips candle's path, slow on long prompts),
+#      CACHE_TYPE (KV cache element type for both engines: f16, f32, q8_0; default each engine's).
+# Long context (issue #16's table): for n in 1024 8192 32768; do
+#      CACHE_TYPE=f16 CANDLE=0 ROUNDS=1 PROMPT=$n GEN=32 scripts/bench.sh; done
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-2}
@@ -13,6 +16,7 @@ prompt=${PROMPT:-512}
 gen=${GEN:-128}
 py=${PYTHON:-python3}
 candle=${CANDLE:-1}
+cache_type=${CACHE_TYPE:-}
 cargo build --release --quiet
 model=${1:-models/smollm3-synthetic-3b.gguf}
 if [ ! -s "$model" ]; then
@@ -22,15 +26,16 @@ llama=0
 if "$py" -c "import llama_cpp" 2>/dev/null; then llama=1; fi
 ours() {
   SMOLBOT_KERNELS=$1 target/release/smolbot bench --model "$model" --threads "$threads" --cpu \
-    --prompt-tokens "$prompt" --gen-tokens "$gen" --json | tail -1
+    ${cache_type:+--cache-type "$cache_type"} --prompt-tokens "${3:-$prompt}" \
+    --gen-tokens "${4:-$gen}" --json | tail -1
 }
 theirs() {
   LD_PRELOAD=${LLAMA_PRELOAD:-} "$py" scripts/bench_llama_cpp.py --model "$model" --threads "$threads" \
-    --prompt-tokens "$prompt" --gen-tokens "$gen" | tail -1
+    ${cache_type:+--cache-type "$cache_type"} --prompt-tokens "$prompt" --gen-tokens "$gen" | tail -1
 }
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-ours auto >/dev/null # warm-up: the file into the page cache
+ours auto - 16 1 >/dev/null # warm-up: the file into the page cache
 for _ in $(seq "$rounds"); do
   ours auto >>"$out"
   if [ "$candle" = 1 ]; then ours candle >>"$out"; fi
