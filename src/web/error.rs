@@ -258,6 +258,12 @@ impl From<ServiceError> for ApiError {
                 None,
                 None,
             ),
+            ServiceError::RemoteUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Unavailable,
+                None,
+                Some("engine_unavailable"),
+            ),
             ServiceError::ConversationNotFound { .. } | ServiceError::MessageNotFound { .. } => (
                 StatusCode::NOT_FOUND,
                 ErrorKind::NotFound,
