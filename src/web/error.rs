@@ -374,6 +374,13 @@ mod tests {
             ),
             (ServiceError::QueueFull { capacity: 1 }, 503, None),
             (ServiceError::EngineStopped, 503, None),
+            (
+                ServiceError::RemoteUnavailable {
+                    reason: "http://a: down".into(),
+                },
+                503,
+                None,
+            ),
             (ServiceError::Generation("boom".into()), 500, None),
         ];
         for (err, status, param) in cases {

@@ -498,6 +498,8 @@ impl RemotePool {
                     ))
                 }
                 Ok(Err(err)) => return Attempt::failed(describe(err)),
+                // Some servers close the stream after the finishing chunk, without [DONE].
+                Ok(Ok(None)) if reading.finish_reason.is_some() => return Attempt::Finished,
                 Ok(Ok(None)) => return Attempt::failed("the stream ended before [DONE]".into()),
                 Ok(Ok(Some(bytes))) => buffer.extend_from_slice(&bytes),
             }
