@@ -21,6 +21,8 @@ use smolbot::services::engine::{
     DEFAULT_GENERATION_TIME, DEFAULT_PARALLEL, DEFAULT_QUEUE_CAPACITY,
 };
 use smolbot::services::kv_budget::ContextRequest;
+use smolbot::services::remote::balancer::BreakerPolicy;
+use smolbot::services::remote::{RemoteConfig, DEFAULT_HEALTH_INTERVAL, DEFAULT_REMOTE_TIMEOUT};
 use smolbot::services::stub::{StubConfig, STUB_CONTEXT_LENGTH};
 use smolbot::services::{BackendSpec, Engine, EngineLimits};
 use smolbot::web::app::{loading_gate, LoadingShell};
@@ -145,10 +147,107 @@ pub async fn load_engine(spec: BackendSpec, limits: EngineLimits) -> anyhow::Res
     Ok(engine)
 }
 
+/// Where the model runs: here (`local`, the default) or on OpenAI-compatible servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineKind {
+    Local,
+    Openai,
+}
+
+/// `--engine openai` and its remotes.
+#[derive(Args)]
+pub struct EngineArgs {
+    /// Where the model runs: `local` (this process loads --model) or `openai` (the servers
+    /// of --engine-url run it; this one only reads --model's tokenizer and chat template).
+    #[arg(long, env = "SMOLBOT_ENGINE", value_enum, default_value_t = EngineKind::Local)]
+    pub(super) engine: EngineKind,
+    /// Base URL of an OpenAI-compatible server (vLLM, TGI, llama.cpp's server, another
+    /// smolbot), e.g. http://gpu1:8000; repeat it, or separate with commas, for several.
+    #[arg(long, env = "SMOLBOT_ENGINE_URL", value_delimiter = ',')]
+    pub(super) engine_url: Vec<String>,
+    /// Sent to the servers as `Authorization: Bearer KEY`.
+    #[arg(long, env = "SMOLBOT_ENGINE_KEY", hide_env_values = true)]
+    pub(super) engine_key: Option<String>,
+    /// The `model` to ask the servers for (default: the first one their /v1/models lists).
+    #[arg(long, env = "SMOLBOT_ENGINE_MODEL")]
+    pub(super) engine_model: Option<String>,
+    /// Seconds a server may take to start answering, or between two pieces of an answer,
+    /// before the request goes to another server (or fails, once text was sent).
+    #[arg(long, env = "SMOLBOT_ENGINE_TIMEOUT", default_value_t = DEFAULT_REMOTE_TIMEOUT.as_secs_f64())]
+    pub(super) engine_timeout: f64,
+    /// Seconds between two health checks of each server.
+    #[arg(long, env = "SMOLBOT_ENGINE_HEALTH_INTERVAL", default_value_t = DEFAULT_HEALTH_INTERVAL.as_secs_f64())]
+    pub(super) engine_health_interval: f64,
+    /// Failed requests in a row after which a server gets no requests for
+    /// --engine-cool-down seconds (its circuit breaker opens); then one trial request
+    /// decides whether it is back.
+    #[arg(long, env = "SMOLBOT_ENGINE_BREAKER_FAILURES", default_value_t = BreakerPolicy::default().failures)]
+    pub(super) engine_breaker_failures: u32,
+    #[arg(long, env = "SMOLBOT_ENGINE_COOL_DOWN", default_value_t = BreakerPolicy::default().cool_down.as_secs_f64())]
+    pub(super) engine_cool_down: f64,
+}
+
+impl EngineArgs {
+    /// The remotes, when the model runs on them.
+    fn remote(&self) -> anyhow::Result<Option<RemoteConfig>> {
+        if self.engine == EngineKind::Local {
+            if !self.engine_url.is_empty() {
+                anyhow::bail!("--engine-url needs --engine openai");
+            }
+            return Ok(None);
+        }
+        let urls: Vec<String> = self
+            .engine_url
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            anyhow::bail!("--engine openai needs at least one --engine-url");
+        }
+        let seconds = |flag: &str, value: f64| {
+            Duration::try_from_secs_f64(value)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .with_context(|| format!("--{flag} must be a positive number of seconds"))
+        };
+        Ok(Some(RemoteConfig {
+            urls,
+            api_key: self.engine_key.clone(),
+            model: self.engine_model.clone(),
+            timeout: seconds("engine-timeout", self.engine_timeout)?,
+            health_interval: seconds("engine-health-interval", self.engine_health_interval)?,
+            breaker: BreakerPolicy {
+                failures: self.engine_breaker_failures.max(1),
+                cool_down: seconds("engine-cool-down", self.engine_cool_down)?,
+            },
+        }))
+    }
+}
+
+/// The local model, or the remote engine over `remote`'s servers.
+async fn start_engine(
+    spec: BackendSpec,
+    remote: Option<RemoteConfig>,
+    limits: EngineLimits,
+) -> anyhow::Result<Engine> {
+    let Some(remote) = remote else {
+        return load_engine(spec, limits).await;
+    };
+    let urls = remote.urls.join(", ");
+    let engine = Engine::start_remote(spec, remote, limits)
+        .await
+        .context("cannot start the remote engine")?;
+    tracing::info!("the model runs on {urls}");
+    Ok(engine)
+}
+
 #[derive(Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub(super) model: ModelArgs,
+    #[command(flatten)]
+    pub(super) remote: EngineArgs,
     /// Address to listen on; 127.0.0.1 keeps the server to this machine.
     #[arg(long, env = "SMOLBOT_HOST", default_value = "127.0.0.1")]
     pub(super) host: String,
@@ -232,6 +331,7 @@ pub fn init_logging() {
 /// answer "loading" while a large file loads instead of leaving the port closed.
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let spec = args.model.spec(args.alias.clone())?;
+    let remote = args.remote.remote()?;
     let data_dir = args
         .data_dir
         .clone()
@@ -287,13 +387,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     ));
     // Not "on http://…": scripts wait for that line of the ready server.
     tracing::info!("listening at {address} while the model loads");
+    let limits = EngineLimits {
+        queue_capacity: args.queue_size,
+        parallel: args.parallel,
+        generation_time: (args.max_generation_time > 0)
+            .then(|| Duration::from_secs(args.max_generation_time)),
+    };
     let engine = tokio::select! {
-        engine = load_engine(spec, EngineLimits {
-            queue_capacity: args.queue_size,
-            parallel: args.parallel,
-            generation_time: (args.max_generation_time > 0)
-                .then(|| Duration::from_secs(args.max_generation_time)),
-        }) => engine?,
+        engine = start_engine(spec, remote, limits) => engine?,
         stopped = &mut server => {
             stopped.context("the server failed")?;
             return Ok(ExitCode::SUCCESS);

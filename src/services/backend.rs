@@ -160,6 +160,58 @@ impl BackendSpec {
     }
 }
 
+impl BackendSpec {
+    /// The text side alone — template, tokenizer, context size — for an engine whose
+    /// weights run elsewhere (`--engine openai`). A GGUF file is only mapped and its metadata
+    /// read: no tensor is loaded, so a web node needs the file but not the memory for it.
+    pub fn load_text_side(&self) -> Result<(ChatCodec, ModelInfo), ServiceError> {
+        match self {
+            Self::Gguf {
+                path,
+                alias,
+                context,
+                ..
+            } => {
+                let file = GgufFile::open(path).map_err(|e| ServiceError::Load(e.into()))?;
+                let config = crate::smollm3::ModelConfig::from_gguf(&file)
+                    .map_err(|e| ServiceError::Load(e.into()))?;
+                let tokenizer =
+                    crate::smollm3::GgufTokenizer::from_gguf(&file).map_err(ServiceError::Load)?;
+                let template = model_template(&file).map_err(ServiceError::Load)?;
+                let template_defaults = special_token_kwargs(&file).map_err(ServiceError::Load)?;
+                let trained = config.transformer.context_length;
+                let context_length = context
+                    .ctx_size
+                    .filter(|&n| n > 0)
+                    .map_or(trained, |n| n.min(trained));
+                let id = alias.clone().unwrap_or_else(|| {
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
+                        .unwrap_or_else(|| "model".into())
+                });
+                let codec = ChatCodec::new(tokenizer, template, template_defaults, context_length);
+                Ok((
+                    codec,
+                    ModelInfo {
+                        id,
+                        context_length,
+                        created: now(),
+                        is_stub: false,
+                        device: "remote",
+                    },
+                ))
+            }
+            Self::Stub(_) => {
+                let LoadedBackend {
+                    codec, mut info, ..
+                } = self.load(1)?;
+                info.device = "remote";
+                Ok((codec, info))
+            }
+        }
+    }
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -25,6 +25,7 @@ use super::events::{
     Completion, FinishReason, GenerationEvent, Logprobs, Progress, ReplyParser, Timings, Usage,
 };
 use super::metrics::{GenerationRecord, Metrics};
+use super::remote::{RemoteConfig, RemotePool, RemoteStatus};
 use super::structured::ConstraintGate;
 use super::token_model::TokenModel;
 use crate::inference::generate::{
@@ -97,10 +98,19 @@ impl Line {
     }
 }
 
+/// Where prepared requests go: the model thread here, or remote inference servers
+/// (`--engine openai`). Everything before (template, limits) and after (the event stream)
+/// is the same for both, so the façade and the front ends never tell them apart.
+#[derive(Clone)]
+enum Dispatch {
+    Local(SyncSender<Job>),
+    Remote(Arc<RemotePool>),
+}
+
 /// A handle to the engine: cheap to clone, one per handler.
 #[derive(Clone)]
 pub struct Engine {
-    jobs: SyncSender<Job>,
+    dispatch: Dispatch,
     limits: EngineLimits,
     info: Arc<ModelInfo>,
     codec: Arc<ChatCodec>,
@@ -212,13 +222,46 @@ impl Engine {
             .map_err(|err| ServiceError::Generation(format!("cannot start the engine: {err}")))?;
         let (info, codec) = ready_rx.await.map_err(|_| ServiceError::EngineStopped)??;
         Ok(Self {
-            jobs,
+            dispatch: Dispatch::Local(jobs),
             limits,
             info,
             codec,
             line,
             metrics,
         })
+    }
+
+    /// Starts an engine whose model runs on the OpenAI-compatible servers of `remote`:
+    /// only the text side of `spec` is loaded here (see [`BackendSpec::load_text_side`]).
+    /// `limits` are kept for what the API reports; the remotes keep their own queues.
+    pub async fn start_remote(
+        spec: BackendSpec,
+        remote: RemoteConfig,
+        limits: EngineLimits,
+    ) -> Result<Self, ServiceError> {
+        let started = Instant::now();
+        let (codec, info) = tokio::task::spawn_blocking(move || spec.load_text_side())
+            .await
+            .map_err(|err| ServiceError::Generation(format!("worker failed: {err}")))??;
+        let pool = RemotePool::start(remote).await?;
+        let metrics = Arc::new(Metrics::default());
+        metrics.set_load_time(started.elapsed());
+        Ok(Self {
+            dispatch: Dispatch::Remote(pool),
+            limits,
+            info: Arc::new(info),
+            codec: Arc::new(codec),
+            line: Arc::new(Mutex::new(Line::default())),
+            metrics,
+        })
+    }
+
+    /// Each remote inference server's health and load; `None` for the local model.
+    pub fn remotes(&self) -> Option<Vec<RemoteStatus>> {
+        match &self.dispatch {
+            Dispatch::Local(_) => None,
+            Dispatch::Remote(pool) => Some(pool.statuses()),
+        }
     }
 
     /// Counters and latencies of the generations so far.
@@ -228,6 +271,9 @@ impl Engine {
 
     /// Requests waiting for the engine, and how many generations run now.
     pub fn queue(&self) -> (usize, usize) {
+        if let Dispatch::Remote(pool) = &self.dispatch {
+            return (0, pool.in_flight());
+        }
         let line = lock(&self.line);
         (line.waiting.len(), line.running)
     }
@@ -249,6 +295,21 @@ impl Engine {
     /// then queues it: the one way a chat request reaches the model, so no front end
     /// prepares on a worker thread or words a failed worker on its own.
     pub async fn generate(&self, request: ChatRequest) -> Result<GenerationStream, ServiceError> {
+        if let Dispatch::Remote(pool) = &self.dispatch {
+            // The request goes along for remotes that take chat messages only.
+            let (prepared, request) = self
+                .off_runtime(move |codec| Ok((codec.prepare(&request)?, request)))
+                .await?;
+            let (events, receiver) = mpsc::unbounded_channel();
+            pool.start_generation(
+                Arc::clone(&self.codec),
+                Arc::clone(&self.metrics),
+                prepared,
+                Some(request),
+                events,
+            )?;
+            return Ok(GenerationStream { events: receiver });
+        }
         let prepared = self
             .off_runtime(move |codec| codec.prepare(&request))
             .await?;
@@ -281,6 +342,19 @@ impl Engine {
     /// Queues `chat` and returns its event stream, or refuses at once when the queue is full.
     pub fn submit(&self, chat: PreparedChat) -> Result<GenerationStream, ServiceError> {
         let (events, receiver) = mpsc::unbounded_channel();
+        let jobs = match &self.dispatch {
+            Dispatch::Local(jobs) => jobs,
+            Dispatch::Remote(pool) => {
+                pool.start_generation(
+                    Arc::clone(&self.codec),
+                    Arc::clone(&self.metrics),
+                    chat,
+                    None,
+                    events,
+                )?;
+                return Ok(GenerationStream { events: receiver });
+            }
+        };
         // Held across the send so that tickets enter the line in the channel's order.
         let mut line = lock(&self.line);
         let ticket = line.next_ticket;
@@ -289,7 +363,7 @@ impl Engine {
             chat,
             events: events.clone(),
         };
-        match self.jobs.try_send(job) {
+        match jobs.try_send(job) {
             Ok(()) => {
                 line.next_ticket += 1;
                 line.waiting.push_back((ticket, events));

@@ -71,6 +71,10 @@ pub enum ServiceError {
     QueueFull { capacity: usize },
     #[error("the model is not running any more; restart the server")]
     EngineStopped,
+    /// `--engine openai`: every inference server is down, failing or shut off by its
+    /// circuit breaker; `reason` names each one and why.
+    #[error("no inference server can take the request now ({reason}); try again shortly")]
+    RemoteUnavailable { reason: String },
     #[error("loading the model failed: {0}")]
     Load(Smollm3Error),
     #[error(transparent)]

@@ -182,7 +182,16 @@ impl<'a> ReplyParser<'a> {
         let Some(text) = self.decoder.push(id)? else {
             return Ok(Vec::new());
         };
-        let text = self.stop.push(&text);
+        self.push_text(&text)
+    }
+
+    /// Takes the next piece of generated text, already decoded (a remote engine streams
+    /// text, not ids), and returns the events it completes: the same reading as [`Self::push`].
+    pub fn push_text(&mut self, text: &str) -> Result<Vec<GenerationEvent>, Smollm3Error> {
+        if self.stop.hit() {
+            return Ok(Vec::new());
+        }
+        let text = self.stop.push(text);
         let mut events = Vec::new();
         if self.raw {
             events.extend((!text.is_empty()).then_some(GenerationEvent::Content(text)));

@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod kv_budget;
 pub mod metrics;
+pub mod remote;
 pub mod runs;
 pub mod sessions;
 pub mod structured;

@@ -97,7 +97,24 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
     let info = engine.info();
     let (waiting, running) = engine.queue();
     let metrics = engine.metrics();
+    // `--engine openai`: each inference server's health, breaker and load.
+    let remotes = engine.remotes().map(|remotes| {
+        remotes
+            .into_iter()
+            .map(|r| {
+                json!({
+                    "url": r.url,
+                    "healthy": r.healthy,
+                    "breaker": r.breaker,
+                    "in_flight": r.in_flight,
+                    "requests": r.requests,
+                    "failures": r.failures,
+                })
+            })
+            .collect::<Vec<_>>()
+    });
     Json(json!({
+        "remotes": remotes,
         "model": info.id,
         "stub": info.is_stub,
         "context_length": info.context_length,

@@ -18,12 +18,14 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::json::ApiJson;
-use super::openai::{body_with_sampling, random_id, response_format, stop_strings, WireUsage};
+use super::openai::{
+    body_with_sampling, random_id, response_format, stop_strings, StreamOptions, WireUsage,
+};
 use super::state::{check_model, AppState};
 use crate::services::chat::{
     ChatCodec, CompletionPrompt, CompletionRequest, PreparedChat, TokenLimit,
 };
-use crate::services::events::{Completion, GenerationEvent, TokenLogprobs, Usage};
+use crate::services::events::{Completion, GenerationEvent, Progress, TokenLogprobs, Usage};
 use crate::services::ServiceError;
 
 /// OpenAI's default for `max_tokens` on this endpoint.
@@ -53,6 +55,12 @@ body_with_sampling! {
         pub json_schema: Option<Value>,
         /// llama-server extension: a grammar (llguidance's Lark dialect).
         pub grammar: Option<String>,
+        /// Streaming: `include_usage` adds a last chunk with the token counts.
+        pub stream_options: Option<StreamOptions>,
+        /// llama-server extension, streaming: chunks without text tell the prompt's
+        /// progress (`prompt_progress`) and, smolbot's own, the place in line (`queued`), so
+        /// a smolbot in front of this one (`--engine openai`) can show them.
+        pub return_progress: Option<bool>,
     }
 }
 
@@ -261,7 +269,15 @@ pub async fn completions(
             .pop()
             .ok_or_else(|| ApiError::bad_request("no prompt"))?;
         let generation = state.engine().submit(chat)?;
-        return Ok(stream_one(generation, id, created, model).into_response());
+        let extras = StreamExtras {
+            usage: body
+                .stream_options
+                .as_ref()
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+            progress: body.return_progress == Some(true),
+        };
+        return Ok(stream_one(generation, id, created, model, extras).into_response());
     }
     let echo = body.echo == Some(true);
     let mut choices = Vec::with_capacity(prepared.len());
@@ -309,6 +325,13 @@ pub async fn completions(
     .into_response())
 }
 
+/// What a stream sends besides the text, when asked.
+#[derive(Debug, Clone, Copy)]
+struct StreamExtras {
+    usage: bool,
+    progress: bool,
+}
+
 /// Streams one prompt's text as `text_completion` chunks, the last with its
 /// `finish_reason`, then `[DONE]`; a failure mid-way is sent as `{"error": …}`.
 fn stream_one(
@@ -316,26 +339,61 @@ fn stream_one(
     id: String,
     created: u64,
     model: String,
+    extras: StreamExtras,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let head = serde_json::json!({
+        "id": id, "object": "text_completion", "created": created, "model": model,
+    });
     let chunk = move |text: String, finish: Option<&'static str>| {
-        serde_json::json!({
-            "id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}],
-        })
-        .to_string()
+        let mut chunk = head.clone();
+        chunk["choices"] = serde_json::json!([{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}]);
+        chunk
     };
+    // A chunk without choices that carries `key` (progress, usage), as OpenAI sends usage.
+    let extra = {
+        let chunk = chunk.clone();
+        move |key: &str, value: Value| {
+            let mut chunk = chunk(String::new(), None);
+            chunk["choices"] = serde_json::json!([]);
+            chunk[key] = value;
+            chunk.to_string()
+        }
+    };
+    let chunk = move |text: String, finish: Option<&'static str>| chunk(text, finish).to_string();
     let events = stream::unfold(Some(generation), move |state| {
         let chunk = chunk.clone();
+        let extra = extra.clone();
         async move {
             let mut generation = state?;
             let payloads = match generation.next().await {
                 Some(GenerationEvent::Content(text) | GenerationEvent::Reasoning(text)) => {
                     vec![chunk(text, None)]
                 }
+                Some(GenerationEvent::Progress(progress)) if extras.progress => {
+                    vec![match progress {
+                        Progress::Queued { ahead } => {
+                            extra("queued", serde_json::json!({ "ahead": ahead }))
+                        }
+                        Progress::Prefill {
+                            done,
+                            total,
+                            cached,
+                        } => extra(
+                            "prompt_progress",
+                            serde_json::json!({ "total": total, "cache": cached, "processed": done }),
+                        ),
+                    }]
+                }
                 Some(GenerationEvent::ToolCall(_) | GenerationEvent::Progress(_)) => Vec::new(),
                 Some(GenerationEvent::Done(done)) => {
-                    let last = chunk(String::new(), Some(done.finish_reason.as_str()));
-                    return Some((vec![last, "[DONE]".to_owned()], None));
+                    let mut last = vec![chunk(String::new(), Some(done.finish_reason.as_str()))];
+                    if extras.usage {
+                        let usage = serde_json::to_value(WireUsage::from(done.usage))
+                            .unwrap_or_default();
+                        last.push(extra("usage", usage));
+                    }
+                    last.push("[DONE]".to_owned());
+                    return Some((last, None));
                 }
                 Some(GenerationEvent::Failed(message)) => {
                     let err = ApiError::from(ServiceError::Generation(message));

@@ -258,6 +258,12 @@ impl From<ServiceError> for ApiError {
                 None,
                 None,
             ),
+            ServiceError::RemoteUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Unavailable,
+                None,
+                Some("engine_unavailable"),
+            ),
             ServiceError::ConversationNotFound { .. } | ServiceError::MessageNotFound { .. } => (
                 StatusCode::NOT_FOUND,
                 ErrorKind::NotFound,
@@ -368,6 +374,13 @@ mod tests {
             ),
             (ServiceError::QueueFull { capacity: 1 }, 503, None),
             (ServiceError::EngineStopped, 503, None),
+            (
+                ServiceError::RemoteUnavailable {
+                    reason: "http://a: down".into(),
+                },
+                503,
+                None,
+            ),
             (ServiceError::Generation("boom".into()), 500, None),
         ];
         for (err, status, param) in cases {

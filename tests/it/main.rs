@@ -30,6 +30,7 @@ mod openai_sse;
 mod page_runs;
 mod prefix_cache;
 mod properties;
+mod remote_engine;
 mod request_limits;
 mod sessions_api;
 mod sessions_durability;
