@@ -33,6 +33,7 @@ mod properties;
 mod request_limits;
 mod sessions_api;
 mod sessions_durability;
+mod shared_database;
 mod slow_clients;
 mod tokenizer_golden;
 mod web_page;
