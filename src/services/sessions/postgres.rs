@@ -45,7 +45,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
 pub const RUN_LEASE: Duration = Duration::from_secs(30);
 
 /// The advisory lock key serializing migrations (any constant; "smolbot" in ASCII).
-const MIGRATION_LOCK: i64 = 0x736d_6f6c_626f_74;
+const MIGRATION_LOCK: i64 = 0x0073_6d6f_6c62_6f74;
 
 /// The database's clock in milliseconds: every server reads the same one, so a lease means
 /// the same to all of them whatever their own clocks say.
