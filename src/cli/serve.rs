@@ -195,7 +195,7 @@ pub struct ServeArgs {
     /// This server's name among those sharing --database-url, unique to each (default:
     /// host name and port). A server started again under its name marks the answers it was
     /// writing interrupted at once; others wait until its claim runs out.
-    #[arg(long, env = "SMOLBOT_NODE_ID", requires = "database_url")]
+    #[arg(long, env = "SMOLBOT_NODE_ID")]
     pub(super) node_id: Option<String>,
 }
 

@@ -1,9 +1,10 @@
 //! Several servers on one PostgreSQL database (`smolbot serve --database-url`): two real
 //! `smolbot serve --stub` processes on 127.0.0.1 over a database of this test process's
 //! private PostgreSQL server (`common::postgres`). What one server is writing, the other
-//! shows as it grows and refuses to answer over (409, naming the server writing); two sends
-//! at once, one to each, give one answer and one 409; a server SIGKILLed mid-answer leaves
-//! the answer with the text saved before, marked `interrupted` once the server is back.
+//! shows as it grows (its history, and its chat page as far as saved) and refuses to answer
+//! over (409, naming the server writing); two sends at once, one to each, give one answer
+//! and one 409; a server SIGKILLed mid-answer leaves the answer with the text saved before,
+//! marked `interrupted` once the server is back.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -173,6 +174,15 @@ fn an_answer_written_on_one_server_is_seen_growing_on_the_other_which_refuses_to
     std::thread::scope(|scope| {
         let on_a = scope.spawn(|| send(&a, &id, &long_question()));
         let seen = growing_answer(&b, &id);
+        // b's chat page shows it as far as it is saved, and says where it is written.
+        let (status, page) = b
+            .try_request("GET", &format!("/c/{id}"), None)
+            .expect("b's page");
+        assert_eq!(status, 200, "{page}");
+        assert!(
+            page.contains("Being written on another server"),
+            "b's page says the answer is written elsewhere: {page}"
+        );
         let (status, refused) = send(&b, &id, &json!({"content": "Meanwhile"}));
         assert_eq!(status, 409, "{refused}");
         assert_eq!(refused["error"]["code"], "conversation_busy", "{refused}");

@@ -1037,6 +1037,37 @@ async fn a_turn_commits_its_changes_the_question_and_the_draft_together(place: P
 mod shared_database {
     use super::*;
 
+    #[test]
+    fn a_database_url_is_shown_without_its_password() {
+        assert_eq!(
+            postgres::redacted("postgres://smolbot:s3cret@db:5432/chat"),
+            "postgres://smolbot@db:5432/chat"
+        );
+        assert_eq!(
+            postgres::redacted("postgres://db/chat"),
+            "postgres://db/chat"
+        );
+        assert!(!postgres::redacted("host=db password=s3cret").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_an_error_naming_it_without_the_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("postgres://smolbot:s3cret@127.0.0.1:{port}/chat");
+        match SessionStore::connect(&url, "a").await {
+            Err(err @ ServiceError::Database { .. }) => {
+                let text = err.to_string();
+                assert!(text.contains(&format!("127.0.0.1:{port}/chat")), "{text}");
+                assert!(!text.contains("s3cret"), "{text}");
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("connected to nothing"),
+        }
+    }
+
     async fn node(url: &str, name: &str) -> SessionStore {
         SessionStore::connect(url, name).await.expect("connects")
     }
