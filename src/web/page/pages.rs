@@ -90,8 +90,8 @@ async fn render_page(
             versions => Serde(super::versions::last_versions(&history)),
         }
     });
-    // A draft no run of this server streams is written by another server on the database.
-    let elsewhere = live.is_none();
+    // A draft no run of this server holds is written by another server on the database.
+    let elsewhere = state.store().node().is_some() && !state.runs().is_busy(&id);
     let html = render(
         "page.html",
         context! {
