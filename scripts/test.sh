@@ -10,6 +10,8 @@ python3 -c "import ensurepip, venv" 2>/dev/null ||
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] ||
   missing+=("chromium (the browser tests): sudo apt-get install chromium, or set CHROMIUM")
 command -v tmux >/dev/null || missing+=("tmux (the terminal chat test): sudo apt-get install tmux")
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
+  missing+=("postgresql (the tests start private PostgreSQL servers): sudo apt-get install postgresql")
 { command -v node && command -v npm; } >/dev/null ||
   missing+=("node and npm (the browser tests): sudo apt-get install nodejs npm")
 if [ ${#missing[@]} -gt 0 ]; then

@@ -242,6 +242,19 @@ mod tests {
     }
 
     #[test]
+    fn the_shared_database_comes_from_the_file_too() {
+        let toml = "database_url = \"postgres://smolbot@db/smolbot\"\nnode_id = \"web1\"\n";
+        let args = serve(toml, &["smolbot", "serve", "--stub"]);
+        assert_eq!(
+            args.database_url.as_deref(),
+            Some("postgres://smolbot@db/smolbot")
+        );
+        assert_eq!(args.node_id.as_deref(), Some("web1"));
+        let args = serve("", &["smolbot", "serve", "--stub"]);
+        assert_eq!((args.database_url, args.node_id), (None, None));
+    }
+
+    #[test]
     fn kebab_case_keys_work_too() {
         let args = serve(
             "queue-size = 3\nparallel = 2\nstub = true\n",

@@ -287,6 +287,15 @@ pub struct ServeArgs {
     /// ~/.local/share/smolbot).
     #[arg(long, env = "SMOLBOT_DATA_DIR")]
     pub(super) data_dir: Option<PathBuf>,
+    /// Keep the conversations in this PostgreSQL database (`postgres://user:password@host/db`)
+    /// instead of the SQLite file in --data-dir, so several servers share them.
+    #[arg(long, env = "SMOLBOT_DATABASE_URL", hide_env_values = true)]
+    pub(super) database_url: Option<String>,
+    /// This server's name among those sharing --database-url, unique to each (default:
+    /// host name and port). A server started again under its name marks the answers it was
+    /// writing interrupted at once; others wait until its claim runs out.
+    #[arg(long, env = "SMOLBOT_NODE_ID")]
+    pub(super) node_id: Option<String>,
 }
 
 impl ServeArgs {
@@ -336,10 +345,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .data_dir
         .clone()
         .unwrap_or_else(smolbot::services::sessions::default_data_dir);
-    let sessions = smolbot::services::SessionStore::open(&data_dir)
-        .await
-        .context("cannot open the conversation store")?;
-    tracing::info!("conversations are kept in {}", sessions.path().display());
+    let sessions = match args.database_url.as_deref().filter(|url| !url.is_empty()) {
+        Some(url) => {
+            let node = args
+                .node_id
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", host_name(), args.port));
+            let store = smolbot::services::SessionStore::connect(url, node.clone())
+                .await
+                .context("cannot open the conversation database")?;
+            tracing::info!("serving as node `{node}` of the servers sharing the database");
+            store
+        }
+        None => smolbot::services::SessionStore::open(&data_dir)
+            .await
+            .context("cannot open the conversation store")?,
+    };
+    tracing::info!("conversations are kept in {}", sessions.location());
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| {
@@ -457,6 +479,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         served.context("the server failed")?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// This machine's name, for the default node id.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "smolbot".to_owned())
 }
 
 /// Resolves once `stop` says a shutdown signal came (or its sender is gone).

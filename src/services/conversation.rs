@@ -10,9 +10,11 @@
 //!
 //! - the request is queued before anything is saved, so a busy server refuses without
 //!   leaving a question nobody answers;
-//! - then the user turn is committed, and the answer is a `generating` draft row right after
-//!   it, which the run keeps up to date as the answer grows (see [`super::runs`]) and marks
-//!   `complete`, `stopped` or `failed` at the end;
+//! - then the user turn is committed with the answer's `generating` draft row right after
+//!   it, in one transaction ([`SessionStore::commit_turn`]; with several servers on one
+//!   PostgreSQL database, also the place that refuses a conversation another server is
+//!   answering in); the run keeps the draft up to date as the answer grows (see
+//!   [`super::runs`]) and marks it `complete`, `stopped` or `failed` at the end;
 //! - a server that dies mid-answer leaves the draft `generating`; the next start marks it
 //!   `interrupted` with its text ([`SessionStore::open`]).
 
@@ -24,8 +26,8 @@ use super::engine::Engine;
 use super::error::ServiceError;
 use super::runs::{Prefill, Run, RunError, Runs};
 use super::sessions::{
-    Conversation, ConversationSettings, MessageStatus, MessageUpdate, NewMessage, SessionStore,
-    StoredMessage,
+    Conversation, ConversationSettings, MessageStatus, MessageUpdate, SessionStore, StoredMessage,
+    Turn,
 };
 
 /// Why a conversation could not take a message.
@@ -88,16 +90,6 @@ pub struct NextPrompt {
     pub first_sent: Option<i64>,
 }
 
-/// What happens to the stored conversation once the answer is queued.
-struct Commit {
-    /// Messages from this id on are replaced by the new answer (and question).
-    replace_from: Option<i64>,
-    /// The answer to the last question is written as a new version, keeping the earlier.
-    new_version: bool,
-    /// The user turn to store before the answer.
-    question: Option<String>,
-}
-
 /// The conversation service: the engine and the runs writing into the store. Cheap to
 /// clone; clones share the runs, so a conversation has one answer at a time whichever
 /// front end sent it.
@@ -137,7 +129,7 @@ impl Conversations {
         let stored = self.store().get(conversation.to_owned()).await?;
         let history = self.store().messages(conversation.to_owned()).await?;
         let request = chat_request(&stored.settings, &history, Some(&ask.text));
-        let commit = Commit {
+        let commit = Turn {
             replace_from: None,
             new_version: false,
             question: Some(ask.text),
@@ -155,7 +147,7 @@ impl Conversations {
         let (mut history, last) = self.last_question(conversation).await?;
         history.truncate(last + 1);
         let request = chat_request(&stored.settings, &history, None);
-        let commit = Commit {
+        let commit = Turn {
             replace_from: None,
             new_version: true,
             question: None,
@@ -183,7 +175,7 @@ impl Conversations {
         let replace_from = Some(history[last].id);
         history.truncate(last);
         let request = chat_request(&stored.settings, &history, Some(&ask.text));
-        let commit = Commit {
+        let commit = Turn {
             replace_from,
             new_version: false,
             question: Some(ask.text),
@@ -221,7 +213,8 @@ impl Conversations {
         let generation = self.engine.generate(request).await?;
         let draft = self
             .store()
-            .update_message(
+            .resume(
+                conversation.to_owned(),
                 answer.id,
                 MessageUpdate {
                     content: answer.content.clone(),
@@ -314,37 +307,16 @@ impl Conversations {
         conversation: Conversation,
         history: Vec<StoredMessage>,
         request: ChatRequest,
-        commit: Commit,
+        commit: Turn,
     ) -> Result<Started, ConversationError> {
         let request = offered_tools(&conversation.settings, request);
         let tools = agent::builtin_tools_on(&conversation.settings)
             .then(|| ToolLoop::new(self.engine.clone(), request.clone()));
         let thinking = request.enable_thinking.unwrap_or(true);
         let generation = self.engine.generate(request).await?;
-        let store = self.store();
-        let id = conversation.id.clone();
-        if let Some(from) = commit.replace_from {
-            store.truncate(id.clone(), from).await?;
-        }
-        if commit.new_version {
-            store.new_version(id.clone()).await?;
-        }
-        let question = match commit.question {
-            Some(text) => Some(
-                store
-                    .append(id.clone(), NewMessage::text(Role::User, text))
-                    .await?,
-            ),
-            None => None,
-        };
-        let draft = store
-            .append(
-                id,
-                NewMessage {
-                    status: MessageStatus::Generating,
-                    ..NewMessage::text(Role::Assistant, "")
-                },
-            )
+        let (question, draft) = self
+            .store()
+            .commit_turn(conversation.id.clone(), commit)
             .await?;
         let run = reservation.start_with_tools(generation, draft.id, thinking, tools);
         Ok(Started {

@@ -94,6 +94,13 @@ pub enum ServiceError {
     Storage { action: &'static str },
     #[error("there is no conversation with id `{id}`")]
     ConversationNotFound { id: String },
+    /// Another server sharing the database is writing an answer in this conversation.
+    #[error(
+        "an answer is still being written in conversation `{id}` on server `{node}`; wait for it or stop it there"
+    )]
+    AnsweringElsewhere { id: String, node: String },
+    #[error("cannot reach the conversation database: {reason}")]
+    Database { reason: String },
     #[error("there is no message with id {id}")]
     MessageNotFound { id: i64 },
     /// `problem` names the line and the field at fault.

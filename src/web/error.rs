@@ -270,6 +270,12 @@ impl From<ServiceError> for ApiError {
                 None,
                 Some("conversation_not_found"),
             ),
+            ServiceError::AnsweringElsewhere { .. } => (
+                StatusCode::CONFLICT,
+                ErrorKind::InvalidRequest,
+                None,
+                Some("conversation_busy"),
+            ),
             ServiceError::InvalidImport { .. } => (
                 StatusCode::BAD_REQUEST,
                 ErrorKind::InvalidRequest,
@@ -277,6 +283,7 @@ impl From<ServiceError> for ApiError {
                 None,
             ),
             ServiceError::DataDir { .. }
+            | ServiceError::Database { .. }
             | ServiceError::KvBudget(_)
             | ServiceError::SchemaTooNew { .. }
             | ServiceError::Storage { .. } => (

@@ -239,6 +239,17 @@ fn results_after(messages: &[StoredMessage], index: usize) -> Vec<ToolResultView
 /// answer). System messages, which only an API client can add, are left out. An answer with
 /// a round still `generating` is left out too: its run streams it, from its start.
 pub fn views(messages: &[StoredMessage], context_length: usize) -> Vec<MessageView> {
+    views_with(messages, context_length, false)
+}
+
+/// [`views`], where `elsewhere` says an answer still `generating` is written by another
+/// server sharing the database (no run of this one streams it): it is shown as far as it
+/// was saved, with a note saying so, instead of being left out.
+pub fn views_with(
+    messages: &[StoredMessage],
+    context_length: usize,
+    elsewhere: bool,
+) -> Vec<MessageView> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < messages.len() {
@@ -269,13 +280,22 @@ pub fn views(messages: &[StoredMessage], context_length: usize) -> Vec<MessageVi
                     .map(|q| &messages[q])
                     .filter(|q| q.role == Role::User);
                 let turn = &messages[at..end];
-                if !turn.iter().any(|m| m.status == MessageStatus::Generating) {
-                    out.extend(answer_view(
+                let generating = turn.iter().any(|m| m.status == MessageStatus::Generating);
+                if !generating || elsewhere {
+                    let mut view = answer_view(
                         turn,
                         question.and_then(versions_view),
                         context_length,
                         end == messages.len(),
-                    ));
+                    );
+                    if let Some(view) = view.as_mut().filter(|_| generating) {
+                        view.note = Some(EndNote {
+                            kind: "elsewhere",
+                            text: "Being written on another server; reload to see more.".to_owned(),
+                        });
+                        view.continuable = false;
+                    }
+                    out.extend(view);
                 }
                 at = end;
             }
@@ -538,5 +558,25 @@ mod tests {
         let mut interrupted = stored(Role::Assistant, "Par", MessageStatus::Interrupted);
         interrupted.reasoning = Some("x".into());
         assert_eq!(note(interrupted).map(|n| n.0), Some("interrupted"));
+    }
+
+    #[test]
+    fn an_answer_written_on_another_server_shows_as_far_as_saved() {
+        let messages = [
+            StoredMessage::for_test(Role::User, "Hi", MessageStatus::Complete),
+            StoredMessage::for_test(Role::Assistant, "Hel", MessageStatus::Generating),
+        ];
+        assert_eq!(
+            views(&messages, CONTEXT).len(),
+            1,
+            "its run streams it here"
+        );
+        let shown = views_with(&messages, CONTEXT, true);
+        assert_eq!(shown.len(), 2);
+        assert_eq!(shown[1].text, "Hel");
+        let note = shown[1].note.as_ref().expect("a note");
+        assert_eq!(note.kind, "elsewhere");
+        assert!(note.text.contains("another server"), "{}", note.text);
+        assert!(!shown[1].continuable);
     }
 }

@@ -34,6 +34,7 @@ mod remote_engine;
 mod request_limits;
 mod sessions_api;
 mod sessions_durability;
+mod shared_database;
 mod slow_clients;
 mod tokenizer_golden;
 mod web_page;

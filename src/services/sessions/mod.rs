@@ -9,8 +9,13 @@
 //! The schema is versioned by the SQL files in `migrations/`, applied in order and tracked
 //! with `PRAGMA user_version`. All SQLite work runs on tokio's blocking pool, never on a
 //! worker thread.
+//!
+//! The same store can live in PostgreSQL instead ([`SessionStore::connect`], see
+//! [`postgres`]), so that several servers share their conversations: same schema, same
+//! operations, and a draft being generated is claimed by the server writing it.
 
 mod export;
+mod postgres;
 mod tool_calls;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +33,7 @@ use super::truncation::Truncation;
 use crate::smollm3::tool_calls::ToolCall;
 
 pub use export::{from_jsonl, to_jsonl, to_markdown};
+pub use postgres::RUN_LEASE;
 pub use tool_calls::{arguments_from_wire, fresh_id, wire_list, StoredToolCall};
 
 /// The schema, one step per file; step `i` brings `user_version` from `i` to `i + 1`.
@@ -40,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_answer_timings.sql"),
     include_str!("migrations/0007_answer_versions.sql"),
     include_str!("migrations/0008_truncation.sql"),
+    include_str!("migrations/0009_run_owner.sql"),
 ];
 
 /// What an in-memory store gives as its path, SQLite's name for such a database.
@@ -167,7 +174,7 @@ impl MessageStatus {
         }
     }
 
-    fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         [
             Self::Complete,
             Self::Stopped,
@@ -367,11 +374,32 @@ fn check_title(field: &'static str, text: Option<&str>) -> Result<(), ServiceErr
     }
 }
 
+/// What the façade commits when an answer starts ([`SessionStore::commit_turn`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Turn {
+    /// Messages from this id on are replaced by the new answer (and question).
+    pub replace_from: Option<i64>,
+    /// The answer to the last question is written as a new version, keeping the earlier.
+    pub new_version: bool,
+    /// The user turn to store before the answer.
+    pub question: Option<String>,
+}
+
+/// Where the conversations are.
+enum Backend {
+    /// A SQLite file (or memory), one connection used from the blocking pool.
+    Sqlite {
+        connection: Mutex<Connection>,
+        path: PathBuf,
+    },
+    /// A PostgreSQL database shared by several servers.
+    Postgres(Arc<postgres::PgStore>),
+}
+
 /// The conversation database. Cheap to clone; every clone shares one connection.
 #[derive(Clone)]
 pub struct SessionStore {
-    connection: Arc<Mutex<Connection>>,
-    path: Arc<PathBuf>,
+    backend: Arc<Backend>,
     /// Set by [`SessionStore::close`]: from then on every operation is refused, so work
     /// still running at a shutdown cannot mark a stopped answer `generating` again.
     closed: Arc<AtomicBool>,
@@ -411,11 +439,52 @@ impl SessionStore {
                 "{interrupted} answer(s) were cut off by the last shutdown; kept as interrupted"
             );
         }
+        Ok(Self::sqlite(connection, path))
+    }
+
+    fn sqlite(connection: Connection, path: PathBuf) -> Self {
+        Self {
+            backend: Arc::new(Backend::Sqlite {
+                connection: Mutex::new(connection),
+                path,
+            }),
+            closed: Arc::default(),
+        }
+    }
+
+    /// Opens the store in the PostgreSQL database at `url` (`postgres://user:pass@host/db`)
+    /// as server `node`, a name unique among the servers sharing it: brings the schema up to
+    /// date, marks `interrupted` the answers this node left `generating` and those whose
+    /// server stopped renewing its claim (see [`RUN_LEASE`]), and from then on renews this
+    /// node's claims. TLS is not spoken: reach the database over a private network.
+    pub async fn connect(url: &str, node: impl Into<String>) -> Result<Self, ServiceError> {
+        Self::connect_with_lease(url, node.into(), RUN_LEASE).await
+    }
+
+    /// [`Self::connect`] with another claim length (zero: claims expire at once and nothing
+    /// renews them; tests of a server that died).
+    pub(crate) async fn connect_with_lease(
+        url: &str,
+        node: String,
+        lease: std::time::Duration,
+    ) -> Result<Self, ServiceError> {
+        let store = postgres::PgStore::open(url, node, lease).await?;
         Ok(Self {
-            connection: Arc::new(Mutex::new(connection)),
-            path: Arc::new(path),
+            backend: Arc::new(Backend::Postgres(store)),
             closed: Arc::default(),
         })
+    }
+
+    /// The PostgreSQL store, unless closed; `None` for SQLite.
+    fn pg(&self) -> Option<Result<&postgres::PgStore, ServiceError>> {
+        match &*self.backend {
+            Backend::Postgres(store) => Some(if self.closed.load(Ordering::Acquire) {
+                Err(closed_error())
+            } else {
+                Ok(store)
+            }),
+            Backend::Sqlite { .. } => None,
+        }
     }
 
     /// Flushes the store for a shutdown: answers still `generating` are marked `stopped`
@@ -427,6 +496,11 @@ impl SessionStore {
     /// Afterwards this store and all its clones refuse every operation, and a second
     /// `close` is an error too.
     pub async fn close(&self) -> Result<usize, ServiceError> {
+        if let Some(store) = self.pg() {
+            let stopped = store?.close().await?;
+            self.closed.store(true, Ordering::Release);
+            return Ok(stopped);
+        }
         let closed = Arc::clone(&self.closed);
         self.with(move |c| {
             closed.store(true, Ordering::Release);
@@ -443,14 +517,35 @@ impl SessionStore {
         .await
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The database file; `None` for a PostgreSQL database.
+    pub fn path(&self) -> Option<&Path> {
+        match &*self.backend {
+            Backend::Sqlite { path, .. } => Some(path),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Where the conversations are, for the log: the file, or the database's URL without
+    /// its password.
+    pub fn location(&self) -> String {
+        match &*self.backend {
+            Backend::Sqlite { path, .. } => path.display().to_string(),
+            Backend::Postgres(store) => store.location(),
+        }
+    }
+
+    /// This server's name among those sharing a PostgreSQL database; `None` for SQLite.
+    pub fn node(&self) -> Option<&str> {
+        match &*self.backend {
+            Backend::Sqlite { .. } => None,
+            Backend::Postgres(store) => Some(store.node()),
+        }
     }
 
     /// Whether the conversations outlive the process ([`Self::in_memory`]'s do not).
     pub fn is_on_disk(&self) -> bool {
-        self.path.as_os_str() != IN_MEMORY_PATH
+        self.path()
+            .is_none_or(|path| path.as_os_str() != IN_MEMORY_PATH)
     }
 
     /// Runs `work` on the connection on tokio's blocking pool.
@@ -458,16 +553,17 @@ impl SessionStore {
         &self,
         work: impl FnOnce(&mut Connection) -> Result<T, ServiceError> + Send + 'static,
     ) -> Result<T, ServiceError> {
-        let connection = Arc::clone(&self.connection);
+        let backend = Arc::clone(&self.backend);
         let closed = Arc::clone(&self.closed);
         tokio::task::spawn_blocking(move || {
+            let Backend::Sqlite { connection, .. } = &*backend else {
+                unreachable!("SQLite work is given to a SQLite store only")
+            };
             let mut guard = connection
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             if closed.load(Ordering::Acquire) {
-                return Err(ServiceError::Storage {
-                    action: "take changes after the server began shutting down",
-                });
+                return Err(closed_error());
             }
             work(&mut guard)
         })
@@ -483,6 +579,9 @@ impl SessionStore {
     ) -> Result<Conversation, ServiceError> {
         settings.check()?;
         check_title("title", title.as_deref())?;
+        if let Some(store) = self.pg() {
+            return store?.create(title, settings).await;
+        }
         self.with(move |c| create(c, title, &settings)).await
     }
 
@@ -490,10 +589,16 @@ impl SessionStore {
     /// or any message contains it (case-insensitive for ASCII letters).
     pub async fn list(&self, query: Option<String>) -> Result<Vec<Conversation>, ServiceError> {
         check_title("q", query.as_deref().map(str::trim))?;
+        if let Some(store) = self.pg() {
+            return store?.list(query.as_deref()).await;
+        }
         self.with(move |c| list(c, query.as_deref())).await
     }
 
     pub async fn get(&self, id: String) -> Result<Conversation, ServiceError> {
+        if let Some(store) = self.pg() {
+            return store?.get(&id).await;
+        }
         self.with(move |c| get(c, &id)).await
     }
 
@@ -507,16 +612,25 @@ impl SessionStore {
         if let Some(settings) = &patch.settings {
             settings.check()?;
         }
+        if let Some(store) = self.pg() {
+            return store?.update(&id, patch).await;
+        }
         self.with(move |c| update(c, &id, patch)).await
     }
 
     /// Deletes a conversation and all its messages, and overwrites them on disk.
     pub async fn delete(&self, id: String) -> Result<(), ServiceError> {
+        if let Some(store) = self.pg() {
+            return store?.delete(&id).await;
+        }
         self.with(move |c| delete(c, &id)).await
     }
 
     /// A conversation's messages in order.
     pub async fn messages(&self, id: String) -> Result<Vec<StoredMessage>, ServiceError> {
+        if let Some(store) = self.pg() {
+            return store?.messages(&id).await;
+        }
         self.with(move |c| {
             get(c, &id)?;
             messages(c, &id)
@@ -531,6 +645,9 @@ impl SessionStore {
         conversation: String,
         message: NewMessage,
     ) -> Result<StoredMessage, ServiceError> {
+        if let Some(store) = self.pg() {
+            return store?.append(&conversation, &message).await;
+        }
         self.with(move |c| {
             let tx = c.transaction().map_err(storage("start a transaction"))?;
             let stored = append(&tx, &conversation, &message)?;
@@ -546,6 +663,67 @@ impl SessionStore {
         message: i64,
         update: MessageUpdate,
     ) -> Result<StoredMessage, ServiceError> {
+        if let Some(store) = self.pg() {
+            return store?.update_message(message, &update).await;
+        }
+        self.with(move |c| update_message(c, message, &update))
+            .await
+    }
+
+    /// Commits the start of an answer in one transaction: the messages replaced
+    /// (`turn.replace_from`), a new version of the last answer, the question, and the
+    /// answer's `generating` draft. Returns the question stored (if any) and the draft.
+    ///
+    /// In PostgreSQL the draft is claimed by this server, and a conversation whose draft
+    /// another live server writes is refused ([`ServiceError::AnsweringElsewhere`]) with
+    /// nothing stored; one server's own runs are kept one at a time by [`super::Runs`].
+    pub async fn commit_turn(
+        &self,
+        conversation: String,
+        turn: Turn,
+    ) -> Result<(Option<StoredMessage>, StoredMessage), ServiceError> {
+        if let Some(store) = self.pg() {
+            return store?.commit_turn(&conversation, &turn).await;
+        }
+        self.with(move |c| {
+            let tx = c.transaction().map_err(storage("start a transaction"))?;
+            get(&tx, &conversation)?;
+            if let Some(from) = turn.replace_from {
+                truncate(&tx, &conversation, from)?;
+            }
+            if turn.new_version {
+                new_version(&tx, &conversation)?;
+            }
+            let question = match turn.question {
+                Some(text) => Some(append(
+                    &tx,
+                    &conversation,
+                    &NewMessage::text(Role::User, text),
+                )?),
+                None => None,
+            };
+            let draft = NewMessage {
+                status: MessageStatus::Generating,
+                ..NewMessage::text(Role::Assistant, "")
+            };
+            let draft = append(&tx, &conversation, &draft)?;
+            tx.commit().map_err(storage("save a message"))?;
+            Ok((question, draft))
+        })
+        .await
+    }
+
+    /// Makes `message`, the last answer of `conversation`, `generating` again with
+    /// `update`, to go on with it; refused as [`Self::commit_turn`] refuses.
+    pub async fn resume(
+        &self,
+        conversation: String,
+        message: i64,
+        update: MessageUpdate,
+    ) -> Result<StoredMessage, ServiceError> {
+        if let Some(store) = self.pg() {
+            return store?.resume(&conversation, message, &update).await;
+        }
         self.with(move |c| update_message(c, message, &update))
             .await
     }
@@ -557,6 +735,9 @@ impl SessionStore {
         messages: Vec<NewMessage>,
     ) -> Result<Conversation, ServiceError> {
         check_title("title", title.as_deref())?;
+        if let Some(store) = self.pg() {
+            return store?.import(title, &messages).await;
+        }
         self.with(move |c| {
             let tx = c.transaction().map_err(storage("start a transaction"))?;
             let conversation = create(&tx, title, &ConversationSettings::default())?;
@@ -614,6 +795,30 @@ fn storage(action: &'static str) -> impl Fn(rusqlite::Error) -> ServiceError {
     move |err| {
         tracing::error!("conversation store: cannot {action}: {err}");
         ServiceError::Storage { action }
+    }
+}
+
+/// What every operation of a closed store gives.
+fn closed_error() -> ServiceError {
+    ServiceError::Storage {
+        action: "take changes after the server began shutting down",
+    }
+}
+
+fn settings_json(settings: &ConversationSettings) -> Result<String, ServiceError> {
+    serde_json::to_string(settings).map_err(|err| {
+        tracing::error!("cannot encode settings: {err}");
+        ServiceError::Storage {
+            action: "encode the settings",
+        }
+    })
+}
+
+/// Regenerating in a conversation without a question.
+fn no_question() -> ServiceError {
+    ServiceError::InvalidParameter {
+        field: "conversation",
+        problem: "has no user message to answer again".to_owned(),
     }
 }
 
@@ -687,12 +892,7 @@ fn create(
     let id = format!("conv_{}", random_token(16));
     let now = change_time(c)?;
     let title = title.and_then(|t| title_from(&t));
-    let settings_json = serde_json::to_string(settings).map_err(|err| {
-        tracing::error!("cannot encode settings: {err}");
-        ServiceError::Storage {
-            action: "encode the settings",
-        }
-    })?;
+    let settings_json = settings_json(settings)?;
     c.execute(
         "INSERT INTO conversations (id, title, settings, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?4)",
@@ -781,12 +981,7 @@ fn update(
         conversation.settings = settings;
     }
     conversation.updated_at = change_time(c)?;
-    let settings_json = serde_json::to_string(&conversation.settings).map_err(|err| {
-        tracing::error!("cannot encode settings: {err}");
-        ServiceError::Storage {
-            action: "encode the settings",
-        }
-    })?;
+    let settings_json = settings_json(&conversation.settings)?;
     c.execute(
         "UPDATE conversations SET title = ?2, settings = ?3, updated_at = ?4 WHERE id = ?1",
         params![
@@ -887,6 +1082,11 @@ fn all_rows(c: &Connection, conversation: &str) -> Result<Vec<VersionedRow>, Ser
 /// Rows before the first user message (an import may start with them) have no question and
 /// are all kept.
 fn messages(c: &Connection, conversation: &str) -> Result<Vec<StoredMessage>, ServiceError> {
+    Ok(assemble(all_rows(c, conversation)?))
+}
+
+/// [`messages`] from the rows of one conversation in order.
+fn assemble(rows: Vec<VersionedRow>) -> Vec<StoredMessage> {
     let mut out: Vec<StoredMessage> = Vec::new();
     // The current question's index in `out`, its selected version and the versions seen.
     let mut question: Option<(usize, i64, Vec<i64>)> = None;
@@ -901,7 +1101,7 @@ fn messages(c: &Connection, conversation: &str) -> Result<Vec<StoredMessage>, Se
             }
         }
     };
-    for row in all_rows(c, conversation)? {
+    for row in rows {
         if row.message.role == Role::User {
             close(&mut out, question.take());
             question = Some((out.len(), row.selected.unwrap_or(1), Vec::new()));
@@ -921,7 +1121,7 @@ fn messages(c: &Connection, conversation: &str) -> Result<Vec<StoredMessage>, Se
         }
     }
     close(&mut out, question.take());
-    Ok(out)
+    out
 }
 
 /// The last user message of `conversation`: its id, selected version, and whether that
@@ -936,10 +1136,7 @@ fn last_question(c: &Connection, conversation: &str) -> Result<(i64, i64, bool),
         )
         .optional()
         .map_err(storage("read messages"))?
-        .ok_or_else(|| ServiceError::InvalidParameter {
-            field: "conversation",
-            problem: "has no user message to answer again".to_owned(),
-        })?;
+        .ok_or_else(no_question)?;
     let selected = selected.unwrap_or(1);
     let answered: bool = c
         .query_row(
@@ -1094,11 +1291,7 @@ impl SessionStore {
             .pragma_update(None, "foreign_keys", "ON")
             .map_err(storage("configure the in-memory database"))?;
         migrate(&mut connection)?;
-        Ok(Self {
-            connection: Arc::new(Mutex::new(connection)),
-            path: Arc::new(PathBuf::from(IN_MEMORY_PATH)),
-            closed: Arc::default(),
-        })
+        Ok(Self::sqlite(connection, PathBuf::from(IN_MEMORY_PATH)))
     }
 
     /// Starts a new version of the answer to the conversation's last user message, so the
@@ -1106,27 +1299,12 @@ impl SessionStore {
     /// more). A question whose shown version has no rows yet keeps it. Returns the version
     /// the next answer goes into.
     pub async fn new_version(&self, conversation: String) -> Result<i64, ServiceError> {
+        if let Some(store) = self.pg() {
+            return store?.new_version(&conversation).await;
+        }
         self.with(move |c| {
             get(c, &conversation)?;
-            let (question, selected, answered) = last_question(c, &conversation)?;
-            if !answered {
-                return Ok(selected);
-            }
-            let latest: i64 = c
-                .query_row(
-                    "SELECT COALESCE(MAX(version), 1) FROM messages \
-                     WHERE conversation_id = ?1 AND id > ?2",
-                    params![conversation, question],
-                    |row| row.get(0),
-                )
-                .map_err(storage("read messages"))?;
-            let next = latest.max(selected) + 1;
-            c.execute(
-                "UPDATE messages SET selected_version = ?2 WHERE id = ?1",
-                params![question, next],
-            )
-            .map_err(storage("start a new answer version"))?;
-            Ok(next)
+            new_version(c, &conversation)
         })
         .await
     }
@@ -1140,21 +1318,14 @@ impl SessionStore {
         question: i64,
         version: i64,
     ) -> Result<(), ServiceError> {
+        if let Some(store) = self.pg() {
+            return store?
+                .select_version(&conversation, question, version)
+                .await;
+        }
         self.with(move |c| {
             get(c, &conversation)?;
-            let shown = messages(c, &conversation)?;
-            let versions = shown
-                .iter()
-                .find(|m| m.id == question && m.role == Role::User)
-                .ok_or(ServiceError::MessageNotFound { id: question })?
-                .versions
-                .as_ref();
-            if !versions.is_some_and(|v| v.all.contains(&version)) {
-                return Err(ServiceError::InvalidParameter {
-                    field: "version",
-                    problem: format!("message {question} has no answer version {version}"),
-                });
-            }
+            check_version(&messages(c, &conversation)?, question, version)?;
             let now = change_time(c)?;
             let tx = c.transaction().map_err(storage("start a transaction"))?;
             tx.execute(
@@ -1177,21 +1348,13 @@ impl SessionStore {
     /// `from` = 0), for regenerating or editing the end of a conversation, or clearing it.
     /// Returns how many were deleted.
     pub async fn truncate(&self, conversation: String, from: i64) -> Result<usize, ServiceError> {
+        if let Some(store) = self.pg() {
+            return store?.truncate(&conversation, from).await;
+        }
         self.with(move |c| {
             get(c, &conversation)?;
-            let now = change_time(c)?;
             let tx = c.transaction().map_err(storage("start a transaction"))?;
-            let deleted = tx
-                .execute(
-                    "DELETE FROM messages WHERE conversation_id = ?1 AND id >= ?2",
-                    params![conversation, from],
-                )
-                .map_err(storage("delete messages"))?;
-            tx.execute(
-                "UPDATE conversations SET updated_at = ?2 WHERE id = ?1",
-                params![conversation, now],
-            )
-            .map_err(storage("delete messages"))?;
+            let deleted = truncate(&tx, &conversation, from)?;
             tx.commit().map_err(storage("delete messages"))?;
             Ok(deleted)
         })
@@ -1199,5 +1362,65 @@ impl SessionStore {
     }
 }
 
+/// Refuses a `question` that is not one of the user messages `shown`, or a `version` of
+/// its answer that it does not have.
+fn check_version(shown: &[StoredMessage], question: i64, version: i64) -> Result<(), ServiceError> {
+    let versions = shown
+        .iter()
+        .find(|m| m.id == question && m.role == Role::User)
+        .ok_or(ServiceError::MessageNotFound { id: question })?
+        .versions
+        .as_ref();
+    if !versions.is_some_and(|v| v.all.contains(&version)) {
+        return Err(ServiceError::InvalidParameter {
+            field: "version",
+            problem: format!("message {question} has no answer version {version}"),
+        });
+    }
+    Ok(())
+}
+
+/// [`SessionStore::new_version`]'s work.
+fn new_version(c: &Connection, conversation: &str) -> Result<i64, ServiceError> {
+    let (question, selected, answered) = last_question(c, conversation)?;
+    if !answered {
+        return Ok(selected);
+    }
+    let latest: i64 = c
+        .query_row(
+            "SELECT COALESCE(MAX(version), 1) FROM messages \
+             WHERE conversation_id = ?1 AND id > ?2",
+            params![conversation, question],
+            |row| row.get(0),
+        )
+        .map_err(storage("read messages"))?;
+    let next = latest.max(selected) + 1;
+    c.execute(
+        "UPDATE messages SET selected_version = ?2 WHERE id = ?1",
+        params![question, next],
+    )
+    .map_err(storage("start a new answer version"))?;
+    Ok(next)
+}
+
+/// [`SessionStore::truncate`]'s work.
+fn truncate(c: &Connection, conversation: &str, from: i64) -> Result<usize, ServiceError> {
+    let now = change_time(c)?;
+    let deleted = c
+        .execute(
+            "DELETE FROM messages WHERE conversation_id = ?1 AND id >= ?2",
+            params![conversation, from],
+        )
+        .map_err(storage("delete messages"))?;
+    c.execute(
+        "UPDATE conversations SET updated_at = ?2 WHERE id = ?1",
+        params![conversation, now],
+    )
+    .map_err(storage("delete messages"))?;
+    Ok(deleted)
+}
+
+#[cfg(test)]
+pub(crate) mod test_postgres;
 #[cfg(test)]
 mod tests;

@@ -18,6 +18,84 @@ async fn untitled(s: &SessionStore) -> Conversation {
         .expect("create")
 }
 
+/// Where a test's store lives: a SQLite file in a temporary folder, or a fresh database on
+/// this test process's PostgreSQL server.
+enum Place {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Place {
+    fn sqlite() -> Self {
+        Self::Sqlite(temp())
+    }
+
+    fn postgres() -> Self {
+        Self::Postgres(super::test_postgres::database())
+    }
+
+    /// The store, as node `node-a` in PostgreSQL.
+    async fn open(&self) -> SessionStore {
+        self.open_as("node-a").await
+    }
+
+    /// The store as server `node` (PostgreSQL; SQLite has one server).
+    async fn open_as(&self, node: &str) -> SessionStore {
+        match self {
+            Self::Sqlite(dir) => store(dir).await,
+            Self::Postgres(url) => SessionStore::connect(url, node)
+                .await
+                .expect("store connects"),
+        }
+    }
+
+    /// A number `sql` reads from the store's database.
+    async fn count(&self, s: &SessionStore, sql: &'static str) -> i64 {
+        match &*s.backend {
+            Backend::Sqlite { .. } => s
+                .with(move |c| c.query_row(sql, [], |r| r.get(0)).map_err(storage("count")))
+                .await
+                .expect("count"),
+            Backend::Postgres(store) => postgres::query_i64(store, sql).await,
+        }
+    }
+}
+
+/// Each test named runs twice: on a SQLite file and on a PostgreSQL database.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Place::sqlite()).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Place::postgres()).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    opening_twice_applies_migrations_once_and_keeps_data,
+    crud_lists_newest_first_and_titles_from_the_first_user_message,
+    messages_keep_every_field_and_a_partial_answer_is_updated_in_place,
+    reopening_marks_cut_off_answers_interrupted_and_keeps_their_text,
+    closing_stops_running_answers_and_empties_the_log,
+    search_finds_titles_and_message_text_literally,
+    delete_removes_the_conversation_and_its_messages_from_the_file,
+    jsonl_export_imports_back_unchanged,
+    versions_keep_their_rows_and_go_with_the_conversation,
+    a_turn_commits_its_changes_the_question_and_the_draft_together,
+);
+
 fn assistant(content: &str, status: MessageStatus) -> NewMessage {
     NewMessage {
         status,
@@ -25,16 +103,30 @@ fn assistant(content: &str, status: MessageStatus) -> NewMessage {
     }
 }
 
-#[tokio::test]
-async fn opening_twice_applies_migrations_once_and_keeps_data() {
-    let dir = temp();
-    let first = store(&dir).await;
+async fn opening_twice_applies_migrations_once_and_keeps_data(place: Place) {
+    let first = place.open().await;
     let conversation = first
         .create(Some("kept".into()), ConversationSettings::default())
         .await
         .expect("create");
     drop(first);
-    let second = store(&dir).await;
+    let second = place.open().await;
+    if let Backend::Postgres(store) = &*second.backend {
+        assert_eq!(
+            postgres::schema_version(store).await,
+            postgres::MIGRATIONS.len() as i64
+        );
+        assert_eq!(
+            postgres::MIGRATIONS.len(),
+            MIGRATIONS.len(),
+            "same versions"
+        );
+        assert_eq!(
+            second.get(conversation.id.clone()).await.ok(),
+            Some(conversation)
+        );
+        return;
+    }
     let version: i64 = second
         .with(|c| {
             c.query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -265,10 +357,8 @@ async fn builtin_tools_setting_migrates_from_version_1_and_round_trips() {
     assert!(serde_json::from_str::<ConversationSettings>(r#"{"builtin_tools": "yes"}"#).is_err());
 }
 
-#[tokio::test]
-async fn crud_lists_newest_first_and_titles_from_the_first_user_message() {
-    let dir = temp();
-    let s = store(&dir).await;
+async fn crud_lists_newest_first_and_titles_from_the_first_user_message(place: Place) {
+    let s = place.open().await;
     let a = untitled(&s).await;
     let b = untitled(&s).await;
     assert_eq!(a.title, None);
@@ -359,10 +449,8 @@ async fn crud_lists_newest_first_and_titles_from_the_first_user_message() {
     ));
 }
 
-#[tokio::test]
-async fn messages_keep_every_field_and_a_partial_answer_is_updated_in_place() {
-    let dir = temp();
-    let s = store(&dir).await;
+async fn messages_keep_every_field_and_a_partial_answer_is_updated_in_place(place: Place) {
+    let s = place.open().await;
     let c = untitled(&s).await;
     s.append(c.id.clone(), NewMessage::text(Role::User, "hi"))
         .await
@@ -421,10 +509,8 @@ async fn messages_keep_every_field_and_a_partial_answer_is_updated_in_place() {
     ));
 }
 
-#[tokio::test]
-async fn reopening_marks_cut_off_answers_interrupted_and_keeps_their_text() {
-    let dir = temp();
-    let s = store(&dir).await;
+async fn reopening_marks_cut_off_answers_interrupted_and_keeps_their_text(place: Place) {
+    let s = place.open().await;
     let c = untitled(&s).await;
     s.append(c.id.clone(), NewMessage::text(Role::User, "hi"))
         .await
@@ -436,16 +522,15 @@ async fn reopening_marks_cut_off_answers_interrupted_and_keeps_their_text() {
     .await
     .expect("draft");
     drop(s);
-    let s = store(&dir).await;
+    // PostgreSQL: the same node started again.
+    let s = place.open().await;
     let all = s.messages(c.id.clone()).await.expect("messages");
     assert_eq!(all[1].status, MessageStatus::Interrupted);
     assert_eq!(all[1].content, "half an ans");
 }
 
-#[tokio::test]
-async fn closing_stops_running_answers_and_empties_the_log() {
-    let dir = temp();
-    let s = store(&dir).await;
+async fn closing_stops_running_answers_and_empties_the_log(place: Place) {
+    let s = place.open().await;
     let c = untitled(&s).await;
     s.append(c.id.clone(), NewMessage::text(Role::User, "hi"))
         .await
@@ -478,6 +563,19 @@ async fn closing_stops_running_answers_and_empties_the_log() {
     assert!(s.messages(c.id.clone()).await.is_err());
     assert!(s.close().await.is_err());
 
+    let dir = match &place {
+        Place::Sqlite(dir) => dir,
+        Place::Postgres(_) => {
+            // Another server sees the answer stopped with its text.
+            let other = place.open_as("node-b").await;
+            let all = other.messages(c.id.clone()).await.expect("messages");
+            assert_eq!(
+                (all[2].status, all[2].content.as_str()),
+                (MessageStatus::Stopped, "half an ans")
+            );
+            return;
+        }
+    };
     // The file alone, without the repair a store does when it opens: the log is folded into
     // it and the answer is stopped with its text.
     let wal = dir.path().join(format!("{DATABASE_FILE}-wal"));
@@ -505,10 +603,8 @@ async fn closing_stops_running_answers_and_empties_the_log() {
     );
 }
 
-#[tokio::test]
-async fn search_finds_titles_and_message_text_literally() {
-    let dir = temp();
-    let s = store(&dir).await;
+async fn search_finds_titles_and_message_text_literally(place: Place) {
+    let s = place.open().await;
     let pasta = s
         .create(
             Some("Pasta recipes".into()),
@@ -553,10 +649,8 @@ async fn search_finds_titles_and_message_text_literally() {
     assert_eq!(s.list(Some("   ".into())).await.expect("q").len(), 2);
 }
 
-#[tokio::test]
-async fn delete_removes_the_conversation_and_its_messages_from_the_file() {
-    let dir = temp();
-    let s = store(&dir).await;
+async fn delete_removes_the_conversation_and_its_messages_from_the_file(place: Place) {
+    let s = place.open().await;
     let c = untitled(&s).await;
     let secret = "zebra-unicorn-secret-7731";
     s.append(c.id.clone(), NewMessage::text(Role::User, secret))
@@ -571,15 +665,14 @@ async fn delete_removes_the_conversation_and_its_messages_from_the_file() {
         s.delete(c.id.clone()).await,
         Err(ServiceError::ConversationNotFound { .. })
     ));
-    let rows: i64 = s
-        .with(|c| {
-            c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
-                .map_err(storage("count"))
-        })
-        .await
-        .expect("count");
-    assert_eq!(rows, 0, "messages go with their conversation");
+    assert_eq!(
+        place.count(&s, "SELECT COUNT(*) FROM messages").await,
+        0,
+        "messages go with their conversation"
+    );
     drop(s);
+    // PostgreSQL keeps deleted rows on disk until a vacuum; the README says so.
+    let Place::Sqlite(dir) = &place else { return };
     for entry in std::fs::read_dir(dir.path()).expect("list dir") {
         let path = entry.expect("entry").path();
         let bytes = std::fs::read(&path).expect("read file");
@@ -591,10 +684,8 @@ async fn delete_removes_the_conversation_and_its_messages_from_the_file() {
     }
 }
 
-#[tokio::test]
-async fn jsonl_export_imports_back_unchanged() {
-    let dir = temp();
-    let s = store(&dir).await;
+async fn jsonl_export_imports_back_unchanged(place: Place) {
+    let s = place.open().await;
     let c = untitled(&s).await;
     let calls = vec![StoredToolCall::new(ToolCall {
         name: "get_weather".into(),
@@ -826,10 +917,8 @@ async fn answers_from_before_timings_and_versions_read_as_before() {
     ));
 }
 
-#[tokio::test]
-async fn versions_keep_their_rows_and_go_with_the_conversation() {
-    let dir = temp();
-    let s = store(&dir).await;
+async fn versions_keep_their_rows_and_go_with_the_conversation(place: Place) {
+    let s = place.open().await;
     let c = untitled(&s).await;
     s.append(c.id.clone(), NewMessage::text(Role::User, "Count"))
         .await
@@ -860,12 +949,302 @@ async fn versions_keep_their_rows_and_go_with_the_conversation() {
     assert_eq!(texts, ["Count", "two", "More", "four"]);
     assert!(shown[2].versions.is_none());
     s.delete(c.id.clone()).await.expect("delete");
-    let rows: i64 = s
-        .with(|c| {
-            c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
-                .map_err(storage("count"))
-        })
+    assert_eq!(
+        place.count(&s, "SELECT COUNT(*) FROM messages").await,
+        0,
+        "every version goes with its conversation"
+    );
+}
+
+fn finished(content: &str) -> MessageUpdate {
+    MessageUpdate {
+        content: content.into(),
+        reasoning: None,
+        tool_calls: Vec::new(),
+        status: MessageStatus::Complete,
+        finish_reason: Some("stop".into()),
+        stats: MessageStats::default(),
+    }
+}
+
+fn ask(text: &str) -> Turn {
+    Turn {
+        question: Some(text.into()),
+        ..Turn::default()
+    }
+}
+
+async fn a_turn_commits_its_changes_the_question_and_the_draft_together(place: Place) {
+    let s = place.open().await;
+    let c = untitled(&s).await;
+    let (question, draft) = s
+        .commit_turn(c.id.clone(), ask("First"))
         .await
-        .expect("count");
-    assert_eq!(rows, 0, "every version goes with its conversation");
+        .expect("turn");
+    let question = question.expect("a question");
+    assert_eq!(
+        (question.role, question.content.as_str()),
+        (Role::User, "First")
+    );
+    assert_eq!(draft.status, MessageStatus::Generating);
+    s.update_message(draft.id, finished("One"))
+        .await
+        .expect("answer");
+    assert_eq!(
+        s.get(c.id.clone()).await.expect("get").title.as_deref(),
+        Some("First")
+    );
+
+    // Regenerating: no question, a new version of the answer.
+    let regenerate = Turn {
+        new_version: true,
+        ..Turn::default()
+    };
+    let (none, draft) = s.commit_turn(c.id.clone(), regenerate).await.expect("turn");
+    assert!(none.is_none());
+    s.update_message(draft.id, finished("Uno"))
+        .await
+        .expect("answer");
+    let shown = s.messages(c.id.clone()).await.expect("messages");
+    assert_eq!(shown[0].versions.as_ref().map(|v| v.all.len()), Some(2));
+
+    // Editing: the question and its answers replaced.
+    let edit = Turn {
+        replace_from: Some(question.id),
+        ..ask("First, edited")
+    };
+    let (_, draft) = s.commit_turn(c.id.clone(), edit).await.expect("turn");
+    let shown = s.messages(c.id.clone()).await.expect("messages");
+    let texts: Vec<(&str, MessageStatus)> = shown
+        .iter()
+        .map(|m| (m.content.as_str(), m.status))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            ("First, edited", MessageStatus::Complete),
+            ("", MessageStatus::Generating)
+        ]
+    );
+    assert_eq!(shown[1].id, draft.id);
+    assert!(matches!(
+        s.commit_turn("conv_missing".into(), ask("x")).await,
+        Err(ServiceError::ConversationNotFound { .. })
+    ));
+}
+
+/// Several servers on one PostgreSQL database.
+mod shared_database {
+    use super::*;
+
+    #[test]
+    fn a_database_url_is_shown_without_its_password() {
+        assert_eq!(
+            postgres::redacted("postgres://smolbot:s3cret@db:5432/chat"),
+            "postgres://smolbot@db:5432/chat"
+        );
+        assert_eq!(
+            postgres::redacted("postgres://db/chat"),
+            "postgres://db/chat"
+        );
+        assert!(!postgres::redacted("host=db password=s3cret").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_an_error_naming_it_without_the_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("postgres://smolbot:s3cret@127.0.0.1:{port}/chat");
+        match SessionStore::connect(&url, "a").await {
+            Err(err @ ServiceError::Database { .. }) => {
+                let text = err.to_string();
+                assert!(text.contains(&format!("127.0.0.1:{port}/chat")), "{text}");
+                assert!(!text.contains("s3cret"), "{text}");
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("connected to nothing"),
+        }
+    }
+
+    async fn node(url: &str, name: &str) -> SessionStore {
+        SessionStore::connect(url, name).await.expect("connects")
+    }
+
+    #[tokio::test]
+    async fn servers_starting_together_migrate_once() {
+        let url = super::super::test_postgres::database();
+        let (a, b, c) = tokio::join!(node(&url, "a"), node(&url, "b"), node(&url, "c"));
+        let conversation = untitled(&a).await;
+        assert_eq!(
+            c.get(conversation.id.clone()).await.expect("shared"),
+            conversation
+        );
+        let Backend::Postgres(store) = &*b.backend else {
+            unreachable!()
+        };
+        assert_eq!(
+            postgres::schema_version(store).await,
+            postgres::MIGRATIONS.len() as i64
+        );
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused_with_both_versions() {
+        let url = super::super::test_postgres::database();
+        let a = node(&url, "a").await;
+        let Backend::Postgres(store) = &*a.backend else {
+            unreachable!()
+        };
+        postgres::query_i64(
+            store,
+            "UPDATE smolbot_schema SET version = 99 RETURNING 0::bigint",
+        )
+        .await;
+        match SessionStore::connect(&url, "b").await {
+            Err(ServiceError::SchemaTooNew { found: 99, known }) => {
+                assert_eq!(known, MIGRATIONS.len() as i64);
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("a newer schema was accepted"),
+        }
+    }
+
+    #[tokio::test]
+    async fn two_servers_sending_at_once_store_one_turn_and_refuse_the_other() {
+        let url = super::super::test_postgres::database();
+        let (a, b) = (node(&url, "a").await, node(&url, "b").await);
+        let c = untitled(&a).await;
+        for round in 0..5 {
+            let (from_a, from_b) = tokio::join!(
+                a.commit_turn(c.id.clone(), ask("from a")),
+                b.commit_turn(c.id.clone(), ask("from b")),
+            );
+            let (winner, loser, refused) = match (from_a, from_b) {
+                (Ok(turn), Err(err)) => (&a, "b", (turn, err)),
+                (Err(err), Ok(turn)) => (&b, "a", (turn, err)),
+                (a, b) => panic!("round {round}: {:?} / {:?}", a.is_ok(), b.is_ok()),
+            };
+            let ((_, draft), err) = refused;
+            match err {
+                ServiceError::AnsweringElsewhere { id, node } => {
+                    assert_eq!(id, c.id);
+                    assert_ne!(node, loser, "names the server writing the answer");
+                }
+                other => panic!("round {round}: {other}"),
+            }
+            let shown = a.messages(c.id.clone()).await.expect("messages");
+            assert_eq!(
+                shown.len(),
+                2 * (round + 1),
+                "nothing of the refused turn stored"
+            );
+            winner
+                .update_message(draft.id, finished("done"))
+                .await
+                .expect("answer");
+        }
+    }
+
+    #[tokio::test]
+    async fn another_server_sees_the_draft_grow_and_cannot_send_meanwhile() {
+        let url = super::super::test_postgres::database();
+        let (a, b) = (node(&url, "a").await, node(&url, "b").await);
+        let c = untitled(&a).await;
+        let (_, draft) = a.commit_turn(c.id.clone(), ask("Hi")).await.expect("turn");
+        let partial = MessageUpdate {
+            status: MessageStatus::Generating,
+            finish_reason: None,
+            ..finished("Hel")
+        };
+        a.update_message(draft.id, partial).await.expect("partial");
+        let seen = b.messages(c.id.clone()).await.expect("messages");
+        assert_eq!(
+            (seen[1].status, seen[1].content.as_str()),
+            (MessageStatus::Generating, "Hel")
+        );
+        for refused in [
+            b.commit_turn(c.id.clone(), ask("Again")).await.map(|_| ()),
+            b.resume(c.id.clone(), draft.id, finished("x"))
+                .await
+                .map(|_| ()),
+        ] {
+            assert!(
+                matches!(&refused, Err(ServiceError::AnsweringElsewhere { node, .. }) if node == "a"),
+                "{refused:?}"
+            );
+        }
+        // Nor can it write into the draft another server writes.
+        assert!(matches!(
+            b.update_message(draft.id, finished("mine")).await,
+            Err(ServiceError::MessageNotFound { .. })
+        ));
+        a.update_message(draft.id, finished("Hello"))
+            .await
+            .expect("done");
+        b.commit_turn(c.id.clone(), ask("Again"))
+            .await
+            .expect("free again");
+    }
+
+    #[tokio::test]
+    async fn a_starting_server_interrupts_only_its_own_and_abandoned_drafts() {
+        let url = super::super::test_postgres::database();
+        let a = node(&url, "a").await;
+        let (mine, theirs) = (untitled(&a).await, untitled(&a).await);
+        a.commit_turn(mine.id.clone(), ask("mine"))
+            .await
+            .expect("turn");
+        let b = node(&url, "b").await;
+        b.commit_turn(theirs.id.clone(), ask("theirs"))
+            .await
+            .expect("turn");
+        drop(a);
+        // `a` starts again: its own draft is interrupted, `b`'s keeps going.
+        let a = node(&url, "a").await;
+        let status = |s: &SessionStore, id: &str| {
+            let (s, id) = (s.clone(), id.to_owned());
+            async move { s.messages(id).await.expect("messages")[1].status }
+        };
+        assert_eq!(status(&a, &mine.id).await, MessageStatus::Interrupted);
+        assert_eq!(status(&a, &theirs.id).await, MessageStatus::Generating);
+        // A third server starting leaves `b`'s live draft alone too.
+        node(&url, "c").await;
+        assert_eq!(status(&a, &theirs.id).await, MessageStatus::Generating);
+        // Closing `a` stops nothing of `b`'s.
+        assert_eq!(a.close().await.expect("close"), 0);
+        assert_eq!(status(&b, &theirs.id).await, MessageStatus::Generating);
+    }
+
+    #[tokio::test]
+    async fn a_draft_whose_claim_ran_out_is_interrupted_with_its_text() {
+        let url = super::super::test_postgres::database();
+        // A server whose claims expire at once: as one that died and renews nothing.
+        let dead = SessionStore::connect_with_lease(&url, "dead".into(), std::time::Duration::ZERO)
+            .await
+            .expect("connects");
+        let c = untitled(&dead).await;
+        let (_, draft) = dead
+            .commit_turn(c.id.clone(), ask("Hi"))
+            .await
+            .expect("turn");
+        let partial = MessageUpdate {
+            status: MessageStatus::Generating,
+            finish_reason: None,
+            ..finished("half an ans")
+        };
+        dead.update_message(draft.id, partial)
+            .await
+            .expect("partial");
+        let b = node(&url, "b").await;
+        let seen = b.messages(c.id.clone()).await.expect("messages");
+        assert_eq!(
+            (seen[1].status, seen[1].content.as_str()),
+            (MessageStatus::Interrupted, "half an ans")
+        );
+        b.commit_turn(c.id.clone(), ask("Again"))
+            .await
+            .expect("the conversation is free");
+    }
 }

@@ -90,6 +90,8 @@ async fn render_page(
             versions => Serde(super::versions::last_versions(&history)),
         }
     });
+    // A draft no run of this server holds is written by another server on the database.
+    let elsewhere = state.store().node().is_some() && !state.runs().is_busy(&id);
     let html = render(
         "page.html",
         context! {
@@ -102,7 +104,11 @@ async fn render_page(
             conversations => Serde(&conversations),
             current => id.as_str(),
             query => Option::<String>::None,
-            messages => Serde(transcripts::views(&history, state.context_length())),
+            messages => Serde(transcripts::views_with(
+                &history,
+                state.context_length(),
+                elsewhere,
+            )),
             live => live,
             thinking => crate::services::conversation::thinking(&settings),
             settings => Serde(SettingsView::new(&settings)),

@@ -4,6 +4,9 @@
 #![allow(dead_code)]
 
 pub mod http;
+/// The private PostgreSQL server of this test process (the store's unit tests use the same).
+#[path = "../../../src/services/sessions/test_postgres.rs"]
+pub mod postgres;
 pub mod wire;
 
 use std::path::{Path, PathBuf};

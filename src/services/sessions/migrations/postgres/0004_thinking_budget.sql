@@ -1,0 +1,2 @@
+-- The `thinking_budget` setting: JSON in `conversations.settings`, no table change.
+SELECT 1;
