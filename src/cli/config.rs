@@ -206,7 +206,7 @@ mod tests {
 
     fn serve(toml: &str, args: &[&str]) -> ServeArgs {
         match parse_with(toml, args).expect("parses").command {
-            Command::Serve(serve) => serve,
+            Command::Serve(serve) => *serve,
             _ => panic!("not serve"),
         }
     }

@@ -64,7 +64,7 @@ enum Command {
     /// Print the prompt a chat template makes of a conversation, exactly.
     Render(render::RenderArgs),
     /// Serve the OpenAI-compatible chat API over a GGUF model or the stub.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Download a GGUF model from the Hugging Face Hub into the HF cache (no server).
     Pull(pull::PullArgs),
     /// List the GGUF models in the HF cache: repository, file, revision, size, path.
@@ -177,7 +177,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(a) => generate::run(a),
         Command::Perplexity(a) => perplexity::run(a),
         Command::Synth(a) => synth::run(a),
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => serve::run(*a),
         Command::Bench(a) => bench::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Render(a) => render::run(a),
