@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use super::agent::{self, ToolLoop};
 use super::chat::{ChatMessage, ChatRequest, Role, TokenLimit};
+use super::elsewhere::Elsewhere;
 use super::engine::Engine;
 use super::error::ServiceError;
 use super::runs::{Prefill, Run, RunError, Runs};
@@ -121,6 +122,19 @@ impl Conversations {
     /// An answer is being prepared or written in `conversation`: the one meaning of busy.
     pub fn is_busy(&self, conversation: &str) -> bool {
         self.runs.is_busy(conversation)
+    }
+
+    /// The answer another server sharing the database is writing in `conversation`, to
+    /// follow as it grows; `None` when this server writes it (its run streams it) or when
+    /// none is being written.
+    pub async fn follow_elsewhere(
+        &self,
+        conversation: &str,
+    ) -> Result<Option<Elsewhere>, ServiceError> {
+        if self.runs.is_busy(conversation) {
+            return Ok(None);
+        }
+        Elsewhere::find(self.store(), conversation).await
     }
 
     /// Sends `ask` as the next user message of `conversation` and starts its answer.

@@ -2,13 +2,15 @@
 //! front end asks through (`conversation`), the engine actor that owns the
 //! model (`engine`), the chat pipeline from request to prompt tokens (`chat`), the typed
 //! event stream of a generation (`events`), the real and stub backends, persistent
-//! conversations (`sessions`), the built-in tools the server runs for the model (`tools`)
+//! conversations (`sessions`) and following an answer another server writes in a shared
+//! database (`elsewhere`), the built-in tools the server runs for the model (`tools`)
 //! and the engine's counters (`metrics`). Nothing here knows HTTP.
 
 pub mod agent;
 pub mod backend;
 pub mod chat;
 pub mod conversation;
+pub mod elsewhere;
 pub mod engine;
 pub mod error;
 pub mod events;

@@ -9,7 +9,8 @@
 //! conversation never depends on the client staying. A client that goes away cancels
 //! nothing; its SSE events carry the run's entry ids, and
 //! `GET /api/conversations/{id}/stream` with `Last-Event-ID` resumes the answer being
-//! written.
+//! written. With several servers on one PostgreSQL database, the same route on a server
+//! that is not writing the answer follows it from the database as the writer saves it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use serde_json::json;
 use super::error::{ApiError, ErrorKind};
 use super::json::ApiJson;
 use super::state::AppState;
+use crate::services::elsewhere::{DraftChange, Elsewhere};
 use crate::services::events::{GenerationEvent, Progress};
 use crate::services::runs::RunError;
 use crate::services::runs::{Entry, Run, RunEvent, Subscription};
@@ -247,11 +249,13 @@ async fn resume(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let run = state
-        .conversations()
-        .runs()
-        .live(&id)
-        .ok_or_else(|| not_answering(&id))?;
+    let Some(run) = state.conversations().runs().live(&id) else {
+        // With several servers on one database, the answer may be written by another.
+        return match state.conversations().follow_elsewhere(&id).await? {
+            Some(follower) => Ok(follow(follower).into_response()),
+            None => Err(not_answering(&id)),
+        };
+    };
     let after = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
@@ -389,6 +393,25 @@ fn sse(
         }
     });
     let events = futures_util::StreamExt::chain(stream::iter(first), rest);
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// An answer another server writes, as the same events as [`sse`] (`reasoning` and
+/// `content` deltas as its saves bring them, about one a second, then `done` or `error`),
+/// without ids: they are not this server's run entries, so `Last-Event-ID` cannot resume
+/// them; a client that reconnects gets the text saved so far again.
+fn follow(follower: Elsewhere) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let events = stream::unfold(Some(follower), |follower| async move {
+        let mut follower = follower?;
+        let (name, data, last) = match follower.next().await? {
+            Ok(DraftChange::Reasoning(text)) => ("reasoning", json!({ "text": text }), false),
+            Ok(DraftChange::Content(text)) => ("content", json!({ "text": text }), false),
+            Ok(DraftChange::Done(message)) => ("done", json!({ "message": message }), true),
+            Err(err) => ("error", ApiError::from(err).body(), true),
+        };
+        let event = Event::default().event(name).data(data.to_string());
+        Some((Ok(event), (!last).then_some(follower)))
+    });
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 

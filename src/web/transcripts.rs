@@ -291,7 +291,8 @@ pub fn views_with(
                     if let Some(view) = view.as_mut().filter(|_| generating) {
                         view.note = Some(EndNote {
                             kind: "elsewhere",
-                            text: "Being written on another server; reload to see more.".to_owned(),
+                            text: "Being written on another server; shown as it is saved."
+                                .to_owned(),
                         });
                         view.continuable = false;
                     }

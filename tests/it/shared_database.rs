@@ -1,10 +1,11 @@
 //! Several servers on one PostgreSQL database (`smolbot serve --database-url`): two real
 //! `smolbot serve --stub` processes on 127.0.0.1 over a database of this test process's
 //! private PostgreSQL server (`common::postgres`). What one server is writing, the other
-//! shows as it grows (its history, and its chat page as far as saved) and refuses to answer
-//! over (409, naming the server writing); two sends at once, one to each, give one answer
-//! and one 409; a server SIGKILLed mid-answer leaves the answer with the text saved before,
-//! marked `interrupted` once the server is back.
+//! shows as it grows (its history, its chat page as far as saved, and its conversation
+//! stream, which follows the saves) and refuses to answer over (409, naming the server
+//! writing); two sends at once, one to each, give one answer and one 409; a server SIGKILLed
+//! mid-answer leaves the answer with the text saved before, marked `interrupted` once the
+//! server is back, which ends the other server's stream of it.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -69,24 +70,13 @@ impl Server {
         path: &str,
         body: Option<&Value>,
     ) -> std::io::Result<(u16, String)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-        let body = body.map(Value::to_string).unwrap_or_default();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut raw = String::new();
-        stream.read_to_string(&mut raw)?;
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        Ok((status, body.to_owned()))
+        request(self.port, method, path, body)
+    }
+
+    /// The conversation's stream from this server, read to its end: status and
+    /// `(event, data)` pairs.
+    fn stream(&self, id: &str) -> (u16, Vec<(String, Value)>) {
+        finish_stream(open_stream(self.port, id))
     }
 
     fn json(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -126,6 +116,111 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One request to the server on `port`, read to its end: status and body.
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+/// The conversation's stream from the server on `port`, open: the connection and what it
+/// brought until the first event (or the whole response, when there was no event).
+fn open_stream(port: u16, id: &str) -> (TcpStream, Vec<u8>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /api/conversations/{id}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request the stream");
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&raw).contains("\nevent: ") {
+        let read = stream.read(&mut chunk).expect("read the stream");
+        if read == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..read]);
+    }
+    (stream, raw)
+}
+
+/// An open stream read to its end: status and `(event, data)` pairs.
+fn finish_stream((mut stream, mut raw): (TcpStream, Vec<u8>)) -> (u16, Vec<(String, Value)>) {
+    stream.read_to_end(&mut raw).expect("read the stream");
+    let raw = String::from_utf8(raw).expect("UTF-8");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut events = Vec::new();
+    for block in dechunk(body).split("\n\n") {
+        let field = |name: &str| {
+            block
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .map(str::to_owned)
+        };
+        if let (Some(event), Some(data)) = (field("event: "), field("data: ")) {
+            let data = serde_json::from_str(&data)
+                .unwrap_or_else(|err| panic!("event data {data}: {err}"));
+            events.push((event, data));
+        }
+    }
+    (status, events)
+}
+
+/// A chunked HTTP/1.1 body put together; a body that is not chunked is returned whole.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_owned();
+        };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].strip_prefix("\r\n").unwrap_or(&after[size..]);
+    }
+    out
+}
+
+/// The text of a stream's `content` events, and how many there were.
+fn streamed_text(events: &[(String, Value)]) -> (String, usize) {
+    let pieces: Vec<&str> = events
+        .iter()
+        .filter(|(event, _)| event == "content")
+        .filter_map(|(_, data)| data["text"].as_str())
+        .collect();
+    (pieces.concat(), pieces.len())
 }
 
 /// A question the stub answers with its text after `Echo:`: long enough to take seconds.
@@ -183,6 +278,12 @@ fn an_answer_written_on_one_server_is_seen_growing_on_the_other_which_refuses_to
             page.contains("Being written on another server"),
             "b's page says the answer is written elsewhere: {page}"
         );
+        assert!(
+            page.contains(&format!(
+                r##"hx-get="/c/{id}" hx-select="#messages" hx-target="#messages" hx-swap="outerHTML" hx-trigger="every 2s""##
+            )),
+            "b's page fetches the transcript again while it is written elsewhere: {page}"
+        );
         let (status, refused) = send(&b, &id, &json!({"content": "Meanwhile"}));
         assert_eq!(status, 409, "{refused}");
         assert_eq!(refused["error"]["code"], "conversation_busy", "{refused}");
@@ -208,6 +309,40 @@ fn an_answer_written_on_one_server_is_seen_growing_on_the_other_which_refuses_to
     // Free again: b answers in it.
     let (status, reply) = send(&b, &id, &json!({"content": "Echo: and now b"}));
     assert_eq!(status, 200, "{reply}");
+}
+
+#[test]
+fn an_answer_written_on_one_server_streams_from_the_other() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = postgres::database();
+    let a = Server::start(&database, "a", dir.path());
+    let b = Server::start(&database, "b", dir.path());
+    let id = a.conversation();
+    let (status, nothing) = b.stream(&id);
+    assert_eq!(status, 404, "nothing is being written yet: {nothing:?}");
+
+    std::thread::scope(|scope| {
+        let on_a = scope.spawn(|| send(&a, &id, &long_question()));
+        growing_answer(&b, &id);
+        let (status, events) = b.stream(&id);
+        assert_eq!(status, 200, "{events:?}");
+        let (status, reply) = on_a.join().expect("send on a");
+        assert_eq!(status, 200, "{reply}");
+        let full = reply["assistant_message"]["content"]
+            .as_str()
+            .expect("content");
+
+        let (text, pieces) = streamed_text(&events);
+        assert_eq!(text, full, "b streamed the whole answer: {events:?}");
+        assert!(
+            pieces >= 2,
+            "the text came in pieces as a saved it, not at once: {events:?}"
+        );
+        let (last, done) = events.last().expect("events");
+        assert_eq!(last, "done", "{events:?}");
+        assert_eq!(done["message"]["status"], "complete", "{done}");
+        assert_eq!(done["message"]["content"], full);
+    });
 }
 
 #[test]
@@ -256,10 +391,19 @@ fn a_server_killed_mid_answer_leaves_its_text_marked_interrupted() {
     a.kill();
     drop(stream);
 
-    // While `a` is down its claim holds: `b` still shows the answer as being written.
+    // While `a` is down its claim holds: `b` still shows the answer as being written, and
+    // follows it until it is marked.
     assert_eq!(b.messages(&id)[1]["status"], "generating");
+    let following = open_stream(b.port, &id);
     // `a` back under its name: it marks what it was writing interrupted at once.
     let a = Server::start(&database, "a", dir.path());
+    let (status, events) = finish_stream(following);
+    assert_eq!(status, 200, "{events:?}");
+    let (last, done) = events.last().expect("events");
+    assert_eq!(last, "done", "{events:?}");
+    assert_eq!(done["message"]["status"], "interrupted", "{done}");
+    let (text, _) = streamed_text(&events);
+    assert_eq!(done["message"]["content"], text, "{events:?}");
     for server in [&a, &b] {
         let messages = server.messages(&id);
         assert_eq!(messages.len(), 2, "{messages:?}");

@@ -590,7 +590,13 @@ async fn rename_and_delete_from_the_sidebar() {
 
 #[tokio::test]
 async fn regenerate_keeps_the_last_answer_as_a_version() {
-    let app = stub_app().await;
+    // Paced, so the new answer is still being written when the second regenerate comes
+    // (an unpaced stub can finish it first, and that one would rightly be accepted).
+    let app = app(AppState::new(
+        stub_engine(100.0).await,
+        smolbot::services::SessionStore::in_memory().expect("in-memory store"),
+        None,
+    ));
     let id = conversation_with(&app, "Hello", "").await;
     let regenerated = post(&app, "/chat/regenerate", &format!("conversation={id}")).await;
     assert_eq!(regenerated.status, StatusCode::OK, "{}", regenerated.text);

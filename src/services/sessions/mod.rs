@@ -542,6 +542,17 @@ impl SessionStore {
         }
     }
 
+    /// The ids of conversations whose messages any server saves from now on, as they are
+    /// saved; `None` for SQLite, where this server is the only one writing.
+    pub async fn announcements(
+        &self,
+    ) -> Result<Option<tokio::sync::broadcast::Receiver<String>>, ServiceError> {
+        match self.pg() {
+            Some(store) => store?.announcements().await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Whether the conversations outlive the process ([`Self::in_memory`]'s do not).
     pub fn is_on_disk(&self) -> bool {
         self.path()

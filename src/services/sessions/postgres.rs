@@ -10,13 +10,17 @@
 //! heartbeat). The question and the draft are committed in one transaction that first locks
 //! the conversation's row and refuses when a live draft of another server is there, so two
 //! sends from two servers give exactly one refusal. A server marks `interrupted` only its own
-//! leftovers and drafts whose claim ran out, never another live server's answer.
+//! leftovers and drafts whose claim ran out, never another live server's answer. Every save
+//! of a message is announced on the channel [`DRAFTS_CHANNEL`] (`NOTIFY`, the conversation's
+//! id as payload), so the other servers can follow an answer as it grows
+//! ([`crate::services::elsewhere`]).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
-use tokio_postgres::{Client, GenericClient, NoTls, Row};
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, MappedMutexGuard, Mutex, MutexGuard};
+use tokio_postgres::{AsyncMessage, Client, GenericClient, NoTls, Row};
 
 use super::{
     assemble, check_title, not_found, title_from, tool_calls_text, Conversation, ConversationPatch,
@@ -51,11 +55,22 @@ const MIGRATION_LOCK: i64 = 0x0073_6d6f_6c62_6f74;
 /// the same to all of them whatever their own clocks say.
 const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
+/// The channel on which every save of a message is announced, its conversation's id the
+/// payload.
+const DRAFTS_CHANNEL: &str = "smolbot_drafts";
+
+/// Announcements kept for a follower that is slow to read them; one that falls further
+/// behind looks at the database at once (`Lagged`), so nothing is lost but the wait.
+const ANNOUNCEMENTS_KEPT: usize = 256;
+
 /// The PostgreSQL side of [`super::SessionStore`].
 pub(super) struct PgStore {
     url: String,
     /// One connection, opened again when it broke (the server restarted, say).
     client: Mutex<Option<Client>>,
+    /// A second connection that `LISTEN`s to [`DRAFTS_CHANNEL`], opened when something
+    /// first follows another server's answer (and again when it broke).
+    listener: Mutex<Option<Listener>>,
     /// This server's name in `owner`.
     node: String,
     lease_ms: i64,
@@ -79,6 +94,53 @@ pub(super) fn redacted(url: &str) -> String {
             None => url.to_owned(),
         },
         None => "(a connection string)".to_owned(),
+    }
+}
+
+/// The listening connection and the announcements it hands on.
+struct Listener {
+    /// Kept so the connection stays open; it runs no queries after `LISTEN`.
+    client: Client,
+    announcements: broadcast::Sender<String>,
+}
+
+impl Listener {
+    /// Opens a connection that listens to [`DRAFTS_CHANNEL`] and hands each announcement's
+    /// payload to every receiver of `announcements`.
+    async fn open(url: &str) -> Result<Self, ServiceError> {
+        let (client, mut connection) =
+            tokio_postgres::connect(url, NoTls)
+                .await
+                .map_err(|err| ServiceError::Database {
+                    reason: format!("{}: {err}", redacted(url)),
+                })?;
+        let (announcements, _) = broadcast::channel(ANNOUNCEMENTS_KEPT);
+        let sender = announcements.clone();
+        tokio::spawn(async move {
+            // Polling for messages is also what drives the connection.
+            let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(note)) => {
+                        // No receiver at the moment is no error: nobody follows that answer.
+                        let _ = sender.send(note.payload().to_owned());
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!("conversation database: listening connection closed: {err}");
+                        break;
+                    }
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {DRAFTS_CHANNEL}"))
+            .await
+            .map_err(pg("listen for answers written elsewhere"))?;
+        Ok(Self {
+            client,
+            announcements,
+        })
     }
 }
 
@@ -110,6 +172,7 @@ impl PgStore {
         let store = Arc::new(Self {
             url: url.to_owned(),
             client: Mutex::new(Some(client)),
+            listener: Mutex::new(None),
             node,
             lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
         });
@@ -142,6 +205,23 @@ impl PgStore {
         Ok(MutexGuard::map(guard, |c| {
             c.as_mut().expect("connected above")
         }))
+    }
+
+    /// The ids of the conversations whose messages are saved from now on, by any server
+    /// (this one too); the listening connection is opened on the first call.
+    pub(super) async fn announcements(&self) -> Result<broadcast::Receiver<String>, ServiceError> {
+        let mut guard = self.listener.lock().await;
+        if guard
+            .as_ref()
+            .is_none_or(|listener| listener.client.is_closed())
+        {
+            *guard = Some(Listener::open(&self.url).await?);
+        }
+        Ok(guard
+            .as_ref()
+            .expect("opened above")
+            .announcements
+            .subscribe())
     }
 
     /// Marks `interrupted` the drafts whose claim ran out (and, with `own`, this node's:
@@ -605,9 +685,12 @@ impl PgStore {
             return Err(ServiceError::MessageNotFound { id });
         }
         let now = change_time(c).await?;
-        c.execute(
-            "UPDATE conversations SET updated_at = GREATEST(updated_at, $2) \
-             WHERE id = (SELECT conversation_id FROM messages WHERE id = $1)",
+        c.query(
+            &format!(
+                "WITH touched AS (UPDATE conversations SET updated_at = GREATEST(updated_at, $2) \
+                 WHERE id = (SELECT conversation_id FROM messages WHERE id = $1) RETURNING id) \
+                 SELECT pg_notify('{DRAFTS_CHANNEL}', id) FROM touched"
+            ),
             &[&id, &now],
         )
         .await

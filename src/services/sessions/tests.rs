@@ -1188,6 +1188,80 @@ mod shared_database {
             .expect("free again");
     }
 
+    /// The follower's next change; a minute without one is a failure, not a hang.
+    async fn change(
+        follower: &mut crate::services::elsewhere::Elsewhere,
+    ) -> crate::services::elsewhere::DraftChange {
+        tokio::time::timeout(std::time::Duration::from_secs(60), follower.next())
+            .await
+            .expect("a change within a minute")
+            .expect("not over")
+            .expect("no error")
+    }
+
+    #[tokio::test]
+    async fn another_server_hears_each_save_and_follows_the_draft_to_its_end() {
+        use crate::services::elsewhere::{DraftChange, Elsewhere};
+        let url = super::super::test_postgres::database();
+        let (a, b) = (node(&url, "a").await, node(&url, "b").await);
+        let c = untitled(&a).await;
+        let (_, draft) = a.commit_turn(c.id.clone(), ask("Hi")).await.expect("turn");
+        let generating = |text: &str| MessageUpdate {
+            status: MessageStatus::Generating,
+            finish_reason: None,
+            ..finished(text)
+        };
+        a.update_message(draft.id, generating("Hel"))
+            .await
+            .expect("partial");
+
+        let mut heard = b
+            .announcements()
+            .await
+            .expect("listens")
+            .expect("PostgreSQL announces saves");
+        let mut follower = Elsewhere::find(&b, &c.id)
+            .await
+            .expect("reads")
+            .expect("a draft written elsewhere");
+        assert_eq!(
+            change(&mut follower).await,
+            DraftChange::Content("Hel".into())
+        );
+        a.update_message(draft.id, generating("Hello, w"))
+            .await
+            .expect("more");
+        // The save is announced (a follower does not wait for its next look).
+        let announced = tokio::time::timeout(std::time::Duration::from_secs(60), heard.recv())
+            .await
+            .expect("announced within a minute")
+            .expect("received");
+        assert_eq!(announced, c.id);
+        assert_eq!(
+            change(&mut follower).await,
+            DraftChange::Content("lo, w".into())
+        );
+        a.update_message(draft.id, finished("Hello, world"))
+            .await
+            .expect("done");
+        assert_eq!(
+            change(&mut follower).await,
+            DraftChange::Content("orld".into())
+        );
+        match change(&mut follower).await {
+            DraftChange::Done(message) => {
+                assert_eq!(message.status, MessageStatus::Complete);
+                assert_eq!(message.content, "Hello, world");
+            }
+            other => panic!("expected the end, got {other:?}"),
+        }
+        assert!(follower.next().await.is_none(), "nothing after the end");
+        // Nothing is being written now: nothing to follow; nor on SQLite, ever.
+        assert!(Elsewhere::find(&b, &c.id).await.expect("reads").is_none());
+        let local = SessionStore::in_memory().expect("store");
+        assert!(local.announcements().await.expect("none").is_none());
+    }
+
     #[tokio::test]
     async fn a_starting_server_interrupts_only_its_own_and_abandoned_drafts() {
         let url = super::super::test_postgres::database();
