@@ -27,7 +27,7 @@ pub enum DraftChange {
     /// More of the answer (the text added).
     Content(String),
     /// The answer is final (complete, stopped, interrupted or failed): the stored message.
-    Done(StoredMessage),
+    Done(Box<StoredMessage>),
 }
 
 /// A draft written by another server, followed from the database.
@@ -149,7 +149,7 @@ impl Elsewhere {
         }
         self.content.clone_from(&draft.content);
         if draft.status != MessageStatus::Generating {
-            self.pending.push_back(DraftChange::Done(draft));
+            self.pending.push_back(DraftChange::Done(Box::new(draft)));
             self.finished = true;
         }
     }
