@@ -6,7 +6,7 @@
 # Env: THREADS (2), ROUNDS (3), PROMPT (512), GEN (128), PYTHON (python3),
 #      LLAMA_PRELOAD (e.g. the no-AMX shim), CANDLE (1; 0 skips candle's path, slow on long prompts),
 #      CACHE_TYPE (KV cache element type for both engines: f16, f32, q8_0; default each engine's).
-# Long context (issue #16's table): for n in 1024 8192 32768; do
+# Long context (issue #16's table): for n in 1024 8192 16384 32768; do
 #      CACHE_TYPE=f16 CANDLE=0 ROUNDS=1 PROMPT=$n GEN=32 scripts/bench.sh; done
 set -euo pipefail
 cd "$(dirname "$0")/.."
