@@ -136,13 +136,19 @@ fn request(
     )?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let (status, body) = status_and_body(&raw);
+    Ok((status, body.to_owned()))
+}
+
+/// A raw HTTP response's status and body.
+fn status_and_body(raw: &str) -> (u16, &str) {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    Ok((status, body.to_owned()))
+    (status, body)
 }
 
 /// The conversation's stream from the server on `port`, open: the connection and what it
@@ -173,12 +179,7 @@ fn open_stream(port: u16, id: &str) -> (TcpStream, Vec<u8>) {
 fn finish_stream((mut stream, mut raw): (TcpStream, Vec<u8>)) -> (u16, Vec<(String, Value)>) {
     stream.read_to_end(&mut raw).expect("read the stream");
     let raw = String::from_utf8(raw).expect("UTF-8");
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let (status, body) = status_and_body(&raw);
     let mut events = Vec::new();
     for block in dechunk(body).split("\n\n") {
         let field = |name: &str| {
@@ -223,6 +224,17 @@ fn streamed_text(events: &[(String, Value)]) -> (String, usize) {
     (pieces.concat(), pieces.len())
 }
 
+/// Servers `a` and `b` on a new database, their logs in a temporary folder, and a new
+/// conversation: `(folder, database URL, a, b, conversation id)`.
+fn two_servers() -> (tempfile::TempDir, String, Server, Server, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = postgres::database();
+    let a = Server::start(&database, "a", dir.path());
+    let b = Server::start(&database, "b", dir.path());
+    let id = a.conversation();
+    (dir, database, a, b, id)
+}
+
 /// A question the stub answers with its text after `Echo:`: long enough to take seconds.
 fn long_question() -> Value {
     let words = "the quick brown fox jumps over the lazy dog ".repeat(12);
@@ -260,11 +272,7 @@ fn growing_answer(server: &Server, id: &str) -> Value {
 
 #[test]
 fn an_answer_written_on_one_server_is_seen_growing_on_the_other_which_refuses_to_send() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let database = postgres::database();
-    let a = Server::start(&database, "a", dir.path());
-    let b = Server::start(&database, "b", dir.path());
-    let id = a.conversation();
+    let (_dir, _database, a, b, id) = two_servers();
 
     std::thread::scope(|scope| {
         let on_a = scope.spawn(|| send(&a, &id, &long_question()));
@@ -313,11 +321,7 @@ fn an_answer_written_on_one_server_is_seen_growing_on_the_other_which_refuses_to
 
 #[test]
 fn an_answer_written_on_one_server_streams_from_the_other() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let database = postgres::database();
-    let a = Server::start(&database, "a", dir.path());
-    let b = Server::start(&database, "b", dir.path());
-    let id = a.conversation();
+    let (_dir, _database, a, b, id) = two_servers();
     let (status, nothing) = b.stream(&id);
     assert_eq!(status, 404, "nothing is being written yet: {nothing:?}");
 
@@ -347,11 +351,7 @@ fn an_answer_written_on_one_server_streams_from_the_other() {
 
 #[test]
 fn two_sends_at_once_to_two_servers_give_one_answer_and_one_409() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let database = postgres::database();
-    let a = Server::start(&database, "a", dir.path());
-    let b = Server::start(&database, "b", dir.path());
-    let id = a.conversation();
+    let (_dir, _database, a, b, id) = two_servers();
     let question = long_question();
     let ((status_a, reply_a), (status_b, reply_b)) = std::thread::scope(|scope| {
         let on_a = scope.spawn(|| send(&a, &id, &question));
@@ -371,11 +371,7 @@ fn two_sends_at_once_to_two_servers_give_one_answer_and_one_409() {
 
 #[test]
 fn a_server_killed_mid_answer_leaves_its_text_marked_interrupted() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let database = postgres::database();
-    let a = Server::start(&database, "a", dir.path());
-    let b = Server::start(&database, "b", dir.path());
-    let id = a.conversation();
+    let (dir, database, a, b, id) = two_servers();
 
     let mut stream = TcpStream::connect(("127.0.0.1", a.port)).expect("connect");
     let body = long_question().to_string();
