@@ -108,12 +108,9 @@ impl Listener {
     /// Opens a connection that listens to [`DRAFTS_CHANNEL`] and hands each announcement's
     /// payload to every receiver of `announcements`.
     async fn open(url: &str) -> Result<Self, ServiceError> {
-        let (client, mut connection) =
-            tokio_postgres::connect(url, NoTls)
-                .await
-                .map_err(|err| ServiceError::Database {
-                    reason: format!("{}: {err}", redacted(url)),
-                })?;
+        let (client, mut connection) = tokio_postgres::connect(url, NoTls)
+            .await
+            .map_err(|err| unreachable(url, &err))?;
         let (announcements, _) = broadcast::channel(ANNOUNCEMENTS_KEPT);
         let sender = announcements.clone();
         tokio::spawn(async move {
@@ -144,13 +141,17 @@ impl Listener {
     }
 }
 
+/// The database at `url` could not be reached: the error, naming it without its password.
+fn unreachable(url: &str, err: &tokio_postgres::Error) -> ServiceError {
+    ServiceError::Database {
+        reason: format!("{}: {err}", redacted(url)),
+    }
+}
+
 async fn connect(url: &str) -> Result<Client, ServiceError> {
-    let (client, connection) =
-        tokio_postgres::connect(url, NoTls)
-            .await
-            .map_err(|err| ServiceError::Database {
-                reason: format!("{}: {err}", redacted(url)),
-            })?;
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|err| unreachable(url, &err))?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::warn!("conversation database connection closed: {err}");
